@@ -1,0 +1,264 @@
+//! The event contract of a wsdscope session.
+//!
+//! A training run (live) and a recorded session (replayed) both produce the same stream of
+//! [`RunEvent`]s, so every consumer — the progress line, `--jsonl`, the recorder, the TUI —
+//! is written once against this vocabulary. The vocabulary is closed and versioned
+//! ([`EVENT_SCHEMA_VERSION`]); a consumer that sees a newer version should refuse it rather
+//! than guess.
+//!
+//! On the wire (`wsdscope record --jsonl`) each event is one JSON object per line with a
+//! `"type"` field (`"run_start"`, `"step"`, `"eval"`, `"checkpoint"`, `"note"`, `"end"`) and
+//! the id of the run it belongs to (`"run"`; the trunk is run 0).
+//!
+//! This crate deliberately depends on neither candle nor the trainer: the full run
+//! configuration travels as an opaque JSON value.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the event vocabulary. Bump on any incompatible change.
+pub const EVENT_SCHEMA_VERSION: u32 = 1;
+
+/// Identifier of a run inside a session. The trunk is run 0.
+pub type RunId = u32;
+
+/// The phase of a Warmup-Stable-Decay schedule that a step belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Warmup,
+    Stable,
+    Decay,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Warmup => "warmup",
+            Phase::Stable => "stable",
+            Phase::Decay => "decay",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the phases of a run's schedule begin and end, in 1-based steps.
+/// Steps `1..=warmup_end` are warmup, `warmup_end+1..=decay_start` stable, the rest decay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseBounds {
+    pub warmup_end: u64,
+    pub decay_start: u64,
+    pub total: u64,
+}
+
+/// A short description of the model, enough for a header line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub preset: String,
+    /// All parameters (the tied head counted once).
+    pub params: u64,
+    /// Parameters outside the embedding (the count the MiniCPM paper reports).
+    pub non_embedding_params: u64,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+}
+
+/// What a run's data is, and the best loss it admits where that is known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSummary {
+    /// Human description, e.g. `synthetic (seed 0)` or `text corpus.txt (bytes)`.
+    pub description: String,
+    /// Entropy floor in nats/token on the validation batches, if the source knows it.
+    pub entropy_floor: Option<f64>,
+    pub train_tokens: Option<u64>,
+    pub val_tokens: Option<u64>,
+}
+
+/// Per-step metrics of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    pub run: RunId,
+    /// 1-based global step.
+    pub step: u64,
+    pub phase: Phase,
+    /// Mean token cross-entropy of this step's batch, in nats.
+    pub loss: f64,
+    /// Learning rate multiplier times the peak: the lr of non-hidden tensors.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// ‖θ(t+1) − θ(t)‖ over all parameters.
+    pub update_norm: f64,
+    /// ‖θ(t+1)‖ over all parameters.
+    pub param_norm: f64,
+    /// Tokens processed so far by this run (including the fork's history).
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    pub step_ms: f64,
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// All scheduled steps ran.
+    Completed,
+    /// The user asked to stop.
+    Stopped,
+    /// Training could not go on (non-finite loss, data error, …); see the message.
+    Failed,
+}
+
+/// The start of a run: what it is, on what data, with which phases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunStart {
+    pub run: RunId,
+    pub schema_version: u32,
+    pub name: String,
+    pub model: ModelSummary,
+    pub data: DataSummary,
+    pub phases: PhaseBounds,
+    /// The step the run starts after (0 for a fresh run, the checkpoint step on resume).
+    pub start_step: u64,
+    pub batch: usize,
+    pub seq: usize,
+    pub device: String,
+    pub threads: usize,
+    /// The full run configuration as the trainer serialises it.
+    pub config: serde_json::Value,
+}
+
+/// One event of a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunEvent {
+    /// A run begins (or resumes from a checkpoint at `start_step`). Boxed: it is large and
+    /// rare, while every step event travels through the same channels.
+    RunStart(Box<RunStart>),
+    Step(StepMetrics),
+    /// Loss on the held-out validation batches.
+    Eval {
+        run: RunId,
+        step: u64,
+        val_loss: f64,
+        tokens: u64,
+    },
+    /// A checkpoint was written.
+    Checkpoint {
+        run: RunId,
+        step: u64,
+        path: String,
+    },
+    /// Free text from the engine, e.g. "paused".
+    Note {
+        run: RunId,
+        step: u64,
+        message: String,
+    },
+    /// The run ended.
+    End {
+        run: RunId,
+        step: u64,
+        reason: EndReason,
+        message: Option<String>,
+        /// Last validation loss, if any eval ran.
+        final_val_loss: Option<f64>,
+        wall_s: f64,
+    },
+}
+
+impl RunEvent {
+    /// The run this event belongs to.
+    pub fn run(&self) -> RunId {
+        match self {
+            RunEvent::RunStart(s) => s.run,
+            RunEvent::Eval { run, .. }
+            | RunEvent::Checkpoint { run, .. }
+            | RunEvent::Note { run, .. }
+            | RunEvent::End { run, .. } => *run,
+            RunEvent::Step(m) => m.run,
+        }
+    }
+
+    /// The `"type"` tag this event has on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RunEvent::RunStart { .. } => "run_start",
+            RunEvent::Step(_) => "step",
+            RunEvent::Eval { .. } => "eval",
+            RunEvent::Checkpoint { .. } => "checkpoint",
+            RunEvent::Note { .. } => "note",
+            RunEvent::End { .. } => "end",
+        }
+    }
+
+    /// One JSON line (no trailing newline), the `--jsonl` wire form.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("RunEvent serialises to JSON")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step() -> RunEvent {
+        RunEvent::Step(StepMetrics {
+            run: 0,
+            step: 3,
+            phase: Phase::Stable,
+            loss: 2.5,
+            lr: 0.01,
+            grad_norm: 1.5,
+            update_norm: 0.1,
+            param_norm: 40.0,
+            tokens: 6144,
+            tokens_per_s: 1000.0,
+            step_ms: 12.0,
+        })
+    }
+
+    #[test]
+    fn wire_form_has_type_and_run() {
+        let line = step().to_json_line();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["type"], "step");
+        assert_eq!(v["run"], 0);
+        assert_eq!(v["phase"], "stable");
+        assert_eq!(v["loss"], 2.5);
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let events = vec![
+            step(),
+            RunEvent::Eval {
+                run: 0,
+                step: 10,
+                val_loss: 2.0,
+                tokens: 100,
+            },
+            RunEvent::End {
+                run: 0,
+                step: 10,
+                reason: EndReason::Failed,
+                message: Some("non-finite loss at step 10".into()),
+                final_val_loss: None,
+                wall_s: 1.0,
+            },
+        ];
+        for e in events {
+            let back: RunEvent = serde_json::from_str(&e.to_json_line()).unwrap();
+            assert_eq!(back, e);
+            assert_eq!(back.kind(), e.kind());
+        }
+    }
+}
