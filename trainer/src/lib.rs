@@ -1,0 +1,21 @@
+//! wsdscope's trainer: a MiniCPM-architecture decoder on candle with real autograd, its data,
+//! AdamW with μP groups, WSD and other schedules, checkpoints, and the engine thread that
+//! drives a run and emits [`wsdscope_sessions::RunEvent`]s.
+//!
+//! The public surface: [`RunConfig`] (what a run is), [`Trainer`] (one run, step by step),
+//! [`Engine`] (a trainer on its own thread, taking [`Command`]s), plus the pieces a user may
+//! want on their own ([`model`], [`schedule`], [`data`], [`checkpoint`]).
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod engine;
+pub mod error;
+pub mod model;
+pub mod optim;
+pub mod schedule;
+
+pub use config::{DataSpec, ModelConfig, OptimConfig, Preset, RunConfig, preset, presets};
+pub use engine::{Command, Engine, Outcome, Trainer};
+pub use error::{Error, Result};
+pub use schedule::{DecayShape, Schedule};

@@ -1,0 +1,550 @@
+//! MiniCPM (Hu et al. 2024, arXiv 2404.06395; HF `modeling_minicpm.py`) on candle tensors.
+//!
+//! ```text
+//! h  = embed(x) · scale_emb                                   (B·T, H)
+//! for each of the L blocks, with s = scale_depth / √L:
+//!     h += s · Attn(RMSNorm(h))         causal GQA, RoPE, softmax(q·kᵀ/√d_head)
+//!     h += s · SwiGLU(RMSNorm(h))       down(silu(gate(x)) ⊙ up(x))
+//! logits = RMSNorm(h) / (H / dim_model_base) · embedᵀ          tied head, (B·T, V)
+//! loss   = mean cross-entropy
+//! ```
+//!
+//! μP ("model wind tunnel"): 2-D hidden matrices start at N(0, init_std/√(H/dim_model_base)),
+//! the embedding at N(0, init_std), RMSNorm gains at 1; per-tensor learning rates are set by
+//! the optimiser from [`ParamGroup`].
+//!
+//! Every op here is a plain candle op with a backward pass: candle-nn's fused `rms_norm`,
+//! `softmax_last_dim` and `rope` silently return no gradient, so they are not used.
+//! Tensor names are the HF MiniCPM checkpoint keys.
+
+use std::collections::HashMap;
+
+use candle_core::{D, DType, Device, Tensor, Var};
+
+use crate::config::ModelConfig;
+use crate::data::rng::{SplitMix64, hash};
+use crate::error::{Error, Result};
+
+/// The μP parameter group a tensor belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamGroup {
+    /// The token embedding (and tied head): lr, weight decay.
+    Embedding,
+    /// 2-D hidden matrices: lr / width_mult, weight decay.
+    Hidden,
+    /// RMSNorm gains: lr, no weight decay.
+    Norm,
+}
+
+impl ParamGroup {
+    pub fn of(name: &str, rank: usize) -> Self {
+        if name.ends_with("embed_tokens.weight") {
+            ParamGroup::Embedding
+        } else if rank == 2 {
+            ParamGroup::Hidden
+        } else {
+            ParamGroup::Norm
+        }
+    }
+}
+
+/// One decoder block's weights.
+struct Block {
+    input_layernorm: Var,          // (H)
+    q_proj: Var,                   // (nh·hd, H)
+    k_proj: Var,                   // (kv·hd, H)
+    v_proj: Var,                   // (kv·hd, H)
+    o_proj: Var,                   // (H, nh·hd)
+    post_attention_layernorm: Var, // (H)
+    gate_proj: Var,                // (F, H)
+    up_proj: Var,                  // (F, H)
+    down_proj: Var,                // (H, F)
+}
+
+/// A MiniCPM decoder with its parameters as candle `Var`s.
+pub struct MiniCpm {
+    cfg: ModelConfig,
+    embed_tokens: Var, // (V, H)
+    layers: Vec<Block>,
+    norm: Var, // (H)
+    /// All parameters in checkpoint order, with their HF names.
+    named: Vec<(String, Var)>,
+    rope_cos: Tensor, // (max_seq, hd)
+    rope_sin: Tensor, // (max_seq, hd)
+    max_seq: usize,
+    device: Device,
+    dtype: DType,
+}
+
+/// The HF names and shapes of every parameter, in checkpoint order.
+pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, f, hd) = (cfg.hidden, cfg.ffn, cfg.head_dim());
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab, h])];
+    for i in 0..cfg.layers {
+        let p = format!("model.layers.{i}");
+        out.extend([
+            (format!("{p}.input_layernorm.weight"), vec![h]),
+            (
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![cfg.heads * hd, h],
+            ),
+            (
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![cfg.kv_heads * hd, h],
+            ),
+            (
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![cfg.kv_heads * hd, h],
+            ),
+            (
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![h, cfg.heads * hd],
+            ),
+            (format!("{p}.post_attention_layernorm.weight"), vec![h]),
+            (format!("{p}.mlp.gate_proj.weight"), vec![f, h]),
+            (format!("{p}.mlp.up_proj.weight"), vec![f, h]),
+            (format!("{p}.mlp.down_proj.weight"), vec![h, f]),
+        ]);
+    }
+    out.push(("model.norm.weight".to_string(), vec![h]));
+    out
+}
+
+/// FNV-1a of a name, to seed each tensor's init independently of the others.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl MiniCpm {
+    /// μP initialisation, a pure function of `seed` (each tensor from its own stream).
+    pub fn init(
+        cfg: &ModelConfig,
+        max_seq: usize,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let hidden_std = cfg.init_std / cfg.width_mult().sqrt();
+        let mut tensors = HashMap::new();
+        for (name, shape) in param_shapes(cfg) {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = match ParamGroup::of(&name, shape.len()) {
+                ParamGroup::Norm => vec![1.0; n],
+                g => {
+                    let std = if g == ParamGroup::Embedding {
+                        cfg.init_std
+                    } else {
+                        hidden_std
+                    };
+                    let mut rng = SplitMix64::new(hash(&[seed, name_hash(&name)]));
+                    (0..n).map(|_| (rng.normal() * std) as f32).collect()
+                }
+            };
+            tensors.insert(name, Tensor::from_vec(data, shape, device)?);
+        }
+        Self::from_tensors(cfg, max_seq, tensors, device, dtype)
+    }
+
+    /// Builds the model from named tensors (HF names); every parameter must be present with
+    /// its shape. Tensors are copied, so the model never aliases the caller's storage.
+    pub fn from_tensors(
+        cfg: &ModelConfig,
+        max_seq: usize,
+        mut tensors: HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let mut named = Vec::new();
+        for (name, shape) in param_shapes(cfg) {
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| Error::Config(format!("weights lack tensor {name}")))?;
+            if t.dims() != shape.as_slice() {
+                return Err(Error::Config(format!(
+                    "tensor {name} has shape {:?}, the model wants {shape:?}",
+                    t.dims()
+                )));
+            }
+            let t = t.to_device(device)?.to_dtype(dtype)?.copy()?;
+            named.push((name, Var::from_tensor(&t)?));
+        }
+        let var = |i: usize| named[i].1.clone();
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let b = 1 + 9 * l;
+            layers.push(Block {
+                input_layernorm: var(b),
+                q_proj: var(b + 1),
+                k_proj: var(b + 2),
+                v_proj: var(b + 3),
+                o_proj: var(b + 4),
+                post_attention_layernorm: var(b + 5),
+                gate_proj: var(b + 6),
+                up_proj: var(b + 7),
+                down_proj: var(b + 8),
+            });
+        }
+        let (rope_cos, rope_sin) =
+            rope_tables(max_seq, cfg.head_dim(), cfg.rope_theta, device, dtype)?;
+        Ok(MiniCpm {
+            cfg: cfg.clone(),
+            embed_tokens: var(0),
+            norm: var(named.len() - 1),
+            layers,
+            named,
+            rope_cos,
+            rope_sin,
+            max_seq,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn max_seq(&self) -> usize {
+        self.max_seq
+    }
+
+    /// Every parameter with its HF name, in checkpoint order.
+    pub fn named_vars(&self) -> &[(String, Var)] {
+        &self.named
+    }
+
+    /// Mean next-token cross-entropy of `inputs` → `targets`, both (B, T) u32.
+    /// With `grad` false the weights are detached, so no graph is kept for backward.
+    pub fn loss(&self, inputs: &Tensor, targets: &Tensor, grad: bool) -> Result<Tensor> {
+        let logits = self.logits(inputs, grad)?; // (B·T, V)
+        cross_entropy(&logits, &targets.flatten_all()?)
+    }
+
+    /// Next-token logits (B·T, V) of `inputs` (B, T) u32.
+    pub fn logits(&self, inputs: &Tensor, grad: bool) -> Result<Tensor> {
+        let (b, t) = inputs.dims2()?;
+        if t > self.max_seq {
+            return Err(Error::Config(format!(
+                "sequence of {t} tokens exceeds the model's {}",
+                self.max_seq
+            )));
+        }
+        let w = |v: &Var| {
+            if grad {
+                v.as_tensor().clone()
+            } else {
+                v.as_tensor().detach()
+            }
+        };
+        let cfg = &self.cfg;
+        let res = cfg.residual_scale();
+        let cos = self.rope_cos.narrow(0, 0, t)?; // (T, hd)
+        let sin = self.rope_sin.narrow(0, 0, t)?; // (T, hd)
+        let mask = causal_mask(t, &self.device, self.dtype)?; // (T, T)
+
+        let ids = inputs.flatten_all()?; // (B·T)
+        let mut h = w(&self.embed_tokens)
+            .index_select(&ids, 0)?
+            .affine(cfg.scale_emb, 0.0)?; // (B·T, H)
+        for l in &self.layers {
+            let x = rms_norm(&h, &w(&l.input_layernorm), cfg.rms_eps)?;
+            let a = self.attention(&x, l, b, t, &cos, &sin, &mask, grad)?; // (B·T, H)
+            h = (h + a.affine(res, 0.0)?)?;
+            let x = rms_norm(&h, &w(&l.post_attention_layernorm), cfg.rms_eps)?;
+            let m = swiglu(&x, &w(&l.gate_proj), &w(&l.up_proj), &w(&l.down_proj))?; // (B·T, H)
+            h = (h + m.affine(res, 0.0)?)?;
+        }
+        let h = rms_norm(&h, &w(&self.norm), cfg.rms_eps)?.affine(1.0 / cfg.width_mult(), 0.0)?; // (B·T, H)
+        Ok(h.matmul(&w(&self.embed_tokens).t()?)?) // (B·T, V)
+    }
+
+    /// Causal grouped-query self-attention on pre-normed `x` (B·T, H) → (B·T, H).
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        x: &Tensor,
+        l: &Block,
+        b: usize,
+        t: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        grad: bool,
+    ) -> Result<Tensor> {
+        let w = |v: &Var| {
+            if grad {
+                v.as_tensor().clone()
+            } else {
+                v.as_tensor().detach()
+            }
+        };
+        let (nh, kv, hd) = (self.cfg.heads, self.cfg.kv_heads, self.cfg.head_dim());
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) // (B, n, T, hd)
+        };
+        let q = rope(&heads(linear(x, &w(&l.q_proj))?, nh)?, cos, sin)?; // (B, nh, T, hd)
+        let k = rope(&heads(linear(x, &w(&l.k_proj))?, kv)?, cos, sin)?; // (B, kv, T, hd)
+        let v = heads(linear(x, &w(&l.v_proj))?, kv)?; // (B, kv, T, hd)
+        let (k, v) = (repeat_kv(k, nh / kv)?, repeat_kv(v, nh / kv)?); // (B, nh, T, hd)
+        let scores = q.matmul(&k.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?; // (B, nh, T, T)
+        let p = softmax_last(&scores.broadcast_add(mask)?)?; // (B, nh, T, T)
+        let o = p.matmul(&v)?; // (B, nh, T, hd)
+        let o = o.transpose(1, 2)?.reshape((b * t, nh * hd))?; // (B·T, nh·hd)
+        linear(&o, &w(&l.o_proj))
+    }
+}
+
+/// `x · wᵀ` for x (N, in) and w (out, in).
+fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.matmul(&w.t()?)?)
+}
+
+/// RMSNorm from primitives (candle-nn's fused one has no backward): x (N, H), w (H).
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let inv_rms = (x.sqr()?.mean_keepdim(1)? + eps)?.sqrt()?.recip()?; // (N, 1)
+    Ok(x.broadcast_mul(&inv_rms)?.broadcast_mul(w)?)
+}
+
+/// down(silu(gate(x)) ⊙ up(x)).
+fn swiglu(x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) -> Result<Tensor> {
+    let g = linear(x, gate)?.silu()?; // (N, F)
+    let u = linear(x, up)?; // (N, F)
+    linear(&(g * u)?, down)
+}
+
+/// cos/sin tables (T, hd) of half-split RoPE: angle(t, i) = t / θ^(2i/hd), duplicated halves.
+fn rope_tables(
+    seq: usize,
+    hd: usize,
+    theta: f64,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Tensor, Tensor)> {
+    let half = hd / 2;
+    let inv: Vec<f32> = (0..half)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / hd as f32))
+        .collect();
+    let (mut cos, mut sin) = (Vec::with_capacity(seq * hd), Vec::with_capacity(seq * hd));
+    for t in 0..seq {
+        // Both halves of the head dim use the same angles (half-split convention).
+        for &f in inv.iter().chain(inv.iter()) {
+            let a = t as f32 * f;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    let cos = Tensor::from_vec(cos, (seq, hd), device)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (seq, hd), device)?.to_dtype(dtype)?;
+    Ok((cos, sin))
+}
+
+/// x·cos + rotate_half(x)·sin for x (B, h, T, hd), rotate_half(x) = [−x₂, x₁].
+fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// (B, kv, T, hd) → (B, kv·rep, T, hd); query head h reads KV head h / rep (HF `repeat_kv`).
+fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x);
+    }
+    let (b, kv, t, hd) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .broadcast_as((b, kv, rep, t, hd))?
+        .reshape((b, kv * rep, t, hd))?)
+}
+
+/// (T, T): 0 on and below the diagonal, −∞ above.
+fn causal_mask(t: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+    let m: Vec<f32> = (0..t * t)
+        .map(|k| {
+            if k % t > k / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(m, (t, t), device)?.to_dtype(dtype)?)
+}
+
+/// Softmax over the last dim from primitives; the max shift carries no gradient.
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    Ok(e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?)
+}
+
+/// Mean cross-entropy of logits (N, V) against u32 targets (N).
+fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let m = logits.max_keepdim(1)?.detach(); // (N, 1)
+    let z = logits.broadcast_sub(&m)?; // (N, V)
+    let lse = z.exp()?.sum_keepdim(1)?.log()?; // (N, 1)
+    let picked = z.gather(&targets.unsqueeze(1)?, 1)?; // (N, 1)
+    Ok((lse - picked)?.mean_all()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_cfg() -> ModelConfig {
+        let mut c = ModelConfig::minicpm(16, 24, 4, 2, 2, 11);
+        c.dim_model_base = 8;
+        c
+    }
+
+    fn batch(device: &Device) -> (Tensor, Tensor) {
+        let x: Vec<u32> = (0..2 * 5).map(|i| (i * 7 % 11) as u32).collect();
+        let y: Vec<u32> = (0..2 * 5).map(|i| (i * 3 % 11) as u32).collect();
+        (
+            Tensor::from_vec(x, (2, 5), device).unwrap(),
+            Tensor::from_vec(y, (2, 5), device).unwrap(),
+        )
+    }
+
+    #[test]
+    fn parameter_count_matches_the_config() {
+        let cfg = tiny_cfg();
+        let m = MiniCpm::init(&cfg, 8, 0, &Device::Cpu, DType::F32).unwrap();
+        let n: usize = m.named_vars().iter().map(|(_, v)| v.elem_count()).sum();
+        assert_eq!(n as u64, cfg.total_params());
+    }
+
+    #[test]
+    fn init_follows_mup_and_is_seeded() {
+        let mut cfg = ModelConfig::minicpm(256, 256, 4, 4, 1, 3000);
+        cfg.dim_model_base = 64; // width_mult 4: hidden std = 0.1 / 2
+        let m = MiniCpm::init(&cfg, 8, 1, &Device::Cpu, DType::F32).unwrap();
+        let std = |name: &str| {
+            let v = &m.named_vars().iter().find(|(n, _)| n == name).unwrap().1;
+            v.as_tensor()
+                .sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt()
+        };
+        assert!((std("model.embed_tokens.weight") - 0.1).abs() < 0.003);
+        assert!((std("model.layers.0.mlp.up_proj.weight") - 0.05).abs() < 0.002);
+        assert_eq!(std("model.norm.weight"), 1.0);
+        let again = MiniCpm::init(&cfg, 8, 1, &Device::Cpu, DType::F32).unwrap();
+        let a = m.named_vars()[1]
+            .1
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = again.named_vars()[1]
+            .1
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn every_parameter_receives_a_gradient() {
+        let cfg = tiny_cfg();
+        let m = MiniCpm::init(&cfg, 8, 0, &Device::Cpu, DType::F32).unwrap();
+        let (x, y) = batch(&Device::Cpu);
+        let loss = m.loss(&x, &y, true).unwrap();
+        let grads = loss.backward().unwrap();
+        for (name, v) in m.named_vars() {
+            let g = grads
+                .get(v)
+                .unwrap_or_else(|| panic!("{name} has no gradient"));
+            let n = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(n > 0.0 && n.is_finite(), "{name}: |g|² = {n}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        // f64, central differences on a few entries of every tensor.
+        let cfg = tiny_cfg();
+        let dev = Device::Cpu;
+        let m = MiniCpm::init(&cfg, 8, 3, &dev, DType::F64).unwrap();
+        let (x, y) = batch(&dev);
+        let grads = m.loss(&x, &y, true).unwrap().backward().unwrap();
+        let eps = 1e-5;
+        let mut worst = 0.0f64;
+        for (name, v) in m.named_vars() {
+            let g = grads
+                .get(v)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            let base = v
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
+            for k in [0, base.len() / 3, base.len() - 1] {
+                let probe = |delta: f64| {
+                    let mut p = base.clone();
+                    p[k] += delta;
+                    v.set(&Tensor::from_vec(p, v.shape(), &dev).unwrap())
+                        .unwrap();
+                    m.loss(&x, &y, false).unwrap().to_scalar::<f64>().unwrap()
+                };
+                let fd = (probe(eps) - probe(-eps)) / (2.0 * eps);
+                v.set(&Tensor::from_vec(base.clone(), v.shape(), &dev).unwrap())
+                    .unwrap();
+                let err = (fd - g[k]).abs() / (fd.abs() + g[k].abs()).max(1e-6);
+                worst = worst.max(err);
+                assert!(
+                    err < 1e-5,
+                    "{name}[{k}]: autograd {} vs finite differences {fd}",
+                    g[k]
+                );
+            }
+        }
+        eprintln!("worst relative gradient error: {worst:e}");
+    }
+
+    #[test]
+    fn attention_is_causal() {
+        // Changing token 2 must leave the logits of positions 0 and 1 untouched.
+        let cfg = tiny_cfg();
+        let dev = Device::Cpu;
+        let m = MiniCpm::init(&cfg, 8, 0, &dev, DType::F64).unwrap();
+        let logits = |xs: Vec<u32>| {
+            let x = Tensor::from_vec(xs, (1, 3), &dev).unwrap();
+            m.logits(&x, false).unwrap().to_vec2::<f64>().unwrap()
+        };
+        let a = logits(vec![4, 5, 6]);
+        let b = logits(vec![4, 5, 10]);
+        assert_eq!(a[0], b[0]);
+        assert_eq!(a[1], b[1]);
+        assert_ne!(a[2], b[2]);
+    }
+}
