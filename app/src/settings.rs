@@ -1,0 +1,577 @@
+//! Run settings as a user gives them — flags, or a TOML file with the same keys — and their
+//! validation into a trainer `RunConfig`. Every error names the value and what is allowed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Deserialize;
+use wsdscope_trainer::{DataSpec, DecayShape, OptimConfig, RunConfig, Schedule, preset};
+
+/// Defaults a run takes when neither flags nor the file set a value.
+pub const DEFAULT_PRESET: &str = "tiny";
+pub const DEFAULT_LR: f64 = 0.01;
+pub const DEFAULT_WARMUP: f64 = 0.1;
+pub const DEFAULT_DECAY: &str = "exp:0.1:0.1";
+pub const DEFAULT_EVAL_BATCHES: usize = 4;
+pub const DEFAULT_VAL_FRACTION: f64 = 0.1;
+
+/// Every setting of a run. On the command line each is a flag (`--kv-heads 2`); in a config
+/// file each is a key with the same name (`kv-heads = 2`).
+#[derive(Args, Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// Model preset: tiny (default), wt-9m … wt-0.5b, minicpm-1.2b, minicpm-2.4b.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Training steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Sequences per step.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Tokens per sequence.
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Peak learning rate (hidden matrices get lr / (hidden/256), μP).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Warmup length as a fraction of the steps, in [0, 1).
+    #[arg(long, value_name = "F")]
+    pub warmup: Option<f64>,
+    /// The trunk's decay: SHAPE:FRACTION[:FLOOR], shape exp|linear|cosine|1-sqrt, FRACTION of
+    /// the steps in (0, 1], FLOOR the final lr as a fraction of the peak (default 0.1).
+    #[arg(long, value_name = "SHAPE:FRACTION[:FLOOR]")]
+    pub decay: Option<String>,
+    /// wsd (default), cosine or constant.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Seeds the initial weights and the synthetic data.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu (default) or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Training data: a UTF-8 text file (bytes, or tokens with --tokenizer) or a .u16/.u32
+    /// token file. Default: the embedded synthetic language.
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// How to read --data: auto (by extension: .u16/.bin → u16, .u32 → u32, else text),
+    /// text, u16, u32.
+    #[arg(long, value_name = "FORMAT")]
+    pub data_format: Option<String>,
+    /// A Hugging Face tokenizer.json to encode a text --data file with.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    #[arg(long)]
+    pub layers: Option<usize>,
+    #[arg(long)]
+    pub heads: Option<usize>,
+    #[arg(long)]
+    pub kv_heads: Option<usize>,
+    #[arg(long)]
+    pub ffn: Option<usize>,
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// Evaluate every N steps (default: steps/20); also at the end of stable and at the end.
+    #[arg(long, value_name = "N")]
+    pub eval_every: Option<u64>,
+    /// Number of fixed validation batches (default 4).
+    #[arg(long, value_name = "N")]
+    pub eval_batches: Option<usize>,
+    /// Held-out fraction of a token stream (default 0.1).
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
+    /// AdamW decoupled weight decay (default 0.1).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Global gradient-norm clip, 0 for none (default 1.0).
+    #[arg(long)]
+    pub clip: Option<f64>,
+    /// Write a checkpoint every N steps (and at the end) into --checkpoint-dir.
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every: Option<u64>,
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Start from these weights (safetensors, HF MiniCPM names) instead of the μP init.
+    #[arg(long, value_name = "FILE")]
+    pub init_from: Option<PathBuf>,
+}
+
+/// `a.or(b)` for every field: values in `self` win over `base`.
+macro_rules! overlay {
+    ($self:ident, $base:ident, $($f:ident),*) => {
+        Settings { $($f: $self.$f.or($base.$f)),* }
+    };
+}
+
+/// The settings that decide what a run computes (as opposed to where and how fast).
+const SHAPING: &[&str] = &[
+    "preset",
+    "steps",
+    "batch",
+    "seq",
+    "lr",
+    "warmup",
+    "decay",
+    "schedule",
+    "seed",
+    "data",
+    "data-format",
+    "tokenizer",
+    "hidden",
+    "layers",
+    "heads",
+    "kv-heads",
+    "ffn",
+    "vocab",
+    "eval-every",
+    "eval-batches",
+    "val-fraction",
+    "weight-decay",
+    "clip",
+    "init-from",
+];
+
+impl Settings {
+    /// Reads a TOML settings file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("config file {}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("config file {}: {}", path.display(), e.message()))
+    }
+
+    /// These settings, with unset values taken from `base`.
+    pub fn over(self, base: Settings) -> Settings {
+        overlay!(
+            self,
+            base,
+            preset,
+            steps,
+            batch,
+            seq,
+            lr,
+            warmup,
+            decay,
+            schedule,
+            seed,
+            device,
+            threads,
+            data,
+            data_format,
+            tokenizer,
+            hidden,
+            layers,
+            heads,
+            kv_heads,
+            ffn,
+            vocab,
+            eval_every,
+            eval_batches,
+            val_fraction,
+            weight_decay,
+            clip,
+            checkpoint_every,
+            checkpoint_dir,
+            init_from
+        )
+    }
+
+    /// Names of the settings given that change what a run computes.
+    pub fn shaping_given(&self) -> Vec<&'static str> {
+        let v = serde_json::json!({
+            "preset": self.preset, "steps": self.steps, "batch": self.batch, "seq": self.seq,
+            "lr": self.lr, "warmup": self.warmup, "decay": self.decay, "schedule": self.schedule,
+            "seed": self.seed, "data": self.data, "data-format": self.data_format,
+            "tokenizer": self.tokenizer, "hidden": self.hidden, "layers": self.layers,
+            "heads": self.heads, "kv-heads": self.kv_heads, "ffn": self.ffn, "vocab": self.vocab,
+            "eval-every": self.eval_every, "eval-batches": self.eval_batches,
+            "val-fraction": self.val_fraction, "weight-decay": self.weight_decay, "clip": self.clip,
+            "init-from": self.init_from,
+        });
+        SHAPING
+            .iter()
+            .copied()
+            .filter(|k| !v[*k].is_null())
+            .collect()
+    }
+
+    /// Validates the settings into a run configuration.
+    pub fn to_run_config(&self) -> Result<RunConfig> {
+        let preset_name = self
+            .preset
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PRESET.to_string());
+        let p = preset(&preset_name)?;
+        let mut model = p.model.clone();
+        let shape = [
+            (&mut model.hidden, self.hidden),
+            (&mut model.layers, self.layers),
+            (&mut model.heads, self.heads),
+            (&mut model.kv_heads, self.kv_heads),
+            (&mut model.ffn, self.ffn),
+        ];
+        for (slot, v) in shape {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        // Unless --kv-heads is given, a --heads override keeps the preset's grouping valid.
+        if self.heads.is_some() && self.kv_heads.is_none() && model.heads % model.kv_heads != 0 {
+            model.kv_heads = model.heads;
+        }
+        let data = self.data_spec()?;
+        model.vocab = match (self.vocab, &data) {
+            (Some(v), _) => v,
+            (None, DataSpec::Text { .. }) => 256,
+            (None, DataSpec::Tokenized { tokenizer, .. }) => {
+                wsdscope_trainer::data::tokenizer::load(tokenizer)?.get_vocab_size(true)
+            }
+            (None, _) => p.model.vocab,
+        };
+        let steps = self.steps.unwrap_or(p.steps);
+        if steps == 0 {
+            bail!("--steps 0 is not allowed; it must be at least 1");
+        }
+        let schedule = self.schedule(steps)?;
+        let cfg = RunConfig {
+            preset: preset_name,
+            model,
+            data,
+            val_fraction: self.val_fraction.unwrap_or(DEFAULT_VAL_FRACTION),
+            steps,
+            batch: self.batch.unwrap_or(p.batch),
+            seq: self.seq.unwrap_or(p.seq),
+            seed: self.seed.unwrap_or(0),
+            schedule,
+            optim: OptimConfig {
+                weight_decay: self
+                    .weight_decay
+                    .unwrap_or(OptimConfig::default().weight_decay),
+                clip: self.clip.unwrap_or(OptimConfig::default().clip),
+                ..OptimConfig::default()
+            },
+            eval_every: self.eval_every.unwrap_or((steps / 20).max(1)),
+            eval_batches: self.eval_batches.unwrap_or(DEFAULT_EVAL_BATCHES),
+            device: self.device.clone().unwrap_or_else(|| "cpu".into()),
+            threads: self.threads.unwrap_or_else(default_threads),
+            checkpoint_every: self.checkpoint_every.unwrap_or(0),
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            init_from: self.init_from.clone(),
+        };
+        if cfg.threads == 0 {
+            bail!("--threads 0 is not allowed; it must be at least 1");
+        }
+        cfg.validate()?;
+        wsdscope_trainer::engine::device(&cfg.device)?;
+        if let Some(p) = &cfg.init_from
+            && !p.is_file()
+        {
+            bail!("--init-from {}: no such file", p.display());
+        }
+        Ok(cfg)
+    }
+
+    fn data_spec(&self) -> Result<DataSpec> {
+        let Some(path) = self.data.clone() else {
+            if self.tokenizer.is_some() {
+                bail!("--tokenizer needs --data FILE (a text file to encode)");
+            }
+            return Ok(DataSpec::Synthetic);
+        };
+        if !path.exists() {
+            bail!("--data {}: no such file", path.display());
+        }
+        if path.is_dir() {
+            bail!(
+                "--data {}: is a directory; give a text or token file",
+                path.display()
+            );
+        }
+        let format = self.data_format.as_deref().unwrap_or("auto");
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let format = match format {
+            "auto" => match ext {
+                "u16" | "bin" => "u16",
+                "u32" => "u32",
+                _ => "text",
+            },
+            "text" | "u16" | "u32" => format,
+            other => bail!("--data-format {other:?} is not allowed; use auto, text, u16 or u32"),
+        };
+        Ok(match (format, self.tokenizer.clone()) {
+            ("text", None) => DataSpec::Text { path },
+            ("text", Some(tokenizer)) => {
+                if !tokenizer.is_file() {
+                    bail!("--tokenizer {}: no such file", tokenizer.display());
+                }
+                DataSpec::Tokenized { path, tokenizer }
+            }
+            (_, Some(_)) => bail!(
+                "--tokenizer applies to text data, but --data {} is read as {format} tokens",
+                path.display()
+            ),
+            ("u16", None) => DataSpec::Tokens { path, width: 2 },
+            _ => DataSpec::Tokens { path, width: 4 },
+        })
+    }
+
+    fn schedule(&self, steps: u64) -> Result<Schedule> {
+        let peak = self.lr.unwrap_or(DEFAULT_LR);
+        if !(peak.is_finite() && peak > 0.0) {
+            bail!("--lr {peak} is not allowed; it must be a finite number > 0");
+        }
+        let warmup_f = self.warmup.unwrap_or(DEFAULT_WARMUP);
+        if !(0.0..1.0).contains(&warmup_f) {
+            bail!("--warmup {warmup_f} is not allowed; it is a fraction of the steps in [0, 1)");
+        }
+        let warmup = (warmup_f * steps as f64).round() as u64;
+        let (shape, decay_steps, floor) =
+            parse_decay(self.decay.as_deref().unwrap_or(DEFAULT_DECAY), steps)?;
+        match self.schedule.as_deref().unwrap_or("wsd") {
+            "wsd" => Ok(Schedule::wsd(
+                peak,
+                steps,
+                warmup,
+                decay_steps,
+                shape,
+                floor,
+            )?),
+            "cosine" => {
+                let s = Schedule::Cosine {
+                    peak,
+                    warmup,
+                    total: steps,
+                    floor,
+                };
+                s.validate()?;
+                Ok(s)
+            }
+            "constant" => {
+                if self.decay.is_some() {
+                    bail!("--decay does not apply to --schedule constant (it never decays)");
+                }
+                Ok(Schedule::Constant {
+                    peak,
+                    warmup,
+                    total: steps,
+                })
+            }
+            other => bail!("--schedule {other:?} is not allowed; use wsd, cosine or constant"),
+        }
+    }
+}
+
+/// Parses `SHAPE:FRACTION[:FLOOR]` into (shape, decay steps, floor).
+pub fn parse_decay(spec: &str, steps: u64) -> Result<(DecayShape, u64, f64)> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    if !(2..=3).contains(&parts.len()) {
+        bail!(
+            "--decay {spec:?} is not allowed; use SHAPE:FRACTION[:FLOOR], e.g. exp:0.1 or linear:0.2:0"
+        );
+    }
+    let shape: DecayShape = parts[0].parse()?;
+    let fraction: f64 = parts[1].parse().map_err(|_| {
+        anyhow::anyhow!("--decay {spec:?}: FRACTION {:?} is not a number", parts[1])
+    })?;
+    if !(fraction > 0.0 && fraction <= 1.0) {
+        bail!(
+            "--decay {spec:?}: FRACTION {fraction} is not allowed; it is a fraction of --steps in (0, 1]"
+        );
+    }
+    let floor = match parts.get(2) {
+        Some(f) => f
+            .parse::<f64>()
+            .map_err(|_| anyhow::anyhow!("--decay {spec:?}: FLOOR {f:?} is not a number"))?,
+        None => 0.1,
+    };
+    if !(0.0..=1.0).contains(&floor) {
+        bail!(
+            "--decay {spec:?}: FLOOR {floor} is not allowed; it is a fraction of the peak lr in [0, 1]"
+        );
+    }
+    // At least one decay step, so a short run still has the shape it asks for.
+    let decay_steps = ((fraction * steps as f64).round() as u64).max(1);
+    Ok((shape, decay_steps, floor))
+}
+
+/// All cores the process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The run configuration a `record` (or later `run`) invocation asks for.
+pub fn resolve(cli: Settings, config_file: Option<&Path>) -> Result<RunConfig> {
+    let settings = match config_file {
+        Some(p) => cli.over(Settings::from_file(p)?),
+        None => cli,
+    };
+    settings.to_run_config()
+}
+
+/// A `--checkpoint-dir` must be creatable before training starts.
+pub fn check_checkpoint_dir(dir: &Option<PathBuf>) -> Result<()> {
+    if let Some(d) = dir {
+        if d.exists() && !d.is_dir() {
+            bail!(
+                "--checkpoint-dir {}: exists and is not a directory",
+                d.display()
+            );
+        }
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("--checkpoint-dir {}: cannot create it", d.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(s: Settings) -> String {
+        format!("{:#}", s.to_run_config().unwrap_err())
+    }
+
+    #[test]
+    fn defaults_give_the_tiny_wsd_run() {
+        let c = Settings::default().to_run_config().unwrap();
+        assert_eq!(c.preset, "tiny");
+        let b = c.schedule.bounds();
+        assert_eq!(b.total, c.steps);
+        assert_eq!(b.warmup_end, c.steps / 10);
+        assert_eq!(b.decay_start, c.steps - c.steps / 10);
+    }
+
+    #[test]
+    fn invalid_values_name_themselves() {
+        let cases: Vec<(Settings, &str)> = vec![
+            (
+                Settings {
+                    preset: Some("nope".into()),
+                    ..Default::default()
+                },
+                "unknown preset \"nope\"",
+            ),
+            (
+                Settings {
+                    batch: Some(0),
+                    ..Default::default()
+                },
+                "--batch 0",
+            ),
+            (
+                Settings {
+                    lr: Some(0.0),
+                    ..Default::default()
+                },
+                "--lr 0",
+            ),
+            (
+                Settings {
+                    lr: Some(-1.0),
+                    ..Default::default()
+                },
+                "--lr -1",
+            ),
+            (
+                Settings {
+                    steps: Some(100),
+                    warmup: Some(0.5),
+                    decay: Some("exp:0.6".into()),
+                    ..Default::default()
+                },
+                "decay of 60 steps",
+            ),
+            (
+                Settings {
+                    decay: Some("exp:2".into()),
+                    ..Default::default()
+                },
+                "FRACTION 2",
+            ),
+            (
+                Settings {
+                    decay: Some("square:0.1".into()),
+                    ..Default::default()
+                },
+                "unknown decay shape \"square\"",
+            ),
+            (
+                Settings {
+                    schedule: Some("step".into()),
+                    ..Default::default()
+                },
+                "--schedule \"step\"",
+            ),
+            (
+                Settings {
+                    data: Some("/no/such/file.txt".into()),
+                    ..Default::default()
+                },
+                "/no/such/file.txt",
+            ),
+            (
+                Settings {
+                    device: Some("gpu".into()),
+                    ..Default::default()
+                },
+                "--device \"gpu\"",
+            ),
+            (
+                Settings {
+                    heads: Some(3),
+                    ..Default::default()
+                },
+                "--hidden 128 is not divisible by --heads 3",
+            ),
+            (
+                Settings {
+                    warmup: Some(1.0),
+                    ..Default::default()
+                },
+                "--warmup 1",
+            ),
+        ];
+        for (s, want) in cases {
+            let e = err(s);
+            assert!(e.contains(want), "{e:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn file_values_yield_to_flags() {
+        let file: Settings = toml::from_str("steps = 50\nlr = 0.02\nkv-heads = 2\n").unwrap();
+        let cli = Settings {
+            lr: Some(0.03),
+            ..Default::default()
+        };
+        let merged = cli.over(file);
+        assert_eq!(merged.steps, Some(50));
+        assert_eq!(merged.lr, Some(0.03));
+        assert_eq!(merged.kv_heads, Some(2));
+        assert!(
+            toml::from_str::<Settings>("stesp = 5").is_err(),
+            "unknown keys are refused"
+        );
+    }
+
+    #[test]
+    fn decay_parses_fraction_and_floor() {
+        let (s, d, f) = parse_decay("1-sqrt:0.2:0", 1000).unwrap();
+        assert_eq!((s, d, f), (DecayShape::OneSqrt, 200, 0.0));
+        assert!(parse_decay("exp", 10).is_err());
+        assert_eq!(
+            parse_decay("exp:0.01", 10).unwrap().1,
+            1,
+            "rounds up to one step"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! Every invalid value gets one clear line naming it and what is allowed, a non-zero exit,
+//! and never a panic.
+
+use wsdscope_tests::run;
+
+fn refused(args: &[&str], want: &str) {
+    let r = run(args);
+    assert_eq!(
+        r.code,
+        Some(2),
+        "{args:?} should fail with exit 2: {}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("panicked"),
+        "{args:?} panicked: {}",
+        r.stderr
+    );
+    let line = r.stderr.trim();
+    assert!(line.starts_with("error: "), "{args:?}: {line}");
+    assert_eq!(
+        line.lines().count(),
+        1,
+        "{args:?}: one line expected: {line}"
+    );
+    assert!(line.contains(want), "{args:?}: {line:?} lacks {want:?}");
+}
+
+#[test]
+fn invalid_values_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("a.txt");
+    std::fs::write(&text, "abcdefgh".repeat(100)).unwrap();
+    let t = text.to_str().unwrap();
+    let toml = dir.path().join("bad.toml");
+    std::fs::write(&toml, "stepz = 3\n").unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["record", "--preset", "gpt5"],
+            "unknown preset \"gpt5\"; allowed: tiny",
+        ),
+        (&["record", "--batch", "0"], "--batch 0"),
+        (&["record", "--lr", "0"], "--lr 0 is not allowed"),
+        (&["record", "--lr", "-0.5"], "--lr -0.5"),
+        (
+            &["record", "--steps", "100", "--decay", "exp:0.95"],
+            "decay of 95 steps does not fit",
+        ),
+        (
+            &["record", "--decay", "wiggle:0.1"],
+            "unknown decay shape \"wiggle\"",
+        ),
+        (
+            &["record", "--data", "/no/such/data.txt"],
+            "--data /no/such/data.txt: no such file",
+        ),
+        (
+            &["record", "--data", t, "--vocab", "50"],
+            "holds token id 104 but the model's vocab is 50; use --vocab 105",
+        ),
+        (&["record", "--device", "cuda:0"], "CUDA is unavailable"),
+        (&["record", "--device", "tpu"], "--device \"tpu\""),
+        (&["record", "--threads", "0"], "--threads 0"),
+        (
+            &["record", "--config", toml.to_str().unwrap()],
+            "unknown field `stepz`",
+        ),
+        (&["record", "--resume", "/no/such/ck"], "no such directory"),
+        (&["record", "--checkpoint-every", "5"], "--checkpoint-dir"),
+        (&["tokenizer", "train", t, "--vocab", "10"], "--vocab 10"),
+        (&["bench", "--heads", "3"], "not divisible by --heads 3"),
+    ];
+    for (args, want) in cases {
+        refused(args, want);
+    }
+}
