@@ -7,13 +7,31 @@
 //! than guess.
 //!
 //! On the wire (`wsdscope record --jsonl`) each event is one JSON object per line with a
-//! `"type"` field (`"run_start"`, `"step"`, `"eval"`, `"checkpoint"`, `"note"`, `"end"`) and
+//! `"type"` field (`"run_start"`, `"step"`, `"eval"`, `"forked"`, `"probe"`, `"checkpoint"`,
+//! `"note"`, `"end"`) and
 //! the id of the run it belongs to (`"run"`; the trunk is run 0).
 //!
 //! This crate deliberately depends on neither candle nor the trainer: the full run
 //! configuration travels as an opaque JSON value.
+//!
+//! Sessions are recorded to HDF5 by [`Recorder`] (a writer thread) and read back by
+//! [`Session`], which yields the same event stream and random access for plots and the UI;
+//! [`layout`] describes the file.
+
+pub mod buckets;
+pub mod error;
+pub mod layout;
+pub mod reader;
+pub mod recorder;
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub use buckets::Bucket;
+pub use error::{Error, Result};
+pub use reader::{RunInfo, Session};
+pub use recorder::{RecordSummary, Recorder};
 
 /// Version of the event vocabulary. Bump on any incompatible change.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
@@ -103,6 +121,9 @@ pub struct StepMetrics {
     pub tokens: u64,
     pub tokens_per_s: f64,
     pub step_ms: f64,
+    /// Gradient norm (before clipping) of each decoder layer's tensors, index = layer.
+    #[serde(default)]
+    pub grad_norm_per_layer: Vec<f64>,
 }
 
 /// Why a run ended.
@@ -123,6 +144,12 @@ pub struct RunStart {
     pub run: RunId,
     pub schema_version: u32,
     pub name: String,
+    /// The run this one was forked from (None for the trunk).
+    #[serde(default)]
+    pub parent: Option<RunId>,
+    /// The parent's step at which it was forked.
+    #[serde(default)]
+    pub fork_step: Option<u64>,
     pub model: ModelSummary,
     pub data: DataSummary,
     pub phases: PhaseBounds,
@@ -134,6 +161,18 @@ pub struct RunStart {
     pub threads: usize,
     /// The full run configuration as the trainer serialises it.
     pub config: serde_json::Value,
+}
+
+/// The result of one probe: named scalars and named series (e.g. a 1-D loss slice).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub run: RunId,
+    pub step: u64,
+    pub probe: String,
+    #[serde(default)]
+    pub scalars: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub series: BTreeMap<String, Vec<f64>>,
 }
 
 /// One event of a session.
@@ -151,6 +190,16 @@ pub enum RunEvent {
         val_loss: f64,
         tokens: u64,
     },
+    /// A new run was forked from `parent` after its step `step`; its `run_start` follows.
+    Forked {
+        run: RunId,
+        parent: RunId,
+        step: u64,
+        /// The new run's schedule as the trainer serialises it.
+        schedule: serde_json::Value,
+    },
+    /// A probe measured something about a run's loss landscape.
+    Probe(ProbeResult),
     /// A checkpoint was written.
     Checkpoint {
         run: RunId,
@@ -180,7 +229,9 @@ impl RunEvent {
     pub fn run(&self) -> RunId {
         match self {
             RunEvent::RunStart(s) => s.run,
+            RunEvent::Probe(p) => p.run,
             RunEvent::Eval { run, .. }
+            | RunEvent::Forked { run, .. }
             | RunEvent::Checkpoint { run, .. }
             | RunEvent::Note { run, .. }
             | RunEvent::End { run, .. } => *run,
@@ -194,6 +245,8 @@ impl RunEvent {
             RunEvent::RunStart { .. } => "run_start",
             RunEvent::Step(_) => "step",
             RunEvent::Eval { .. } => "eval",
+            RunEvent::Forked { .. } => "forked",
+            RunEvent::Probe(_) => "probe",
             RunEvent::Checkpoint { .. } => "checkpoint",
             RunEvent::Note { .. } => "note",
             RunEvent::End { .. } => "end",
@@ -223,6 +276,7 @@ mod tests {
             tokens: 6144,
             tokens_per_s: 1000.0,
             step_ms: 12.0,
+            grad_norm_per_layer: vec![0.5, 0.7],
         })
     }
 

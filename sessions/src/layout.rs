@@ -1,0 +1,60 @@
+//! The HDF5 layout of a session file (format version 1), shared by the writer and the reader.
+//! `docs/session-format.md` documents it for h5py/pandas users.
+//!
+//! ```text
+//! /                       attrs: format_version, event_schema_version, producer, created, config (JSON)
+//! /events                 uint8[n]: the event log, JSON lines {"seq": N, "event": {...}}
+//! /runs/<id>/             attrs: id, name, parent (-1: none), fork_step (-1: none), start_step,
+//!                                batch, seq, device, threads, layers, model, data, phases, config
+//!     seq, step, tokens   uint64[n]
+//!     phase               uint8[n]   0 warmup, 1 stable, 2 decay
+//!     loss, lr, grad_norm, update_norm, param_norm, tokens_per_s, step_ms   float64[n]
+//!     grad_norm_per_layer float64[n, layers]
+//!     eval/seq, eval/step, eval/tokens   uint64[m]
+//!     eval/val_loss       float64[m]
+//! ```
+//! Every dataset is chunked, extendable along its first axis and deflate-compressed. `seq` is
+//! the position of each event in the stream a live run produced, so the reader can merge
+//! steps, evals and logged events back into exactly that stream.
+
+/// Bump on any incompatible change; readers refuse newer versions.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub const EVENTS: &str = "events";
+pub const RUNS: &str = "runs";
+pub const EVAL: &str = "eval";
+
+/// Per-step scalar metrics stored as float64, in `StepMetrics` field order.
+pub const F64_METRICS: [&str; 7] = [
+    "loss",
+    "lr",
+    "grad_norm",
+    "update_norm",
+    "param_norm",
+    "tokens_per_s",
+    "step_ms",
+];
+
+/// Per-step uint64 columns.
+pub const U64_COLUMNS: [&str; 3] = ["seq", "step", "tokens"];
+
+pub const PHASE: &str = "phase";
+pub const GRAD_NORM_PER_LAYER: &str = "grad_norm_per_layer";
+
+/// Rows per chunk of 1-D datasets (32 KiB of float64).
+pub const CHUNK: usize = 4096;
+/// Rows per chunk of per-layer 2-D datasets.
+pub const CHUNK_2D: usize = 512;
+/// Deflate level: cheap, and per-step series compress well.
+pub const DEFLATE: u8 = 4;
+
+/// Metric names a reader can query per run: the float64 step metrics and `val_loss`.
+pub fn metric_names() -> Vec<&'static str> {
+    let mut v = F64_METRICS.to_vec();
+    v.push("val_loss");
+    v
+}
+
+pub fn run_group(id: u32) -> String {
+    format!("{RUNS}/{id}")
+}

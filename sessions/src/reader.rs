@@ -1,0 +1,505 @@
+//! Reading a session file, finished or still growing: the run table, the exact event stream
+//! the live run produced, full series for plots, and min/max buckets of any step range for the
+//! UI, read in slices so a million-step dataset is never loaded whole.
+
+use std::io::Read;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+use hdf5::types::VarLenUnicode;
+use hdf5::{Dataset, File, OpenMode};
+
+use crate::buckets::{Bucket, BucketFolder};
+use crate::error::{Error, Result, session_err};
+use crate::layout::*;
+use crate::{EndReason, ModelSummary, Phase, PhaseBounds, RunEvent, RunId, RunStart, StepMetrics};
+
+const HDF5_SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
+/// Rows read per slice when scanning a dataset.
+const SLICE: usize = 1 << 16;
+
+/// One run of a session, as far as it has been recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub id: RunId,
+    pub name: String,
+    pub parent: Option<RunId>,
+    pub fork_step: Option<u64>,
+    pub model: ModelSummary,
+    pub phases: PhaseBounds,
+    pub start_step: u64,
+    /// Recorded step rows.
+    pub steps: u64,
+    pub first_step: Option<u64>,
+    pub last_step: Option<u64>,
+    pub final_train_loss: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    pub evals: u64,
+    /// How the run ended, if it has.
+    pub end: Option<(EndReason, Option<String>)>,
+    pub wall_s: Option<f64>,
+    pub config: serde_json::Value,
+}
+
+/// An open session file.
+pub struct Session {
+    path: PathBuf,
+    file: File,
+    format_version: u32,
+    log: Vec<(u64, RunEvent)>,
+    runs: Vec<RunInfo>,
+}
+
+fn damaged(path: &Path, what: impl std::fmt::Display) -> Error {
+    session_err(path, format!("is damaged or truncated ({what})"))
+}
+
+impl Session {
+    /// Opens a session for reading. Works on a file another process is still writing (SWMR)
+    /// and on one whose writer was killed: if a dead SWMR writer left the file marked as open
+    /// for writing, the mark is cleared first.
+    pub fn open(path: &Path) -> Result<Self> {
+        check_is_hdf5(path)?;
+        check_not_truncated(path)?;
+        let file = match open_swmr(path) {
+            Ok(f) => f,
+            Err(e) if e.to_string().contains("already open for write") => {
+                clear_status_flags(path)?;
+                open_swmr(path).map_err(|e| damaged(path, e))?
+            }
+            Err(e) => return Err(damaged(path, e)),
+        };
+        let format_version = match file.attr("format_version") {
+            Ok(a) => a.read_scalar::<u32>().map_err(|e| damaged(path, e))?,
+            Err(_) => {
+                return Err(session_err(
+                    path,
+                    "is an HDF5 file but not a wsdscope session (it has no format_version attribute)",
+                ));
+            }
+        };
+        if format_version > FORMAT_VERSION {
+            return Err(session_err(
+                path,
+                format!(
+                    "was written by a newer wsdscope (session format {format_version}; this one reads up to {FORMAT_VERSION}); upgrade wsdscope"
+                ),
+            ));
+        }
+        let mut s = Session {
+            path: path.to_path_buf(),
+            file,
+            format_version,
+            log: Vec::new(),
+            runs: Vec::new(),
+        };
+        s.refresh()?;
+        Ok(s)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn format_version(&self) -> u32 {
+        self.format_version
+    }
+
+    /// A root string attribute (`producer`, `created`, `config`), if present.
+    pub fn root_attr(&self, name: &str) -> Option<String> {
+        let a = self.file.attr(name).ok()?;
+        a.read_scalar::<VarLenUnicode>()
+            .ok()
+            .map(|v| v.as_str().to_string())
+    }
+
+    /// Re-reads the event log and dataset lengths (for a session that is still growing).
+    pub fn refresh(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let events = self.file.dataset(EVENTS).map_err(|e| damaged(&path, e))?;
+        let _ = events.refresh();
+        let bytes: Vec<u8> = events.read_raw().map_err(|e| damaged(&path, e))?;
+        let mut log = Vec::new();
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            #[derive(serde::Deserialize)]
+            struct Entry {
+                seq: u64,
+                event: RunEvent,
+            }
+            match serde_json::from_slice::<Entry>(line) {
+                Ok(e) => log.push((e.seq, e.event)),
+                Err(e) => return Err(damaged(&path, format!("event log entry unreadable: {e}"))),
+            }
+        }
+        let mut runs = Vec::new();
+        for (_, ev) in &log {
+            if let RunEvent::RunStart(s) = ev {
+                runs.push(self.run_info(s)?);
+            }
+        }
+        for (_, ev) in &log {
+            if let RunEvent::End {
+                run,
+                reason,
+                message,
+                final_val_loss,
+                wall_s,
+                ..
+            } = ev
+                && let Some(r) = runs.iter_mut().find(|r| r.id == *run)
+            {
+                r.end = Some((*reason, message.clone()));
+                r.wall_s = Some(*wall_s);
+                if r.final_val_loss.is_none() {
+                    r.final_val_loss = *final_val_loss;
+                }
+            }
+        }
+        self.log = log;
+        self.runs = runs;
+        Ok(())
+    }
+
+    fn dataset(&self, run: RunId, name: &str) -> Result<Dataset> {
+        let ds = self
+            .file
+            .dataset(&format!("{}/{name}", run_group(run)))
+            .map_err(|e| damaged(&self.path, e))?;
+        let _ = ds.refresh();
+        Ok(ds)
+    }
+
+    fn len(&self, ds: &Dataset) -> u64 {
+        ds.shape().first().copied().unwrap_or(0) as u64
+    }
+
+    fn read_at<T: hdf5::H5Type + Copy>(&self, ds: &Dataset, i: u64) -> Result<T> {
+        let v = ds
+            .read_slice_1d::<T, _>(i as usize..i as usize + 1)
+            .map_err(|e| damaged(&self.path, e))?;
+        Ok(v[0])
+    }
+
+    fn run_info(&self, s: &RunStart) -> Result<RunInfo> {
+        let step = self.dataset(s.run, "step")?;
+        let n = self.len(&step);
+        let ev_loss = self.dataset(s.run, &format!("{EVAL}/val_loss"))?;
+        let m = self.len(&ev_loss);
+        let (first_step, last_step, final_train_loss) = if n > 0 {
+            let loss = self.dataset(s.run, "loss")?;
+            (
+                Some(self.read_at::<u64>(&step, 0)?),
+                Some(self.read_at::<u64>(&step, n - 1)?),
+                Some(self.read_at::<f64>(&loss, n - 1)?),
+            )
+        } else {
+            (None, None, None)
+        };
+        Ok(RunInfo {
+            id: s.run,
+            name: s.name.clone(),
+            parent: s.parent,
+            fork_step: s.fork_step,
+            model: s.model.clone(),
+            phases: s.phases,
+            start_step: s.start_step,
+            steps: n,
+            first_step,
+            last_step,
+            final_train_loss,
+            final_val_loss: if m > 0 {
+                Some(self.read_at::<f64>(&ev_loss, m - 1)?)
+            } else {
+                None
+            },
+            evals: m,
+            end: None,
+            wall_s: None,
+            config: s.config.clone(),
+        })
+    }
+
+    /// The runs recorded so far, trunk first.
+    pub fn runs(&self) -> &[RunInfo] {
+        &self.runs
+    }
+
+    pub fn run(&self, id: RunId) -> Result<&RunInfo> {
+        self.runs.iter().find(|r| r.id == id).ok_or_else(|| {
+            let ids: Vec<String> = self.runs.iter().map(|r| r.id.to_string()).collect();
+            Error::Query(format!(
+                "{}: no run {id}; runs: {}",
+                self.path.display(),
+                ids.join(", ")
+            ))
+        })
+    }
+
+    /// Every event in the order the live run produced it.
+    pub fn events(&self) -> Result<Vec<RunEvent>> {
+        let mut all: Vec<(u64, RunEvent)> = self.log.clone();
+        for r in &self.runs {
+            let id = r.id;
+            let u64col = |name: &str| -> Result<Vec<u64>> { self.read_all(id, name) };
+            let f64col = |name: &str| -> Result<Vec<f64>> { self.read_all(id, name) };
+            let (seq, step, tokens) = (u64col("seq")?, u64col("step")?, u64col("tokens")?);
+            let phase: Vec<u8> = self.read_all(id, PHASE)?;
+            let cols: Vec<Vec<f64>> = F64_METRICS
+                .iter()
+                .map(|m| f64col(m))
+                .collect::<Result<_>>()?;
+            let per_layer = self.dataset(id, GRAD_NORM_PER_LAYER)?;
+            let layers = per_layer.shape().get(1).copied().unwrap_or(0);
+            let n = seq.len().min(step.len()).min(tokens.len()).min(phase.len());
+            let n = cols.iter().fold(n, |n, c| n.min(c.len()));
+            let pl: Vec<f64> = if layers > 0 && n > 0 {
+                per_layer
+                    .read_slice_2d::<f64, _>((0..n, ..))
+                    .map_err(|e| damaged(&self.path, e))?
+                    .iter()
+                    .copied()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for i in 0..n {
+                all.push((
+                    seq[i],
+                    RunEvent::Step(StepMetrics {
+                        run: id,
+                        step: step[i],
+                        phase: match phase[i] {
+                            0 => Phase::Warmup,
+                            1 => Phase::Stable,
+                            _ => Phase::Decay,
+                        },
+                        loss: cols[0][i],
+                        lr: cols[1][i],
+                        grad_norm: cols[2][i],
+                        update_norm: cols[3][i],
+                        param_norm: cols[4][i],
+                        tokens: tokens[i],
+                        tokens_per_s: cols[5][i],
+                        step_ms: cols[6][i],
+                        grad_norm_per_layer: if layers > 0 {
+                            pl[i * layers..(i + 1) * layers].to_vec()
+                        } else {
+                            Vec::new()
+                        },
+                    }),
+                ));
+            }
+            let (eseq, estep, etok): (Vec<u64>, Vec<u64>, Vec<u64>) = (
+                self.read_all(id, &format!("{EVAL}/seq"))?,
+                self.read_all(id, &format!("{EVAL}/step"))?,
+                self.read_all(id, &format!("{EVAL}/tokens"))?,
+            );
+            let eloss: Vec<f64> = self.read_all(id, &format!("{EVAL}/val_loss"))?;
+            let m = eseq.len().min(estep.len()).min(etok.len()).min(eloss.len());
+            for i in 0..m {
+                all.push((
+                    eseq[i],
+                    RunEvent::Eval {
+                        run: id,
+                        step: estep[i],
+                        val_loss: eloss[i],
+                        tokens: etok[i],
+                    },
+                ));
+            }
+        }
+        all.sort_by_key(|(seq, _)| *seq);
+        Ok(all.into_iter().map(|(_, e)| e).collect())
+    }
+
+    fn read_all<T: hdf5::H5Type>(&self, run: RunId, name: &str) -> Result<Vec<T>> {
+        self.dataset(run, name)?
+            .read_raw()
+            .map_err(|e| damaged(&self.path, e))
+    }
+
+    /// The (step, value) series of one metric of one run: a per-step metric
+    /// (see [`layout::F64_METRICS`](crate::layout::F64_METRICS)) or `val_loss`.
+    pub fn series(&self, run: RunId, metric: &str) -> Result<(Vec<u64>, Vec<f64>)> {
+        let (steps, values) = self.metric_paths(run, metric)?;
+        let s: Vec<u64> = self.read_all(run, &steps)?;
+        let v: Vec<f64> = self.read_all(run, &values)?;
+        let n = s.len().min(v.len());
+        Ok((s[..n].to_vec(), v[..n].to_vec()))
+    }
+
+    fn metric_paths(&self, run: RunId, metric: &str) -> Result<(String, String)> {
+        self.run(run)?;
+        if metric == "val_loss" {
+            return Ok((format!("{EVAL}/step"), format!("{EVAL}/val_loss")));
+        }
+        if F64_METRICS.contains(&metric) {
+            return Ok(("step".into(), metric.into()));
+        }
+        Err(Error::Query(format!(
+            "unknown metric {metric:?}; allowed: {}",
+            metric_names().join(", ")
+        )))
+    }
+
+    /// At most `n` min/max buckets of `metric` of `run` over the steps in `steps`, reading the
+    /// datasets in slices (a binary search finds the step range; nothing else is read).
+    pub fn buckets(
+        &self,
+        run: RunId,
+        metric: &str,
+        steps: RangeInclusive<u64>,
+        n: usize,
+    ) -> Result<Vec<Bucket>> {
+        let (sp, vp) = self.metric_paths(run, metric)?;
+        let step_ds = self.dataset(run, &sp)?;
+        let val_ds = self.dataset(run, &vp)?;
+        let len = self.len(&step_ds).min(self.len(&val_ds));
+        let lo = self.lower_bound(&step_ds, len, *steps.start())?;
+        let hi = self.lower_bound(&step_ds, len, steps.end().saturating_add(1))?;
+        let mut folder = BucketFolder::new(lo, hi, n);
+        let mut i = lo;
+        while i < hi {
+            let j = (i + SLICE as u64).min(hi);
+            let r = i as usize..j as usize;
+            let s = step_ds
+                .read_slice_1d::<u64, _>(r.clone())
+                .map_err(|e| damaged(&self.path, e))?;
+            let v = val_ds
+                .read_slice_1d::<f64, _>(r)
+                .map_err(|e| damaged(&self.path, e))?;
+            let (s, v) = (
+                s.as_slice().expect("contiguous"),
+                v.as_slice().expect("contiguous"),
+            );
+            folder.push(i, s, v);
+            i = j;
+        }
+        Ok(folder.finish())
+    }
+
+    /// First index whose step is ≥ `step` (steps are increasing within a run).
+    fn lower_bound(&self, ds: &Dataset, len: u64, step: u64) -> Result<u64> {
+        let (mut lo, mut hi) = (0u64, len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.read_at::<u64>(ds, mid)? < step {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+}
+
+/// Opens for SWMR reading with a bounded number of metadata read retries: HDF5's default
+/// (100, with exponential back-off) makes a damaged file look like a hang of many minutes.
+fn open_swmr(path: &Path) -> hdf5::Result<File> {
+    File::with_options()
+        .with_fapl(|p| p.metadata_read_attempts(READ_ATTEMPTS))
+        .open_as(path, OpenMode::ReadSWMR)
+}
+
+/// Metadata read attempts of a SWMR reader (about one second of back-off in all).
+const READ_ATTEMPTS: u32 = 10;
+
+/// A version 2/3 superblock records the end-of-file address; a shorter file lost its tail.
+/// (A live writer can be mid-flush, so a short file is looked at twice.)
+fn check_not_truncated(path: &Path) -> Result<()> {
+    let eof_of = |path: &Path| -> Option<(u64, u64)> {
+        let mut f = std::fs::File::open(path).ok()?;
+        let mut sb = [0u8; 36];
+        f.read_exact(&mut sb).ok()?;
+        // signature(8) version(1) offset size(1) length size(1) flags(1) base(8) ext(8) eof(8)
+        let (version, offset_size) = (sb[8], sb[9]);
+        if !(version == 2 || version == 3) || offset_size != 8 {
+            return None;
+        }
+        let base = u64::from_le_bytes(sb[12..20].try_into().ok()?);
+        let eof = u64::from_le_bytes(sb[28..36].try_into().ok()?);
+        Some((base + eof, f.metadata().ok()?.len()))
+    };
+    for attempt in 0..2 {
+        match eof_of(path) {
+            Some((eof, len)) if len < eof => {
+                if attempt == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                    continue;
+                }
+                return Err(session_err(
+                    path,
+                    format!("is truncated: it has {len} bytes but its header says {eof}"),
+                ));
+            }
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// Names what is wrong with a path before HDF5 sees it.
+fn check_is_hdf5(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| {
+        session_err(
+            path,
+            if e.kind() == std::io::ErrorKind::NotFound {
+                "no such file".to_string()
+            } else {
+                format!("cannot be read: {e}")
+            },
+        )
+    })?;
+    if meta.is_dir() {
+        return Err(session_err(path, "is a directory, not a session file"));
+    }
+    if meta.len() == 0 {
+        return Err(session_err(path, "is empty (0 bytes), not a session file"));
+    }
+    let mut head = [0u8; 8];
+    let mut f =
+        std::fs::File::open(path).map_err(|e| session_err(path, format!("cannot be read: {e}")))?;
+    let n = f.read(&mut head).unwrap_or(0);
+    if n < 8 || &head != HDF5_SIGNATURE {
+        return Err(session_err(
+            path,
+            "is not an HDF5 file (no HDF5 signature), so not a session file",
+        ));
+    }
+    Ok(())
+}
+
+/// Clears the "open for writing" status flags a killed SWMR writer leaves in the superblock
+/// (what `h5clear -s` does), so the file can be opened again.
+fn clear_status_flags(path: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    let fapl = hdf5::plist::FileAccess::build()
+        .libver_v110()
+        .finish()
+        .map_err(|e| damaged(path, e))?;
+    let name = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| session_err(path, "path contains a NUL byte"))?;
+    let prop = c"clear_status_flags";
+    hdf5::sync::sync(|| {
+        let mut yes: hdf5_sys::h5::hbool_t = 1;
+        // SAFETY: `fapl` is a live file-access property list; "clear_status_flags" is the
+        // library's own (private) property that h5clear sets, taking an hbool_t by pointer;
+        // the file id is closed before returning.
+        unsafe {
+            if hdf5_sys::h5p::H5Pset(fapl.id(), prop.as_ptr(), (&raw mut yes).cast()) < 0 {
+                return Err(damaged(path, "cannot request clearing of its status flags"));
+            }
+            let fid = hdf5_sys::h5f::H5Fopen(name.as_ptr(), hdf5_sys::h5f::H5F_ACC_RDWR, fapl.id());
+            if fid < 0 {
+                return Err(damaged(
+                    path,
+                    "it is marked open for writing and the mark could not be cleared (is it read-only?)",
+                ));
+            }
+            hdf5_sys::h5f::H5Fclose(fid);
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,265 @@
+//! Record → read back: the reader yields exactly the event stream that was recorded, reads a
+//! file while it grows, answers bucket queries, and rejects files that are not sessions.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use wsdscope_sessions::{
+    DataSummary, EVENT_SCHEMA_VERSION, EndReason, ModelSummary, Phase, PhaseBounds, ProbeResult,
+    RunEvent, RunStart, Session, StepMetrics,
+};
+
+fn start(run: u32, parent: Option<u32>, fork_step: Option<u64>) -> RunEvent {
+    RunEvent::RunStart(Box::new(RunStart {
+        run,
+        schema_version: EVENT_SCHEMA_VERSION,
+        name: if run == 0 {
+            "trunk".into()
+        } else {
+            format!("branch {run}")
+        },
+        parent,
+        fork_step,
+        model: ModelSummary {
+            preset: "tiny".into(),
+            params: 1000,
+            non_embedding_params: 800,
+            hidden: 8,
+            layers: 3,
+            heads: 2,
+            kv_heads: 1,
+            ffn: 16,
+            vocab: 32,
+        },
+        data: DataSummary {
+            description: "synthetic".into(),
+            entropy_floor: Some(0.9),
+            train_tokens: None,
+            val_tokens: None,
+        },
+        phases: PhaseBounds {
+            warmup_end: 10,
+            decay_start: 80,
+            total: 100,
+        },
+        start_step: fork_step.unwrap_or(0),
+        batch: 4,
+        seq: 16,
+        device: "cpu".into(),
+        threads: 1,
+        config: serde_json::json!({"steps": 100, "schedule": {"kind": "wsd"}}),
+    }))
+}
+
+fn step(run: u32, s: u64) -> RunEvent {
+    RunEvent::Step(StepMetrics {
+        run,
+        step: s,
+        phase: if s <= 10 {
+            Phase::Warmup
+        } else if s <= 80 {
+            Phase::Stable
+        } else {
+            Phase::Decay
+        },
+        loss: 5.0 / (1.0 + s as f64) + run as f64 * 0.01,
+        lr: 0.01,
+        grad_norm: 1.0 + (s as f64).sin().abs(),
+        update_norm: 0.1,
+        param_norm: 10.0 + s as f64 * 1e-3,
+        tokens: s * 64,
+        tokens_per_s: 1234.5,
+        step_ms: 51.9,
+        grad_norm_per_layer: vec![0.1 * s as f64, 0.2, 0.3],
+    })
+}
+
+fn session_events() -> Vec<RunEvent> {
+    let mut ev = vec![start(0, None, None)];
+    for s in 1..=60 {
+        ev.push(step(0, s));
+        if s % 20 == 0 {
+            ev.push(RunEvent::Eval {
+                run: 0,
+                step: s,
+                val_loss: 3.0 - s as f64 / 100.0,
+                tokens: s * 64,
+            });
+        }
+    }
+    ev.push(RunEvent::Forked {
+        run: 1,
+        parent: 0,
+        step: 60,
+        schedule: serde_json::json!({"kind": "wsd", "shape": "exp"}),
+    });
+    ev.push(start(1, Some(0), Some(60)));
+    for s in 61..=70 {
+        ev.push(step(0, s));
+        ev.push(step(1, s));
+    }
+    ev.push(RunEvent::Probe(ProbeResult {
+        run: 1,
+        step: 70,
+        probe: "sharpness".into(),
+        scalars: BTreeMap::from([("lambda_max".to_string(), 12.5)]),
+        series: BTreeMap::new(),
+    }));
+    ev.push(RunEvent::Note {
+        run: 0,
+        step: 70,
+        message: "paused".into(),
+    });
+    ev.push(RunEvent::End {
+        run: 1,
+        step: 70,
+        reason: EndReason::Completed,
+        message: None,
+        final_val_loss: Some(2.1),
+        wall_s: 3.0,
+    });
+    ev.push(RunEvent::End {
+        run: 0,
+        step: 70,
+        reason: EndReason::Stopped,
+        message: None,
+        final_val_loss: Some(2.4),
+        wall_s: 7.5,
+    });
+    ev
+}
+
+fn record(path: &Path, events: &[RunEvent]) {
+    let rec = wsdscope_sessions::Recorder::create(path).unwrap();
+    for e in events {
+        rec.record(e.clone()).unwrap();
+    }
+    let summary = rec.finish().unwrap();
+    assert_eq!(summary.events, events.len() as u64);
+    assert_eq!(summary.runs, 2);
+}
+
+#[test]
+fn replays_exactly_the_recorded_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.h5");
+    let events = session_events();
+    record(&path, &events);
+    let s = Session::open(&path).unwrap();
+    assert_eq!(s.format_version(), 1);
+    assert_eq!(s.events().unwrap(), events);
+    let runs = s.runs();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        (runs[0].steps, runs[0].last_step, runs[0].evals),
+        (70, Some(70), 3)
+    );
+    assert_eq!(
+        (runs[1].parent, runs[1].fork_step, runs[1].steps),
+        (Some(0), Some(60), 10)
+    );
+    assert_eq!(runs[1].end, Some((EndReason::Completed, None)));
+    assert_eq!(runs[0].final_val_loss, Some(2.4));
+    assert!(s.root_attr("config").unwrap().contains("\"steps\":100"));
+}
+
+#[test]
+fn buckets_read_a_step_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.h5");
+    record(&path, &session_events());
+    let s = Session::open(&path).unwrap();
+    let b = s.buckets(0, "grad_norm", 11..=40, 3).unwrap();
+    assert_eq!(b.len(), 3);
+    assert_eq!((b[0].step_lo, b[2].step_hi), (11, 40));
+    assert_eq!(b.iter().map(|x| x.count).sum::<u64>(), 30);
+    let want_max = (21..=30)
+        .map(|s| 1.0 + (s as f64).sin().abs())
+        .fold(0.0, f64::max);
+    assert_eq!(b[1].max, want_max);
+    let v = s.buckets(0, "val_loss", 0..=u64::MAX, 10).unwrap();
+    assert_eq!(v.len(), 3);
+    let e = s.buckets(0, "nope", 0..=10, 3).unwrap_err().to_string();
+    assert!(
+        e.contains("unknown metric \"nope\"") && e.contains("grad_norm"),
+        "{e}"
+    );
+    let e = s.buckets(7, "loss", 0..=10, 3).unwrap_err().to_string();
+    assert!(e.contains("no run 7"), "{e}");
+}
+
+#[test]
+fn reads_a_growing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.h5");
+    let rec = wsdscope_sessions::Recorder::create(&path).unwrap();
+    rec.record(start(0, None, None)).unwrap();
+    for s in 1..=30 {
+        rec.record(step(0, s)).unwrap();
+    }
+    // The writer flushes at least twice a second.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let mut reader = Session::open(&path).unwrap();
+    assert_eq!(reader.runs()[0].steps, 30);
+    assert!(reader.runs()[0].end.is_none());
+    for s in 31..=50 {
+        rec.record(step(0, s)).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    reader.refresh().unwrap();
+    assert_eq!(reader.runs()[0].steps, 50);
+    drop(reader);
+    rec.finish().unwrap();
+}
+
+#[test]
+fn refuses_what_is_not_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let msg = |p: &Path| Session::open(p).err().expect("must fail").to_string();
+    assert!(msg(&d.join("missing.h5")).contains("missing.h5: no such file"));
+    assert!(msg(d).contains("is a directory"));
+    std::fs::write(d.join("empty.h5"), b"").unwrap();
+    assert!(msg(&d.join("empty.h5")).contains("is empty"));
+    std::fs::write(d.join("text.h5"), b"hello, not hdf5 at all").unwrap();
+    assert!(msg(&d.join("text.h5")).contains("is not an HDF5 file"));
+    // An HDF5 file that is not a session.
+    let other = d.join("other.h5");
+    hdf5::File::create(&other)
+        .unwrap()
+        .create_group("x")
+        .unwrap();
+    assert!(msg(&other).contains("not a wsdscope session"));
+    // A session from a newer wsdscope.
+    let newer = d.join("newer.h5");
+    record(&newer, &session_events());
+    hdf5::File::open_rw(&newer)
+        .unwrap()
+        .attr("format_version")
+        .unwrap()
+        .write_scalar(&99u32)
+        .unwrap();
+    let m = msg(&newer);
+    assert!(
+        m.contains("newer wsdscope") && m.contains("format 99"),
+        "{m}"
+    );
+    // A truncated session.
+    let trunc = d.join("trunc.h5");
+    record(&trunc, &session_events());
+    let bytes = std::fs::read(&trunc).unwrap();
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    let m = msg(&trunc);
+    assert!(m.contains("is truncated"), "{m}");
+    // An existing file is never overwritten by a recorder.
+    let e = wsdscope_sessions::Recorder::create(&trunc)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("exists"), "{e}");
+    let e = wsdscope_sessions::Recorder::create(&d.join("no/such/dir/x.h5"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
+}
