@@ -173,7 +173,8 @@ impl Trainer {
             return Err(non_finite("loss"));
         }
         let grads = loss.backward()?;
-        let grad_norm = self.opt.grad_norm(&grads)?;
+        let (grad_norm, grad_norm_per_layer) =
+            self.opt.grad_norms(&grads, self.cfg.model.layers)?;
         if !grad_norm.is_finite() {
             return Err(non_finite("gradient"));
         }
@@ -195,6 +196,7 @@ impl Trainer {
             tokens: self.tokens,
             tokens_per_s: self.cfg.tokens_per_step() as f64 / secs,
             step_ms: secs * 1e3,
+            grad_norm_per_layer,
         })
     }
 
@@ -256,6 +258,8 @@ impl Trainer {
             run: self.run,
             schema_version: EVENT_SCHEMA_VERSION,
             name: "trunk".into(),
+            parent: None,
+            fork_step: None,
             model: self.cfg.model.summary(&self.cfg.preset),
             data: self.data.summary().clone(),
             phases: self.cfg.schedule.bounds(),
@@ -269,12 +273,32 @@ impl Trainer {
     }
 }
 
+/// How long a decay branch runs.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForkLength {
+    Steps(u64),
+    /// A fraction of the fork step (0.1 at step 2000 decays over 200 steps).
+    FractionOfStep(f64),
+}
+
+/// A request to fork a decay branch from a run at its current step.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ForkRequest {
+    pub parent: RunId,
+    pub length: ForkLength,
+    pub shape: crate::schedule::DecayShape,
+    pub floor: f64,
+}
+
 /// What the engine is asked to do between steps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Pause,
     Resume,
     Stop,
+    /// Fork a decay branch. Not supported yet: the engine answers with a note.
+    Fork(ForkRequest),
 }
 
 /// How a run ended.
@@ -363,6 +387,14 @@ fn drive(mut tr: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent))
                         });
                     }
                     Some(Command::Stop) | None => return Ok(EndReason::Stopped),
+                    Some(Command::Fork(req)) => emit(RunEvent::Note {
+                        run: req.parent,
+                        step: tr.step,
+                        message: format!(
+                            "fork of run {} at step {} not supported yet: decay branches arrive with the branching feature",
+                            req.parent, tr.step
+                        ),
+                    }),
                     Some(_) => {}
                 }
                 if !paused {

@@ -16,6 +16,6 @@ pub mod optim;
 pub mod schedule;
 
 pub use config::{DataSpec, ModelConfig, OptimConfig, Preset, RunConfig, preset, presets};
-pub use engine::{Command, Engine, Outcome, Trainer};
+pub use engine::{Command, Engine, ForkLength, ForkRequest, Outcome, Trainer};
 pub use error::{Error, Result};
 pub use schedule::{DecayShape, Schedule};

@@ -53,6 +53,15 @@ fn sum_sq(t: &Tensor) -> Result<f64> {
         .to_scalar::<f64>()?)
 }
 
+/// The decoder layer a tensor belongs to, from its HF name (`model.layers.{i}.…`).
+pub fn layer_index(name: &str) -> Option<usize> {
+    name.strip_prefix("model.layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 impl AdamW {
     pub fn new(named: &[(String, Var)], cfg: OptimConfig, width_mult: f64) -> Result<Self> {
         let params = named
@@ -94,13 +103,24 @@ impl AdamW {
 
     /// Global norm of the gradients (before clipping). Missing gradients count as zero.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        let mut s = 0.0;
+        Ok(self.grad_norms(grads, 0)?.0)
+    }
+
+    /// Global gradient norm and the norm of each of the first `layers` decoder layers'
+    /// tensors (`model.layers.{i}.*`), all before clipping.
+    pub fn grad_norms(&self, grads: &GradStore, layers: usize) -> Result<(f64, Vec<f64>)> {
+        let mut total = 0.0;
+        let mut per_layer = vec![0.0; layers];
         for p in &self.params {
             if let Some(g) = grads.get(&p.var) {
-                s += sum_sq(g)?;
+                let s = sum_sq(g)?;
+                total += s;
+                if let Some(i) = layer_index(&p.name).filter(|&i| i < layers) {
+                    per_layer[i] += s;
+                }
             }
         }
-        Ok(s.sqrt())
+        Ok((total.sqrt(), per_layer.into_iter().map(f64::sqrt).collect()))
     }
 
     /// One AdamW step at base learning rate `lr`. `grad_norm` is [`Self::grad_norm`] of the
