@@ -24,6 +24,10 @@ pub struct Cli {
 pub enum Command {
     /// Train headless: progress on stderr, optionally every event as JSON lines on stdout.
     Record(Box<RecordArgs>),
+    /// Summarise a session file: config, runs, final losses, durations.
+    Inspect(InspectArgs),
+    /// Draw a session's curves to a PNG or SVG figure.
+    Plot(PlotArgs),
     /// Measure training throughput and peak memory for a model shape.
     Bench(BenchArgs),
     /// List the model presets with their parameter counts.
@@ -50,6 +54,14 @@ pub struct RecordArgs {
     /// Stream every event to stdout as one JSON object per line.
     #[arg(long)]
     pub jsonl: bool,
+
+    /// The session file to record into (must not exist). Default: sessions/<timestamp>.h5.
+    #[arg(long, value_name = "FILE.h5", conflicts_with = "no_record")]
+    pub out: Option<PathBuf>,
+
+    /// Train without writing a session file.
+    #[arg(long)]
+    pub no_record: bool,
 
     /// Print the resolved configuration and parameter counts, then exit without training.
     #[arg(long)]
@@ -90,6 +102,37 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A session file written by `record`.
+    pub file: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PlotArgs {
+    /// A session file written by `record`.
+    pub file: PathBuf,
+    /// The figure to write: FIG.png or FIG.svg.
+    #[arg(long, value_name = "FIG.png|FIG.svg")]
+    pub out: PathBuf,
+    /// What to draw: loss (with val loss), val_loss, lr, grad_norm, update_norm, param_norm,
+    /// tokens_per_s, step_ms.
+    #[arg(long, default_value = "loss")]
+    pub metric: String,
+    /// Runs to draw, e.g. 0,2 (default: all).
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub runs: Option<Vec<u32>>,
+    /// Logarithmic y axis.
+    #[arg(long)]
+    pub log_y: bool,
+    /// EMA smoothing factor in (0, 1]; 1 draws the raw curve only (default 0.1).
+    #[arg(long, value_name = "ALPHA", default_value_t = 0.1)]
+    pub smooth: f64,
 }
 
 #[derive(Subcommand, Debug)]

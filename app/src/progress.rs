@@ -50,6 +50,13 @@ impl<W: Write> Progress<W> {
         }
     }
 
+    /// A line of its own (e.g. the session path).
+    pub fn note(&mut self, line: &str) {
+        self.clear();
+        let _ = writeln!(self.out, "{line}");
+        let _ = self.out.flush();
+    }
+
     pub fn on_event(&mut self, ev: &RunEvent) {
         match ev {
             RunEvent::RunStart(start) => {
@@ -140,6 +147,13 @@ impl<W: Write> Progress<W> {
                 self.clear();
                 let _ = writeln!(self.out, "checkpoint step {step}: {path}");
             }
+            RunEvent::Forked {
+                run, parent, step, ..
+            } => {
+                self.clear();
+                let _ = writeln!(self.out, "fork  run {run} from run {parent} at step {step}");
+            }
+            RunEvent::Probe(_) => {}
             RunEvent::Note { step, message, .. } => {
                 self.clear();
                 let _ = writeln!(self.out, "note  step {step}: {message}");

@@ -24,10 +24,13 @@ pub fn binary() -> PathBuf {
     bin
 }
 
-/// A `wsdscope` command with a single worker thread (tests run side by side).
+/// A `wsdscope` command with a single worker thread (tests run side by side), run in a scratch
+/// directory so that default `sessions/` files never land in the source tree.
 pub fn wsdscope() -> Command {
+    let scratch = std::env::temp_dir().join("wsdscope-e2e");
+    let _ = std::fs::create_dir_all(&scratch);
     let mut c = Command::new(binary());
-    c.env("RAYON_NUM_THREADS", "1");
+    c.env("RAYON_NUM_THREADS", "1").current_dir(scratch);
     c
 }
 

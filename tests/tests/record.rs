@@ -4,7 +4,7 @@
 use wsdscope_tests::{SMALL, json_lines, run, step_losses};
 
 fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["record"];
+    let mut v = vec!["record", "--no-record"];
     v.extend_from_slice(SMALL);
     v.extend_from_slice(extra);
     v
@@ -94,7 +94,15 @@ fn half_then_resume_equals_straight_through_the_cli() {
     ]));
     assert!(full.ok(), "{}", full.stderr);
     let step8 = format!("{ck}/step-00000008");
-    let resumed = run(&["record", "--resume", &step8, "--threads", "1", "--jsonl"]);
+    let resumed = run(&[
+        "record",
+        "--no-record",
+        "--resume",
+        &step8,
+        "--threads",
+        "1",
+        "--jsonl",
+    ]);
     assert!(resumed.ok(), "{}", resumed.stderr);
     let ev = json_lines(&resumed.stdout);
     assert_eq!(ev[0]["start_step"], 8);
@@ -155,6 +163,7 @@ fn text_tokenizer_and_token_file_data() {
     // (b) bytes: the vocab defaults to 256.
     let r = run(&[
         "record",
+        "--no-record",
         "--data",
         t,
         "--steps",
@@ -192,6 +201,7 @@ fn text_tokenizer_and_token_file_data() {
     assert!(r.ok(), "{}", r.stderr);
     let r = run(&[
         "record",
+        "--no-record",
         "--data",
         t,
         "--tokenizer",
@@ -238,6 +248,7 @@ fn text_tokenizer_and_token_file_data() {
         std::fs::write(&p, bytes).unwrap();
         let r = run(&[
             "record",
+            "--no-record",
             "--data",
             p.to_str().unwrap(),
             "--vocab",

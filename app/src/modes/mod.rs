@@ -1,4 +1,6 @@
 //! The things `wsdscope` does, one module per subcommand.
 
 pub mod bench;
+pub mod inspect;
+pub mod plot;
 pub mod record;

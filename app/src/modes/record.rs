@@ -1,13 +1,15 @@
-//! `wsdscope record`: train headless. Progress goes to stderr; with `--jsonl` every event goes
-//! to stdout as one JSON object per line (the public contract documented in the README).
+//! `wsdscope record`: train headless. Every event is recorded to an HDF5 session file (unless
+//! `--no-record`); progress goes to stderr; with `--jsonl` every event also goes to stdout as
+//! one JSON object per line (the public contract documented in the README).
 
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
 
-use anyhow::{Result, bail};
-use wsdscope_sessions::{EndReason, RunEvent};
-use wsdscope_trainer::{Engine, RunConfig, Trainer};
+use anyhow::{Context, Result, bail};
+use wsdscope_sessions::{EndReason, Recorder, RunEvent};
+use wsdscope_trainer::{Command, Engine, RunConfig, Trainer};
 
 use crate::cli::RecordArgs;
 use crate::progress::Progress;
@@ -17,7 +19,82 @@ use crate::threads;
 /// Events the engine may run ahead of the printer before it waits (nothing is dropped).
 const EVENT_BUFFER: usize = 4096;
 
+/// A fresh `sessions/<UTC timestamp>.h5` in the current directory.
+pub fn default_session_path() -> Result<PathBuf> {
+    let dir = Path::new("sessions");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let stamp: String = wsdscope_sessions::recorder::iso_now()
+        .chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .map(|c| if c == 'T' { '-' } else { c })
+        .collect();
+    let mut path = dir.join(format!("{stamp}.h5"));
+    let mut k = 1;
+    while path.exists() {
+        path = dir.join(format!("{stamp}-{k}.h5"));
+        k += 1;
+    }
+    Ok(path)
+}
+
+/// Opens the session file a `record`/`run` invocation asks for, before any training starts.
+pub fn open_recorder(out: Option<&Path>, no_record: bool) -> Result<Option<Recorder>> {
+    if no_record {
+        return Ok(None);
+    }
+    match out {
+        Some(p) => {
+            if p.extension().and_then(|e| e.to_str()) != Some("h5") {
+                bail!("--out {}: a session file must end in .h5", p.display());
+            }
+            Ok(Some(Recorder::create(p)?))
+        }
+        None => {
+            // Another process may take the same timestamped name first: pick the next one.
+            for _ in 0..100 {
+                let path = default_session_path()?;
+                match Recorder::create(&path) {
+                    Ok(r) => return Ok(Some(r)),
+                    Err(_) if path.exists() => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            bail!("cannot find a free session file name under sessions/")
+        }
+    }
+}
+
+/// Forgets a session file that never received a run (training failed to start).
+pub fn discard_recorder(rec: Option<Recorder>) {
+    if let Some(r) = rec {
+        let path = r.path().to_path_buf();
+        let _ = r.finish();
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 pub fn run(args: RecordArgs) -> Result<ExitCode> {
+    let cfg = if args.resume.is_none() {
+        let cfg = settings::resolve(args.settings.clone(), args.config.as_deref())?;
+        if args.dry_run {
+            print_dry_run(&cfg);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(cfg)
+    } else {
+        None
+    };
+    let recorder = open_recorder(args.out.as_deref(), args.no_record)?;
+    match start_trainer(&args, cfg) {
+        Ok(t) => train(t, recorder, args.jsonl),
+        Err(e) => {
+            discard_recorder(recorder);
+            Err(e)
+        }
+    }
+}
+
+fn start_trainer(args: &RecordArgs, cfg: Option<RunConfig>) -> Result<Trainer> {
     let trainer = if let Some(dir) = &args.resume {
         let given = args.settings.shaping_given();
         if !given.is_empty() {
@@ -45,11 +122,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             }
         })?
     } else {
-        let cfg = settings::resolve(args.settings.clone(), args.config.as_deref())?;
-        if args.dry_run {
-            print_dry_run(&cfg);
-            return Ok(ExitCode::SUCCESS);
-        }
+        let cfg = cfg.expect("resolved above");
         settings::check_checkpoint_dir(&cfg.checkpoint_dir)?;
         threads::init(cfg.threads)?;
         Trainer::new(cfg)?
@@ -61,18 +134,34 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             trainer.config().steps
         );
     }
+    Ok(trainer)
+}
 
+/// Runs the engine to its end, fanning every event out to the session file, `--jsonl` and the
+/// progress line. A recording failure stops training; what was written stays readable.
+fn train(trainer: Trainer, recorder: Option<Recorder>, jsonl: bool) -> Result<ExitCode> {
     let (tx, rx) = mpsc::sync_channel::<RunEvent>(EVENT_BUFFER);
     let engine = Engine::spawn(trainer, move |ev| {
         let _ = tx.send(ev);
     })?;
     let stderr = std::io::stderr();
     let mut progress = Progress::new(stderr.lock(), stderr.is_terminal());
+    if let Some(r) = &recorder {
+        progress.note(&format!("session: {}", r.path().display()));
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failed = false;
+    let mut recording_failed = false;
     for ev in rx {
-        if args.jsonl {
+        if let Some(r) = &recorder
+            && !recording_failed
+            && r.record(ev.clone()).is_err()
+        {
+            recording_failed = true;
+            engine.send(Command::Stop);
+        }
+        if jsonl {
             writeln!(out, "{}", ev.to_json_line())?;
             out.flush()?;
         }
@@ -81,7 +170,20 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
             failed = *reason == EndReason::Failed;
         }
     }
-    engine.join();
+    let outcome = engine.join();
+    if let Some(r) = recorder {
+        let path = r.path().display().to_string();
+        match r.finish() {
+            Ok(s) => progress.note(&format!(
+                "session: {path} ({} events, {} bytes)",
+                s.events, s.bytes
+            )),
+            Err(e) => bail!(
+                "{e}; training stopped after step {}; the session keeps everything written before the failure",
+                outcome.step
+            ),
+        }
+    }
     Ok(if failed {
         ExitCode::FAILURE
     } else {

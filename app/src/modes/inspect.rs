@@ -1,0 +1,130 @@
+//! `wsdscope inspect FILE.h5 [--json]`: what a session holds — its configuration, its runs
+//! (id, name, parent, fork step, steps, final train and val loss, status, duration).
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use wsdscope_sessions::{EndReason, RunInfo, Session};
+
+use crate::cli::InspectArgs;
+use crate::progress::duration;
+
+fn status(r: &RunInfo) -> &'static str {
+    match &r.end {
+        None => "running (or killed)",
+        Some((EndReason::Completed, _)) => "completed",
+        Some((EndReason::Stopped, _)) => "stopped",
+        Some((EndReason::Failed, _)) => "failed",
+    }
+}
+
+fn run_json(r: &RunInfo) -> Value {
+    json!({
+        "id": r.id,
+        "name": r.name,
+        "parent": r.parent,
+        "fork_step": r.fork_step,
+        "steps": r.steps,
+        "first_step": r.first_step,
+        "last_step": r.last_step,
+        "final_train_loss": r.final_train_loss,
+        "final_val_loss": r.final_val_loss,
+        "evals": r.evals,
+        "status": status(r),
+        "message": r.end.as_ref().and_then(|(_, m)| m.clone()),
+        "wall_s": r.wall_s,
+        "params": r.model.params,
+        "phases": r.phases,
+    })
+}
+
+/// One line about the run configuration, read defensively from its JSON.
+fn describe_config(c: &Value) -> String {
+    let sched = &c["schedule"];
+    let schedule = match sched["kind"].as_str() {
+        Some("wsd") => format!(
+            "wsd (warmup {}, {} decay over {} steps to {}×)",
+            sched["warmup"],
+            sched["shape"].as_str().unwrap_or("?"),
+            sched["decay_steps"],
+            sched["floor"]
+        ),
+        Some(k) => k.to_string(),
+        None => "?".into(),
+    };
+    format!(
+        "preset {}, {} steps × {}×{} tokens, {}, peak lr {}, seed {}",
+        c["preset"].as_str().unwrap_or("?"),
+        c["steps"],
+        c["batch"],
+        c["seq"],
+        schedule,
+        sched["peak"],
+        c["seed"]
+    )
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into())
+}
+
+pub fn run(a: InspectArgs) -> Result<()> {
+    let s = Session::open(&a.file)?;
+    let config: Value = s
+        .root_attr("config")
+        .and_then(|c| serde_json::from_str(&c).ok())
+        .unwrap_or(Value::Null);
+    if a.json {
+        let out = json!({
+            "file": a.file.display().to_string(),
+            "format_version": s.format_version(),
+            "producer": s.root_attr("producer"),
+            "created": s.root_attr("created"),
+            "config": config,
+            "runs": s.runs().iter().map(run_json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "session {} (format {}, {}, created {})",
+        a.file.display(),
+        s.format_version(),
+        s.root_attr("producer").unwrap_or_default(),
+        s.root_attr("created").unwrap_or_default()
+    );
+    if config.is_null() {
+        println!("config: none recorded yet (no run has started)");
+    } else {
+        println!("config: {}", describe_config(&config));
+    }
+    println!(
+        "{:>4}  {:<12} {:>6} {:>6} {:>16} {:>10} {:>10}  {:<19} {:>8}",
+        "run", "name", "parent", "fork", "steps", "train loss", "val loss", "status", "duration"
+    );
+    for r in s.runs() {
+        let steps = match (r.first_step, r.last_step) {
+            (Some(a), Some(b)) => format!("{a}..{b} ({})", r.steps),
+            _ => "none".into(),
+        };
+        println!(
+            "{:>4}  {:<12} {:>6} {:>6} {:>16} {:>10} {:>10}  {:<19} {:>8}",
+            r.id,
+            r.name,
+            r.parent
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            r.fork_step
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            steps,
+            opt(r.final_train_loss),
+            opt(r.final_val_loss),
+            status(r),
+            r.wall_s.map(duration).unwrap_or_else(|| "-".into())
+        );
+        if let Some((_, Some(m))) = &r.end {
+            println!("      {m}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,526 @@
+//! `wsdscope plot FILE.h5 --out FIG.png|FIG.svg`: a session's curves as a figure — every run
+//! overlaid, warmup/stable/decay shaded, fork points marked, the raw curve (its min/max
+//! envelope) faint behind an EMA-smoothed one, validation loss as markers, legend and axis
+//! labels. Text uses the bundled DejaVu Sans, so no system fonts are needed.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use plotters::coord::Shift;
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
+use plotters::style::{FontStyle, register_font};
+use wsdscope_sessions::buckets::reduce;
+use wsdscope_sessions::{PhaseBounds, RunInfo, Session};
+
+use crate::cli::PlotArgs;
+
+const SIZE: (u32, u32) = (1280, 720);
+/// Samples of the raw envelope and of the smoothed curve drawn per run.
+const DRAW_POINTS: usize = 2000;
+
+/// Line colours of runs 0, 1, 2, … (trunk first).
+const PALETTE: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+];
+
+/// Phase band fills: warmup, stable, decay.
+const BANDS: [(RGBColor, &str); 3] = [
+    (RGBColor(255, 236, 204), "warmup"),
+    (RGBColor(232, 245, 233), "stable"),
+    (RGBColor(227, 236, 250), "decay"),
+];
+
+/// Zero-lag smoothing: an EMA with factor `alpha` run forward, then backward over the result,
+/// so a fast drop (warmup, decay) is not drawn late. `alpha` 1 returns the series unchanged.
+pub fn smooth(values: &[f64], alpha: f64) -> Vec<f64> {
+    let mut fwd = ema(values, alpha);
+    fwd.reverse();
+    let mut back = ema(&fwd, alpha);
+    back.reverse();
+    back
+}
+
+/// Exponential moving average with factor `alpha` (1: the raw series); non-finite values
+/// are carried over.
+pub fn ema(values: &[f64], alpha: f64) -> Vec<f64> {
+    let mut out = Vec::with_capacity(values.len());
+    let mut acc: Option<f64> = None;
+    for &v in values {
+        let next = match acc {
+            Some(a) if v.is_finite() => a + alpha * (v - a),
+            Some(a) => a,
+            None => v,
+        };
+        acc = Some(next);
+        out.push(next);
+    }
+    out
+}
+
+/// One run's data for the figure.
+struct Curve {
+    info: RunInfo,
+    steps: Vec<u64>,
+    values: Vec<f64>,
+    val: Option<(Vec<u64>, Vec<f64>)>,
+}
+
+pub fn run(a: PlotArgs) -> Result<()> {
+    let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext != "png" && ext != "svg" {
+        bail!(
+            "--out {}: the figure must end in .png or .svg",
+            a.out.display()
+        );
+    }
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        bail!(
+            "--out {}: directory {} does not exist",
+            a.out.display(),
+            parent.display()
+        );
+    }
+    if !(a.smooth > 0.0 && a.smooth <= 1.0) {
+        bail!(
+            "--smooth {} is not allowed; ALPHA is an EMA factor in (0, 1] (1 = no smoothing)",
+            a.smooth
+        );
+    }
+    let allowed = wsdscope_sessions::layout::metric_names();
+    if !allowed.contains(&a.metric.as_str()) {
+        bail!(
+            "--metric {:?} is not allowed; use one of {}",
+            a.metric,
+            allowed.join(", ")
+        );
+    }
+    let session = Session::open(&a.file)?;
+    let ids: Vec<u32> = match &a.runs {
+        Some(ids) => ids.clone(),
+        None => session.runs().iter().map(|r| r.id).collect(),
+    };
+    if ids.is_empty() {
+        bail!("{}: holds no runs yet; nothing to plot", a.file.display());
+    }
+    let mut curves = Vec::new();
+    for id in ids {
+        let info = session.run(id)?.clone();
+        let (steps, values) = session.series(id, &a.metric)?;
+        let val = if a.metric == "loss" {
+            Some(session.series(id, "val_loss")?)
+        } else {
+            None
+        };
+        curves.push(Curve {
+            info,
+            steps,
+            values,
+            val,
+        });
+    }
+    let phases = session.runs()[0].phases;
+    let title = format!(
+        "{} — {}",
+        a.metric,
+        a.file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    );
+    register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| anyhow::anyhow!("the bundled font could not be loaded"))?;
+    let out = a.out.clone();
+    if ext == "png" {
+        let root = BitMapBackend::new(&out, SIZE).into_drawing_area();
+        draw_figure(root, &title, &a.metric, &curves, phases, a.log_y, a.smooth)?;
+    } else {
+        let root = SVGBackend::new(&out, SIZE).into_drawing_area();
+        draw_figure(root, &title, &a.metric, &curves, phases, a.log_y, a.smooth)?;
+    }
+    check_written(&out)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+fn check_written(p: &Path) -> Result<()> {
+    let m = std::fs::metadata(p)
+        .with_context(|| format!("--out {}: the figure was not written", p.display()))?;
+    if m.len() == 0 {
+        bail!("--out {}: the figure is empty", p.display());
+    }
+    Ok(())
+}
+
+fn draw_figure<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    metric: &str,
+    curves: &[Curve],
+    phases: PhaseBounds,
+    log_y: bool,
+    alpha: f64,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let keep = |v: &f64| v.is_finite() && (!log_y || *v > 0.0);
+    let all_y = curves.iter().flat_map(|c| {
+        c.values
+            .iter()
+            .chain(c.val.iter().flat_map(|(_, v)| v.iter()))
+            .copied()
+            .filter(keep)
+    });
+    let (mut y0, mut y1) = all_y.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    if !y0.is_finite() {
+        bail!(
+            "no finite {metric} values to plot{}",
+            if log_y {
+                " (log-y needs values > 0)"
+            } else {
+                ""
+            }
+        );
+    }
+    if log_y {
+        // Pad by a few percent in log space.
+        let f = (y1 / y0).max(1.0 + 1e-9).powf(0.04);
+        (y0, y1) = (y0 / f, y1 * f);
+    } else {
+        if y1 - y0 < 1e-12 {
+            (y0, y1) = (y0 - 0.5, y1 + 0.5);
+        }
+        let pad = 0.04 * (y1 - y0);
+        (y0, y1) = (y0 - pad, y1 + pad);
+    }
+    let x1 = curves
+        .iter()
+        .filter_map(|c| c.steps.last().copied())
+        .max()
+        .unwrap_or(1)
+        .max(phases.total) as f64;
+    let x0 = curves
+        .iter()
+        .filter_map(|c| c.steps.first().copied())
+        .min()
+        .unwrap_or(0)
+        .min(1) as f64;
+
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| {
+        anyhow::anyhow!("drawing the figure failed: {e:?}")
+    };
+    root.fill(&WHITE).map_err(err)?;
+    let (w, _) = root.dim_in_pixel();
+    let title_style = TextStyle::from(("sans-serif", 26).into_font()).pos(
+        plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Top,
+        ),
+    );
+    root.draw(&Text::new(title, (w as i32 / 2, 10), title_style))
+        .map_err(err)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .margin(18)
+        .margin_top(66)
+        .x_label_area_size(48)
+        .y_label_area_size(78);
+    let frame = Frame {
+        metric,
+        curves,
+        phases,
+        log_y,
+        alpha,
+        x: (x0, x1),
+        y: (y0, y1),
+    };
+    if log_y {
+        // Drawn in log10 units with ticks at round values (2, 3, 5, … per decade).
+        let (l0, l1) = (y0.log10(), y1.log10());
+        let frame = Frame {
+            y: (l0, l1),
+            ..frame
+        };
+        let ticks: Vec<f64> = log_ticks(y0, y1).into_iter().map(f64::log10).collect();
+        let chart = builder
+            .build_cartesian_2d(
+                x0..x1,
+                TickedAxis {
+                    lo: l0,
+                    hi: l1,
+                    ticks,
+                },
+            )
+            .map_err(err)?;
+        frame.draw(&root, chart)
+    } else {
+        let chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?;
+        frame.draw(&root, chart)
+    }
+}
+
+/// A linear axis with caller-chosen ticks (used for log10 units with round-value ticks).
+#[derive(Clone)]
+struct TickedAxis {
+    lo: f64,
+    hi: f64,
+    ticks: Vec<f64>,
+}
+
+impl Ranged for TickedAxis {
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
+        let f = (v - self.lo) / (self.hi - self.lo);
+        limit.0 + (f * (limit.1 - limit.0) as f64).round() as i32
+    }
+
+    fn key_points<H: plotters::coord::ranged1d::KeyPointHint>(&self, _hint: H) -> Vec<f64> {
+        self.ticks.clone()
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
+    }
+}
+
+/// Round values between `lo` and `hi` for a log axis: every mantissa 1–9 when the range is
+/// under two decades, 1, 2 and 5 under five, powers of ten beyond.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let decades = (hi / lo).log10();
+    let mantissas: &[f64] = if decades < 2.0 {
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    } else if decades < 5.0 {
+        &[1.0, 2.0, 5.0]
+    } else {
+        &[1.0]
+    };
+    let mut out = Vec::new();
+    for d in lo.log10().floor() as i32..=hi.log10().ceil() as i32 {
+        for m in mantissas {
+            let v = m * 10f64.powi(d);
+            if v >= lo && v <= hi {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// What one figure shows, independent of its y axis kind.
+struct Frame<'a> {
+    metric: &'a str,
+    curves: &'a [Curve],
+    phases: PhaseBounds,
+    log_y: bool,
+    alpha: f64,
+    x: (f64, f64),
+    y: (f64, f64),
+}
+
+impl Frame<'_> {
+    fn draw<'c, DB, Y>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+        mut chart: ChartContext<'c, DB, Cartesian2d<RangedCoordf64, Y>>,
+    ) -> Result<()>
+    where
+        DB: DrawingBackend + 'c,
+        DB::ErrorType: 'static,
+        Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    {
+        let err = |e: DrawingAreaErrorKind<DB::ErrorType>| {
+            anyhow::anyhow!("drawing the figure failed: {e:?}")
+        };
+        let ((x0, _), (y0, y1)) = (self.x, self.y);
+        let log_y = self.log_y;
+        let keep = |v: &f64| v.is_finite() && (!log_y || *v > 0.0);
+        // y values in axis units.
+        let t = |v: f64| if log_y { v.log10() } else { v };
+        let y_label = if log_y {
+            format!("{} (log scale)", self.metric)
+        } else {
+            self.metric.to_string()
+        };
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(y_label)
+            .axis_desc_style(("sans-serif", 18))
+            .label_style(("sans-serif", 15))
+            .light_line_style(RGBColor(235, 235, 235))
+            .x_label_formatter(&|v: &f64| format!("{v:.0}"))
+            .y_label_formatter(&|v: &f64| number(if log_y { 10f64.powf(*v) } else { *v }))
+            .draw()
+            .map_err(err)?;
+
+        // Phase bands of the trunk's schedule, named above the plot.
+        let p = self.phases;
+        let bounds = [
+            (0.0, p.warmup_end as f64),
+            (p.warmup_end as f64, p.decay_start as f64),
+            (p.decay_start as f64, p.total as f64),
+        ];
+        for ((lo, hi), (color, label)) in bounds.into_iter().zip(BANDS) {
+            if hi > lo {
+                let lo = lo.max(x0);
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(lo, y0), (hi, y1)],
+                        color.filled(),
+                    )))
+                    .map_err(err)?;
+                let (px, top) = chart.backend_coord(&((lo + hi) / 2.0, y1));
+                let style = TextStyle::from(("sans-serif", 15).into_font())
+                    .color(&RGBColor(110, 110, 110))
+                    .pos(plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Center,
+                        plotters::style::text_anchor::VPos::Bottom,
+                    ));
+                root.draw(&Text::new(label, (px, top - 4), style))
+                    .map_err(err)?;
+            }
+        }
+
+        for c in self.curves {
+            let color = PALETTE[c.info.id as usize % PALETTE.len()];
+            // Fork point of a branch.
+            if let Some(f) = c.info.fork_step {
+                chart
+                    .draw_series(LineSeries::new(
+                        [(f as f64, y0), (f as f64, y1)],
+                        color.mix(0.5).stroke_width(1),
+                    ))
+                    .map_err(err)?;
+            }
+            // Raw curve: the min/max envelope, faint behind the smoothed one.
+            let buckets = reduce(&c.steps, &c.values, DRAW_POINTS);
+            let envelope = buckets
+                .iter()
+                .flat_map(|b| [(b.step_lo as f64, b.min), (b.step_hi as f64, b.max)])
+                .filter(|(_, v)| keep(v))
+                .map(|(x, v)| (x, t(v)));
+            let smoothed = self.alpha < 1.0;
+            let raw_style = if smoothed {
+                color.mix(0.22).stroke_width(1)
+            } else {
+                color.stroke_width(2)
+            };
+            let raw = chart
+                .draw_series(LineSeries::new(envelope, raw_style))
+                .map_err(err)?;
+            let name = match (c.info.parent, c.info.fork_step) {
+                (Some(p), Some(f)) => format!(
+                    "run {} {} (from run {p} at step {f})",
+                    c.info.id, c.info.name
+                ),
+                _ => format!("run {} {}", c.info.id, c.info.name),
+            };
+            let legend = move |(x, y): (i32, i32)| {
+                PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
+            };
+            if smoothed {
+                let sm = smooth(&c.values, self.alpha);
+                let stride = (sm.len() / DRAW_POINTS).max(1);
+                let pts = c
+                    .steps
+                    .iter()
+                    .zip(&sm)
+                    .enumerate()
+                    .filter(|(i, (_, v))| (i % stride == 0 || *i + 1 == sm.len()) && keep(v))
+                    .map(|(_, (s, v))| (*s as f64, t(*v)));
+                chart
+                    .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                    .map_err(err)?
+                    .label(format!("{name} (smoothed, α={})", self.alpha))
+                    .legend(legend);
+            } else {
+                raw.label(name).legend(legend);
+            }
+            if let Some((vs, vv)) = &c.val {
+                let pts: Vec<(f64, f64)> = vs
+                    .iter()
+                    .zip(vv)
+                    .filter(|(_, v)| keep(v))
+                    .map(|(s, v)| (*s as f64, t(*v)))
+                    .collect();
+                if !pts.is_empty() {
+                    chart
+                        .draw_series(LineSeries::new(pts.clone(), color.mix(0.8).stroke_width(1)))
+                        .map_err(err)?;
+                    chart
+                        .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
+                        .map_err(err)?
+                        .label(format!("run {} validation loss", c.info.id))
+                        .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+                }
+            }
+        }
+        chart
+            .configure_series_labels()
+            .label_font(("sans-serif", 15))
+            .background_style(WHITE.mix(0.85))
+            .border_style(RGBColor(180, 180, 180))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+        Ok(())
+    }
+}
+
+/// A tick label: short, without trailing zeros, scientific when very large or small.
+fn number(y: f64) -> String {
+    if y != 0.0 && (y.abs() >= 1e4 || y.abs() < 1e-3) {
+        return format!("{y:.1e}");
+    }
+    let s = format!("{y:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ema_smooths_and_keeps_length() {
+        let v = [1.0, 3.0, 3.0, f64::NAN, 3.0];
+        let s = ema(&v, 0.5);
+        assert_eq!(s, vec![1.0, 2.0, 2.5, 2.5, 2.75]);
+        assert_eq!(ema(&v[..3], 1.0), vec![1.0, 3.0, 3.0]);
+        // Forward-backward smoothing has no lag: a step stays centred on where it happens.
+        let step: Vec<f64> = (0..100).map(|i| if i < 50 { 1.0 } else { 0.0 }).collect();
+        let sm = smooth(&step, 0.2);
+        assert!(
+            (sm[49] - 0.5).abs() < 0.1 && (sm[50] - 0.5).abs() < 0.1,
+            "{} {}",
+            sm[49],
+            sm[50]
+        );
+        assert_eq!(number(2.5), "2.5");
+        assert_eq!(number(9.0), "9");
+        assert_eq!(number(0.0001), "1.0e-4");
+        assert_eq!(
+            log_ticks(1.8, 10.5),
+            vec![2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+        );
+        assert_eq!(
+            log_ticks(0.001, 1.0),
+            vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+        );
+    }
+}
