@@ -1,0 +1,335 @@
+//! Input → intent. Keys and mouse events change UI-only state and may return an [`Action`]
+//! for the main loop to carry out (pause the engine, fork, quit); nothing here has side
+//! effects outside the state.
+
+use ratatui::crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
+use ratatui::layout::{Position, Rect};
+use wsdscope_trainer::{DecayShape, ForkLength, ForkRequest, Schedule};
+
+use super::layout;
+use super::state::{ForkField, ForkForm, Level, Overlay, TuiState};
+
+/// What the user asked for that the main loop must carry out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Pause,
+    Resume,
+    /// Fork a decay branch (the engine decides the exact step: the one it is at).
+    Fork(ForkRequest),
+    /// Stop training (if it runs), wait for the run to end, and leave.
+    Quit,
+    /// Leave now, without waiting for the engine to finish its step.
+    ForceQuit,
+}
+
+/// Every key, for the help overlay and the README: (keys, what they do).
+pub const KEYS: &[(&str, &str)] = &[
+    ("space", "pause / resume training"),
+    ("+ / -", "zoom the step axis in / out"),
+    ("← → / h l", "pan the step axis"),
+    ("0", "reset zoom (whole run)"),
+    ("tab / shift-tab", "select next / previous run"),
+    ("↑ ↓ / k j", "select previous / next run"),
+    ("g / y", "toggle log-y (loss and norms)"),
+    ("s", "toggle EMA smoothing (raw curve faint behind)"),
+    ("f", "fork a decay branch from the selected run"),
+    ("q", "quit (asks first while training runs)"),
+    ("ctrl-c", "stop and quit without asking"),
+    ("?", "show / hide this help"),
+    (
+        "mouse",
+        "click a run to select it; scroll over a chart to zoom",
+    ),
+];
+
+/// Keys of the fork form.
+pub const FORK_KEYS: &str = "tab/↑↓ field · ←→ shape · enter fork · esc cancel";
+
+/// Handles one key. Returns the intent, if any, for the main loop.
+pub fn handle_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
+    if key.kind == KeyEventKind::Release {
+        return None;
+    }
+    let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+    if ctrl && matches!(key.code, KeyCode::Char('c')) {
+        state.ui.overlay = Overlay::None;
+        return Some(if state.ui.stopping {
+            Action::ForceQuit
+        } else {
+            Action::Quit
+        });
+    }
+    match std::mem::take(&mut state.ui.overlay) {
+        Overlay::None => main_key(state, key),
+        Overlay::Help => {
+            if !matches!(key.code, KeyCode::Char('?' | 'q') | KeyCode::Esc) {
+                state.ui.overlay = Overlay::Help;
+            }
+            None
+        }
+        Overlay::ConfirmQuit => {
+            if matches!(key.code, KeyCode::Char('y' | 'Y')) {
+                Some(Action::Quit)
+            } else {
+                state.set_status(Level::Info, "quit cancelled; training goes on");
+                None
+            }
+        }
+        Overlay::Fork(form) => fork_key(state, form, key),
+    }
+}
+
+fn main_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
+    match key.code {
+        KeyCode::Char(' ') => return toggle_pause(state),
+        KeyCode::Char('+' | '=') => state.zoom_in(None),
+        KeyCode::Char('-' | '_') => state.zoom_out(None),
+        KeyCode::Left | KeyCode::Char('h') => state.pan(-0.25),
+        KeyCode::Right | KeyCode::Char('l') => state.pan(0.25),
+        KeyCode::Char('0') => state.ui.zoom = None,
+        KeyCode::Tab | KeyCode::Down | KeyCode::Char('j') => state.cycle_run(1),
+        KeyCode::BackTab | KeyCode::Up | KeyCode::Char('k') => state.cycle_run(-1),
+        KeyCode::Char('g' | 'y') => state.ui.log_y = !state.ui.log_y,
+        KeyCode::Char('s') => state.ui.smooth = !state.ui.smooth,
+        KeyCode::Char('f') => open_fork_form(state),
+        KeyCode::Char('?') => state.ui.overlay = Overlay::Help,
+        KeyCode::Char('q') => {
+            if state.ui.stopping {
+                return Some(Action::ForceQuit);
+            }
+            if state.ui.live && state.training_active() {
+                state.ui.overlay = Overlay::ConfirmQuit;
+            } else {
+                return Some(Action::Quit);
+            }
+        }
+        _ => {}
+    }
+    None
+}
+
+fn toggle_pause(state: &mut TuiState) -> Option<Action> {
+    if !state.ui.live {
+        return None;
+    }
+    if !state.training_active() {
+        state.set_status(Level::Warn, "the run has ended; nothing to pause");
+        return None;
+    }
+    let pause = !state.ui.pause_intent.unwrap_or_else(|| state.paused());
+    state.ui.pause_intent = Some(pause);
+    Some(if pause { Action::Pause } else { Action::Resume })
+}
+
+/// Opens the fork form for the selected run, prefilled from its schedule.
+pub fn open_fork_form(state: &mut TuiState) {
+    if !state.ui.live {
+        state.set_status(Level::Warn, "forking needs a live run");
+        return;
+    }
+    let Some(run) = state.selected_run() else {
+        state.set_status(Level::Warn, "no run yet: wait for the first step to fork");
+        return;
+    };
+    if !run.is_active() {
+        let id = run.id;
+        state.set_status(
+            Level::Warn,
+            format!("run {id} has ended; fork from a run that is still training"),
+        );
+        return;
+    }
+    let schedule = run
+        .schedule
+        .as_ref()
+        .or_else(|| state.trunk().and_then(|t| t.schedule.as_ref()));
+    let (length, shape, floor) = match schedule {
+        Some(&Schedule::Wsd {
+            decay_steps,
+            shape,
+            floor,
+            ..
+        }) if decay_steps > 0 => (decay_steps.to_string(), shape, floor),
+        Some(&Schedule::Wsd { shape, floor, .. }) => ("10%".to_string(), shape, floor),
+        Some(&Schedule::Cosine { floor, .. }) => ("10%".to_string(), DecayShape::Exp, floor),
+        _ => ("10%".to_string(), DecayShape::Exp, 0.1),
+    };
+    let floor = if shape == DecayShape::Exp && floor <= 0.0 {
+        0.1
+    } else {
+        floor
+    };
+    state.ui.overlay = Overlay::Fork(ForkForm {
+        parent: run.id,
+        at_step: run.last_step(),
+        field: ForkField::Length,
+        length,
+        shape,
+        floor: super::format::value(floor),
+        error: None,
+    });
+}
+
+fn fork_key(state: &mut TuiState, mut form: ForkForm, key: KeyEvent) -> Option<Action> {
+    use ForkField::*;
+    match key.code {
+        KeyCode::Esc => {
+            state.set_status(Level::Info, "fork cancelled");
+            return None;
+        }
+        KeyCode::Enter => match parse_fork(&form) {
+            Ok(req) => {
+                let length = match req.length {
+                    ForkLength::Steps(n) => format!("{n} steps"),
+                    ForkLength::FractionOfStep(f) => format!("{}% of the fork step", f * 100.0),
+                };
+                state.set_status(
+                    Level::Info,
+                    format!(
+                        "asked to fork run {} (now at step {}): {length}, {} to {}×peak",
+                        req.parent,
+                        form.at_step,
+                        req.shape,
+                        super::format::value(req.floor)
+                    ),
+                );
+                return Some(Action::Fork(req));
+            }
+            Err(e) => form.error = Some(e),
+        },
+        KeyCode::Tab | KeyCode::Down => {
+            form.field = match form.field {
+                Length => Shape,
+                Shape => Floor,
+                Floor => Length,
+            }
+        }
+        KeyCode::BackTab | KeyCode::Up => {
+            form.field = match form.field {
+                Length => Floor,
+                Shape => Length,
+                Floor => Shape,
+            }
+        }
+        KeyCode::Left | KeyCode::Right | KeyCode::Char(' ') if form.field == Shape => {
+            let all = DecayShape::ALL;
+            let i = all.iter().position(|&s| s == form.shape).unwrap_or(0);
+            let j = if key.code == KeyCode::Left {
+                (i + all.len() - 1) % all.len()
+            } else {
+                (i + 1) % all.len()
+            };
+            form.shape = all[j];
+            form.error = None;
+        }
+        KeyCode::Backspace => {
+            match form.field {
+                Length => form.length.pop(),
+                Floor => form.floor.pop(),
+                Shape => None,
+            };
+            form.error = None;
+        }
+        KeyCode::Char(c) if c.is_ascii_digit() || c == '.' || c == '%' => {
+            let text = match form.field {
+                Length => Some(&mut form.length),
+                Floor => Some(&mut form.floor),
+                Shape => None,
+            };
+            if let Some(t) = text
+                && t.len() < 12
+            {
+                t.push(c);
+            }
+            form.error = None;
+        }
+        _ => {}
+    }
+    state.ui.overlay = Overlay::Fork(form);
+    None
+}
+
+/// Reads the form into a request, or says what is wrong with it.
+pub fn parse_fork(form: &ForkForm) -> Result<ForkRequest, String> {
+    let text = form.length.trim();
+    let length = if let Some(p) = text.strip_suffix('%') {
+        match p.trim().parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 100.0 => ForkLength::FractionOfStep(p / 100.0),
+            _ => {
+                return Err(format!(
+                    "length {text:?}: a percentage must be in (0, 100], e.g. 10%"
+                ));
+            }
+        }
+    } else {
+        match text.parse::<u64>() {
+            Ok(n) if n > 0 => ForkLength::Steps(n),
+            _ => {
+                return Err(format!(
+                    "length {text:?}: type steps (e.g. 200) or a percentage of the step (e.g. 10%)"
+                ));
+            }
+        }
+    };
+    let floor = match form.floor.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => f,
+        _ => {
+            return Err(format!(
+                "floor {:?}: a ratio of the peak lr in [0, 1], e.g. 0.1",
+                form.floor
+            ));
+        }
+    };
+    if form.shape == DecayShape::Exp && floor == 0.0 {
+        return Err("an exp decay needs a floor > 0; use linear, cosine or 1-sqrt for 0".into());
+    }
+    Ok(ForkRequest {
+        parent: form.parent,
+        length,
+        shape: form.shape,
+        floor,
+    })
+}
+
+/// Handles a mouse event against the layout of the last drawn frame.
+pub fn handle_mouse(state: &mut TuiState, ev: MouseEvent) -> Option<Action> {
+    if state.ui.overlay != Overlay::None {
+        return None;
+    }
+    let l = layout::compute(state.ui.area, state.runs.len())?;
+    let pos = Position::new(ev.column, ev.row);
+    match ev.kind {
+        MouseEventKind::Down(MouseButton::Left) if l.runs.contains(pos) => {
+            // Border and header row come before the first run.
+            let row = ev.row.saturating_sub(l.runs.y + 2) as usize;
+            if ev.row >= l.runs.y + 2
+                && let Some(&id) = state.runs.keys().nth(row)
+            {
+                state.ui.selected = id;
+            }
+        }
+        MouseEventKind::ScrollUp | MouseEventKind::ScrollDown => {
+            let chart = [l.loss, l.lr, l.norms]
+                .into_iter()
+                .find(|r| r.contains(pos))?;
+            let c = step_at(state, chart, ev.column);
+            if ev.kind == MouseEventKind::ScrollUp {
+                state.zoom_in(Some(c));
+            } else {
+                state.zoom_out(Some(c));
+            }
+        }
+        _ => {}
+    }
+    None
+}
+
+/// The step under column `x` of a chart panel (approximate: ignores the y-label margin).
+fn step_at(state: &TuiState, chart: Rect, x: u16) -> f64 {
+    let (a, b) = state.x_view();
+    let inner_w = chart.width.saturating_sub(2).max(1) as f64;
+    let frac = (x.saturating_sub(chart.x + 1) as f64 / inner_w).clamp(0.0, 1.0);
+    a + frac * (b - a)
+}

@@ -1,0 +1,151 @@
+//! Where each panel goes for a terminal size. Pure, so drawing and mouse hit-testing agree.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+
+/// Below this the app shows a single "terminal too small" line.
+pub const MIN_WIDTH: u16 = 60;
+pub const MIN_HEIGHT: u16 = 16;
+/// From this width on, the runs list and probes sit in a column right of the charts.
+const WIDE: u16 = 110;
+
+/// The rectangles of every panel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppLayout {
+    /// Two lines: run facts, then status.
+    pub header: Rect,
+    pub loss: Rect,
+    pub lr: Rect,
+    pub norms: Rect,
+    pub runs: Rect,
+    pub probes: Rect,
+    /// One line of key hints.
+    pub footer: Rect,
+}
+
+/// The layout for `area` with `n_runs` runs, or `None` when the terminal is too small.
+pub fn compute(area: Rect, n_runs: usize) -> Option<AppLayout> {
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        return None;
+    }
+    let [header, body, footer] = area.layout(&Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Fill(1),
+        Constraint::Length(1),
+    ]));
+    // Border, header row, one row per run.
+    let runs_rows = (n_runs.max(1) as u16).saturating_add(3);
+    let charts = |r: Rect| -> [Rect; 3] {
+        r.layout(&Layout::vertical([
+            Constraint::Fill(3),
+            Constraint::Fill(2),
+            Constraint::Fill(2),
+        ]))
+    };
+    if area.width >= WIDE {
+        let [left, right] = body.layout(&Layout::horizontal([
+            Constraint::Fill(2),
+            Constraint::Length((area.width * 2 / 5).clamp(46, 72)),
+        ]));
+        let [loss, lr, norms] = charts(left);
+        let [runs, probes] = right.layout(&Layout::vertical([
+            Constraint::Max(runs_rows.max(5)),
+            Constraint::Min(7),
+        ]));
+        Some(AppLayout {
+            header,
+            loss,
+            lr,
+            norms,
+            runs,
+            probes,
+            footer,
+        })
+    } else if area.height >= 36 {
+        let bottom = runs_rows.clamp(7, area.height / 3);
+        let [top, lower] = body.layout(&Layout::vertical([
+            Constraint::Fill(1),
+            Constraint::Length(bottom),
+        ]));
+        let [loss, lr, norms] = charts(top);
+        let [runs, probes] = lower.layout(&Layout::horizontal([
+            Constraint::Fill(3),
+            Constraint::Fill(2),
+        ]));
+        Some(AppLayout {
+            header,
+            loss,
+            lr,
+            norms,
+            runs,
+            probes,
+            footer,
+        })
+    } else {
+        // Short and narrow (80×24 is common): loss on top, lr beside norms, a short runs row.
+        let bottom = runs_rows.clamp(4, 6);
+        let [loss, middle, lower] = body.layout(&Layout::vertical([
+            Constraint::Fill(3),
+            Constraint::Fill(2),
+            Constraint::Length(bottom),
+        ]));
+        let [lr, norms] = middle.layout(&Layout::horizontal([
+            Constraint::Fill(1),
+            Constraint::Fill(1),
+        ]));
+        let [runs, probes] = lower.layout(&Layout::horizontal([
+            Constraint::Fill(3),
+            Constraint::Fill(2),
+        ]));
+        Some(AppLayout {
+            header,
+            loss,
+            lr,
+            norms,
+            runs,
+            probes,
+            footer,
+        })
+    }
+}
+
+/// A `width`×`height` box centred in `area` (clipped to it).
+pub fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let w = width.min(area.width);
+    let h = height.min(area.height);
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panels_tile_without_overlap_at_many_sizes() {
+        for (w, h) in [
+            (60, 16),
+            (80, 24),
+            (109, 30),
+            (100, 40),
+            (110, 30),
+            (200, 60),
+            (400, 120),
+        ] {
+            let l = compute(Rect::new(0, 0, w, h), 3).unwrap();
+            let all = [l.header, l.loss, l.lr, l.norms, l.runs, l.probes, l.footer];
+            for (i, a) in all.iter().enumerate() {
+                assert!(a.width > 0 && a.height > 0, "{w}×{h}: panel {i} empty");
+                assert!(a.right() <= w && a.bottom() <= h);
+                for b in &all[i + 1..] {
+                    assert!(!a.intersects(*b), "{w}×{h}: {a:?} overlaps {b:?}");
+                }
+            }
+        }
+        assert!(compute(Rect::new(0, 0, 20, 6), 1).is_none());
+        assert!(compute(Rect::new(0, 0, 59, 40), 1).is_none());
+    }
+}

@@ -1,0 +1,283 @@
+//! The terminal UI: live runs (and, later, replays of recorded sessions) drawn from the same
+//! `RunEvent` stream.
+//!
+//! The shape follows DESIGN §2/§8: [`TuiState`] is plain data updated only by applying
+//! events ([`TuiState::apply`]) and by input; input returns intents ([`handle_key`],
+//! [`handle_mouse`] → [`Action`]); views are pure renders of `&TuiState` ([`App`], one file
+//! per panel under `views/`); the loop ([`run_loop`]) owns the side effects through a
+//! [`Source`] (the live engine here; a session reader for replay) and redraws at most every
+//! [`FRAME`].
+//!
+//! Live mode: [`run_live`]. The caller starts the engine, forwards its events into a channel
+//! without blocking training (a bounded `try_send`, counting what it drops into
+//! [`LiveInfo::dropped_display`]), and hands this module the receiving end plus the engine's
+//! command sender.
+
+pub mod format;
+pub mod keys;
+pub mod layout;
+pub mod series;
+pub mod state;
+pub mod synthetic;
+pub mod terminal;
+pub mod views;
+
+#[cfg(test)]
+mod tests;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ratatui::backend::Backend;
+use ratatui::crossterm::event::{self, Event};
+use ratatui::{Frame, Terminal};
+use wsdscope_sessions::RunEvent;
+use wsdscope_trainer::Command;
+
+pub use keys::{Action, handle_key, handle_mouse};
+pub use state::{Level, TuiState};
+pub use views::App;
+
+/// The shortest time between two frames (at most ~15 redraws per second).
+pub const FRAME: Duration = Duration::from_millis(66);
+/// Redraw at least this often even when nothing changed (e.g. the clock-free ETA text).
+const IDLE_FRAME: Duration = Duration::from_millis(1000);
+/// The most time one pass spends applying queued events before it looks at input again.
+const DRAIN_BUDGET: Duration = Duration::from_millis(30);
+
+/// What the caller of [`run_live`] provides besides the channels.
+#[derive(Debug, Clone, Default)]
+pub struct LiveInfo {
+    /// The session file being written, shown in the header.
+    pub session_path: Option<String>,
+    /// Events the caller dropped on the way to the UI because the UI fell behind (the
+    /// recorder still got them). The caller increments it; the header shows it.
+    pub dropped_display: Arc<AtomicU64>,
+}
+
+/// Whether the loop goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Quit,
+}
+
+/// Where events come from and where intents go: the live engine, or a recorded session.
+pub trait Source {
+    /// Applies whatever has arrived to `state` without blocking for long. Returns
+    /// [`Flow::Quit`] when the loop should end (e.g. the run ended after a requested stop).
+    fn pump(&mut self, state: &mut TuiState) -> Flow;
+    /// Carries out an intent. Returns [`Flow::Quit`] to end the loop now.
+    fn act(&mut self, action: Action, state: &mut TuiState) -> Flow;
+    /// Called once if the loop ends with an error, before it returns (e.g. to stop training
+    /// so the session is completed).
+    fn abort(&mut self) {}
+}
+
+/// Draws the whole app into a frame.
+pub fn draw(frame: &mut Frame, state: &TuiState) {
+    frame.render_widget(App(state), frame.area());
+}
+
+/// The UI loop over any backend and input: pumps the source, handles input, redraws at most
+/// every [`FRAME`]. `input(timeout)` waits up to `timeout` for one terminal event.
+pub fn run_loop<B, S, I>(
+    terminal: &mut Terminal<B>,
+    state: &mut TuiState,
+    source: &mut S,
+    mut input: I,
+) -> Result<()>
+where
+    B: Backend,
+    B::Error: std::error::Error + Send + Sync + 'static,
+    S: Source,
+    I: FnMut(Duration) -> Result<Option<Event>>,
+{
+    let result = (|| -> Result<()> {
+        let mut last_draw: Option<Instant> = None;
+        let mut dirty = true;
+        loop {
+            if terminal::panicked() {
+                bail!("a thread panicked (its message is above); the UI stopped");
+            }
+            let before = state.events;
+            let flow = source.pump(state);
+            dirty |= state.events != before;
+            if flow == Flow::Quit {
+                return Ok(());
+            }
+            let since = last_draw.map(|t| t.elapsed());
+            let due = since.is_none_or(|s| (dirty && s >= FRAME) || s >= IDLE_FRAME);
+            if due {
+                let size = terminal.size()?;
+                state.ui.area = ratatui::layout::Rect::new(0, 0, size.width, size.height);
+                terminal.draw(|f| draw(f, state))?;
+                last_draw = Some(Instant::now());
+                dirty = false;
+            }
+            let wait = last_draw
+                .map(|t| FRAME.saturating_sub(t.elapsed()))
+                .unwrap_or_default()
+                .max(Duration::from_millis(5));
+            if let Some(ev) = input(wait)? {
+                dirty = true;
+                let action = match ev {
+                    Event::Key(k) => handle_key(state, k),
+                    Event::Mouse(m) => handle_mouse(state, m),
+                    Event::Resize(..) => {
+                        terminal.autoresize()?;
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(a) = action
+                    && source.act(a, state) == Flow::Quit
+                {
+                    return Ok(());
+                }
+            }
+        }
+    })();
+    if result.is_err() {
+        source.abort();
+    }
+    result
+}
+
+/// The live engine as a [`Source`]: drains its event channel, turns intents into commands.
+pub struct LiveSource {
+    events: Receiver<RunEvent>,
+    commands: Sender<Command>,
+    dropped: Arc<AtomicU64>,
+    disconnected: bool,
+}
+
+impl LiveSource {
+    pub fn new(
+        events: Receiver<RunEvent>,
+        commands: Sender<Command>,
+        dropped: Arc<AtomicU64>,
+    ) -> Self {
+        LiveSource {
+            events,
+            commands,
+            dropped,
+            disconnected: false,
+        }
+    }
+
+    fn send(&mut self, c: Command, state: &mut TuiState) {
+        if self.commands.send(c).is_err() {
+            state.set_status(Level::Error, "the engine is gone; it cannot take commands");
+        }
+    }
+}
+
+impl Source for LiveSource {
+    fn pump(&mut self, state: &mut TuiState) -> Flow {
+        let t0 = Instant::now();
+        while !self.disconnected && t0.elapsed() < DRAIN_BUDGET {
+            // Check the clock every few hundred events only.
+            for _ in 0..256 {
+                match self.events.try_recv() {
+                    Ok(ev) => state.apply(&ev),
+                    Err(TryRecvError::Empty) => {
+                        state.ui.dropped_display = self.dropped.load(Ordering::Relaxed);
+                        return self.after_pump(state);
+                    }
+                    Err(TryRecvError::Disconnected) => {
+                        self.disconnected = true;
+                        if state.training_active() && !state.ui.stopping {
+                            state.set_status(
+                                Level::Error,
+                                "the engine stopped sending events without ending the run",
+                            );
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        state.ui.dropped_display = self.dropped.load(Ordering::Relaxed);
+        self.after_pump(state)
+    }
+
+    fn act(&mut self, action: Action, state: &mut TuiState) -> Flow {
+        match action {
+            Action::Pause => self.send(Command::Pause, state),
+            Action::Resume => self.send(Command::Resume, state),
+            Action::Fork(req) => self.send(Command::Fork(req), state),
+            Action::Quit => {
+                if self.disconnected || !state.training_active() {
+                    return Flow::Quit;
+                }
+                if !state.ui.stopping {
+                    state.ui.stopping = true;
+                    // A paused engine takes Stop too (it waits on its command channel).
+                    self.send(Command::Stop, state);
+                    state.set_status(Level::Info, "stopping: the session file is being completed");
+                }
+            }
+            Action::ForceQuit => {
+                if !state.ui.stopping {
+                    self.send(Command::Stop, state);
+                }
+                return Flow::Quit;
+            }
+        }
+        Flow::Continue
+    }
+
+    fn abort(&mut self) {
+        let _ = self.commands.send(Command::Stop);
+    }
+}
+
+impl LiveSource {
+    fn after_pump(&self, state: &TuiState) -> Flow {
+        if state.ui.stopping && (self.disconnected || !state.training_active()) {
+            Flow::Quit
+        } else {
+            Flow::Continue
+        }
+    }
+}
+
+/// Runs the live TUI until the user quits: sets up the terminal, drains `events` (never
+/// blocking the sender), maps keys to `commands`, and on quit sends `Stop` and waits for the
+/// run's `End` (or returns at once if the run had already ended). The terminal is restored on
+/// every exit path, panics included. On an error the engine is asked to stop.
+pub fn run_live(
+    events: Receiver<RunEvent>,
+    commands: Sender<Command>,
+    info: LiveInfo,
+) -> Result<()> {
+    if !std::io::stdout().is_terminal() {
+        bail!("the TUI needs a terminal on stdout; use `wsdscope record` for headless runs");
+    }
+    let mut state = TuiState::live(info.session_path);
+    let mut source = LiveSource::new(events, commands, info.dropped_display);
+    let mut guard = match terminal::TerminalGuard::enter().context("cannot set up the terminal") {
+        Ok(g) => g,
+        Err(e) => {
+            source.abort();
+            return Err(e);
+        }
+    };
+    let result = run_loop(guard.terminal(), &mut state, &mut source, crossterm_input);
+    drop(guard);
+    result
+}
+
+/// Waits up to `timeout` for one terminal event.
+pub fn crossterm_input(timeout: Duration) -> Result<Option<Event>> {
+    if event::poll(timeout)? {
+        Ok(Some(event::read()?))
+    } else {
+        Ok(None)
+    }
+}

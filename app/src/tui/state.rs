@@ -1,0 +1,633 @@
+//! The TUI's state: plain data. The run data changes only by [`TuiState::apply`]ing
+//! [`RunEvent`]s, so a live run and a replay (which applies a recorded stream up to its time
+//! cursor) build the same state; the UI part ([`UiState`]) changes only by key handling and by
+//! what the main loop sets (terminal size, dropped display samples).
+
+use std::collections::BTreeMap;
+
+use ratatui::layout::Rect;
+use wsdscope_sessions::{
+    EndReason, Phase, PhaseBounds, ProbeResult, RunEvent, RunId, RunStart, StepMetrics,
+};
+use wsdscope_trainer::{DecayShape, Schedule};
+
+use super::series::Column;
+
+/// Weight of the newest sample in the smoothed (EMA) loss: about a 20-step window.
+pub const EMA_ALPHA: f64 = 0.05;
+/// Steps averaged for the step time behind the ETA and for tokens/s.
+const RECENT: usize = 32;
+/// The narrowest zoom window, in steps.
+const MIN_ZOOM_STEPS: f64 = 8.0;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndInfo {
+    pub step: u64,
+    pub reason: EndReason,
+    pub message: Option<String>,
+    pub final_val_loss: Option<f64>,
+}
+
+/// What a run is doing now, as the events tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Paused,
+    Completed,
+    Stopped,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Paused => "paused",
+            RunStatus::Completed => "done",
+            RunStatus::Stopped => "stopped",
+            RunStatus::Failed => "failed",
+        }
+    }
+}
+
+/// Everything known about one run (the trunk or a branch), series aligned with `steps`.
+#[derive(Debug, Clone, Default)]
+pub struct RunData {
+    pub id: RunId,
+    pub name: String,
+    pub parent: Option<RunId>,
+    pub fork_step: Option<u64>,
+    /// The run's start event (model, data, phases, device, config), once seen.
+    pub start: Option<Box<RunStart>>,
+    /// The run's schedule, read from the config when it has the trainer's form.
+    pub schedule: Option<Schedule>,
+    pub steps: Vec<u64>,
+    pub loss: Column,
+    /// Debiased EMA of the loss (see [`EMA_ALPHA`]).
+    pub loss_ema: Column,
+    pub lr: Column,
+    pub grad_norm: Column,
+    pub update_norm: Column,
+    pub param_norm: Vec<f64>,
+    pub tokens: Vec<u64>,
+    pub tokens_per_s: Vec<f64>,
+    pub step_ms: Vec<f64>,
+    pub phase: Vec<Phase>,
+    /// Per-layer gradient norms of the latest step only (a history would cost layers × steps).
+    pub grad_norm_per_layer: Vec<f64>,
+    ema: f64,
+    ema_weight: f64,
+    pub eval_steps: Vec<u64>,
+    pub val_loss: Column,
+    pub notes: Vec<(u64, String)>,
+    pub checkpoints: Vec<(u64, String)>,
+    /// Probe results in arrival order.
+    pub probes: Vec<ProbeResult>,
+    pub paused: bool,
+    pub end: Option<EndInfo>,
+}
+
+impl RunData {
+    pub fn new(id: RunId) -> Self {
+        RunData {
+            id,
+            name: if id == 0 {
+                "trunk".into()
+            } else {
+                format!("branch {id}")
+            },
+            ..Default::default()
+        }
+    }
+
+    pub fn last_step(&self) -> u64 {
+        self.steps
+            .last()
+            .copied()
+            .unwrap_or_else(|| self.start.as_ref().map(|s| s.start_step).unwrap_or(0))
+    }
+
+    pub fn phases(&self) -> Option<PhaseBounds> {
+        self.start.as_ref().map(|s| s.phases)
+    }
+
+    /// The last step the run is planned to reach.
+    pub fn total(&self) -> Option<u64> {
+        self.phases().map(|p| p.total)
+    }
+
+    pub fn status(&self) -> RunStatus {
+        match &self.end {
+            Some(e) => match e.reason {
+                EndReason::Completed => RunStatus::Completed,
+                EndReason::Stopped => RunStatus::Stopped,
+                EndReason::Failed => RunStatus::Failed,
+            },
+            None if self.paused => RunStatus::Paused,
+            None => RunStatus::Running,
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.end.is_none()
+    }
+
+    pub fn last_loss(&self) -> Option<f64> {
+        self.loss.last()
+    }
+
+    pub fn last_val(&self) -> Option<f64> {
+        self.val_loss.last()
+    }
+
+    /// Mean step time over the last few steps, in ms.
+    pub fn recent_step_ms(&self) -> Option<f64> {
+        mean_tail(&self.step_ms)
+    }
+
+    pub fn recent_tokens_per_s(&self) -> Option<f64> {
+        mean_tail(&self.tokens_per_s)
+    }
+
+    /// Seconds left at the recent step time (from the data, never the wall clock).
+    pub fn eta_s(&self) -> Option<f64> {
+        let left = self.total()?.saturating_sub(self.last_step());
+        Some(left as f64 * self.recent_step_ms()? / 1000.0)
+    }
+
+    /// A short description of the schedule: a WSD decay as `exp→0.1 d200` (shape → floor,
+    /// decay steps), otherwise its kind.
+    pub fn schedule_label(&self) -> String {
+        match &self.schedule {
+            Some(Schedule::Wsd {
+                decay_steps,
+                shape,
+                floor,
+                ..
+            }) => format!("{shape}→{floor} d{decay_steps}"),
+            Some(Schedule::Cosine { floor, .. }) => format!("cosine→{floor}"),
+            Some(Schedule::Constant { .. }) => "constant".into(),
+            None => "?".into(),
+        }
+    }
+
+    /// Keeps only steps before `step` (a resumed or repeated step replaces what follows).
+    fn truncate_before(&mut self, step: u64) {
+        let keep = self.steps.partition_point(|&s| s < step);
+        if keep == self.steps.len() {
+            return;
+        }
+        self.steps.truncate(keep);
+        for c in [
+            &mut self.loss,
+            &mut self.loss_ema,
+            &mut self.lr,
+            &mut self.grad_norm,
+            &mut self.update_norm,
+        ] {
+            c.truncate(keep);
+        }
+        self.param_norm.truncate(keep);
+        self.tokens.truncate(keep);
+        self.tokens_per_s.truncate(keep);
+        self.step_ms.truncate(keep);
+        self.phase.truncate(keep);
+        // Rebuild the EMA's running state from the kept prefix.
+        self.ema = 0.0;
+        self.ema_weight = 0.0;
+        for &v in self.loss.values() {
+            if v.is_finite() {
+                self.ema = (1.0 - EMA_ALPHA) * self.ema + EMA_ALPHA * v;
+                self.ema_weight = (1.0 - EMA_ALPHA) * self.ema_weight + EMA_ALPHA;
+            }
+        }
+        let keep_evals = self.eval_steps.partition_point(|&s| s < step);
+        self.eval_steps.truncate(keep_evals);
+        self.val_loss.truncate(keep_evals);
+    }
+
+    fn push_step(&mut self, m: &StepMetrics) {
+        if self.steps.last().is_some_and(|&s| s >= m.step) {
+            self.truncate_before(m.step);
+        }
+        self.steps.push(m.step);
+        self.loss.push(m.loss);
+        if m.loss.is_finite() {
+            self.ema = (1.0 - EMA_ALPHA) * self.ema + EMA_ALPHA * m.loss;
+            self.ema_weight = (1.0 - EMA_ALPHA) * self.ema_weight + EMA_ALPHA;
+        }
+        self.loss_ema.push(if self.ema_weight > 0.0 {
+            self.ema / self.ema_weight
+        } else {
+            f64::NAN
+        });
+        self.lr.push(m.lr);
+        self.grad_norm.push(m.grad_norm);
+        self.update_norm.push(m.update_norm);
+        self.param_norm.push(m.param_norm);
+        self.tokens.push(m.tokens);
+        self.tokens_per_s.push(m.tokens_per_s);
+        self.step_ms.push(m.step_ms);
+        self.phase.push(m.phase);
+        self.grad_norm_per_layer.clone_from(&m.grad_norm_per_layer);
+    }
+
+    fn push_eval(&mut self, step: u64, val_loss: f64) {
+        if self.eval_steps.last().is_some_and(|&s| s >= step) {
+            let keep = self.eval_steps.partition_point(|&s| s < step);
+            self.eval_steps.truncate(keep);
+            self.val_loss.truncate(keep);
+        }
+        self.eval_steps.push(step);
+        self.val_loss.push(val_loss);
+    }
+}
+
+fn mean_tail(v: &[f64]) -> Option<f64> {
+    let tail = &v[v.len().saturating_sub(RECENT)..];
+    let finite: Vec<f64> = tail.iter().copied().filter(|x| x.is_finite()).collect();
+    (!finite.is_empty()).then(|| finite.iter().sum::<f64>() / finite.len() as f64)
+}
+
+/// How important a status-line message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// The one-line message at the top: the last note from the engine, an error, or feedback on
+/// a key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub text: String,
+    pub level: Level,
+}
+
+/// Which field of the fork form has the focus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForkField {
+    Length,
+    Shape,
+    Floor,
+}
+
+/// The fork form: fork a decay branch from `parent` at its current step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForkForm {
+    pub parent: RunId,
+    /// The parent's step when the form opened (the fork happens at the step the engine is at).
+    pub at_step: u64,
+    pub field: ForkField,
+    /// Steps (`200`) or a percentage of the fork step (`10%`).
+    pub length: String,
+    pub shape: DecayShape,
+    /// Floor ratio of the peak lr, `0..=1`.
+    pub floor: String,
+    pub error: Option<String>,
+}
+
+/// A window drawn over the panels; it takes the keys while open.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Overlay {
+    #[default]
+    None,
+    Help,
+    Fork(ForkForm),
+    ConfirmQuit,
+}
+
+/// What belongs to the UI alone.
+#[derive(Debug, Clone)]
+pub struct UiState {
+    /// Visible step range; `None` shows the whole run.
+    pub zoom: Option<(f64, f64)>,
+    pub selected: RunId,
+    pub log_y: bool,
+    pub smooth: bool,
+    pub overlay: Overlay,
+    pub status: Option<Status>,
+    /// Display samples the caller dropped because the UI fell behind (the recorder has them).
+    pub dropped_display: u64,
+    pub session_path: Option<String>,
+    /// True while a live engine is attached (pause, fork and the quit confirmation apply).
+    pub live: bool,
+    /// Set once Stop was sent; the loop waits for the run to end.
+    pub stopping: bool,
+    /// The pause state asked for and not yet confirmed by the engine's note.
+    pub pause_intent: Option<bool>,
+    /// The terminal size at the last draw, for mouse hit-testing.
+    pub area: Rect,
+}
+
+impl Default for UiState {
+    fn default() -> Self {
+        UiState {
+            zoom: None,
+            selected: 0,
+            log_y: false,
+            smooth: true,
+            overlay: Overlay::None,
+            status: None,
+            dropped_display: 0,
+            session_path: None,
+            live: true,
+            stopping: false,
+            pause_intent: None,
+            area: Rect::default(),
+        }
+    }
+}
+
+/// The whole TUI state: runs by id (trunk = 0) plus the UI part.
+#[derive(Debug, Clone, Default)]
+pub struct TuiState {
+    pub runs: BTreeMap<RunId, RunData>,
+    /// Number of events applied so far (a replay's cursor position).
+    pub events: u64,
+    pub ui: UiState,
+}
+
+impl TuiState {
+    /// An empty state for a live run.
+    pub fn live(session_path: Option<String>) -> Self {
+        let mut s = TuiState::default();
+        s.ui.session_path = session_path;
+        s
+    }
+
+    /// Applies one event. Unknown events (a newer vocabulary) are counted and ignored.
+    pub fn apply(&mut self, ev: &RunEvent) {
+        self.events += 1;
+        let first_run = self.runs.is_empty();
+        match ev {
+            RunEvent::RunStart(s) => {
+                let r = self
+                    .runs
+                    .entry(s.run)
+                    .or_insert_with(|| RunData::new(s.run));
+                r.name = s.name.clone();
+                r.schedule = s
+                    .config
+                    .get("schedule")
+                    .and_then(|v| serde_json::from_value::<Schedule>(v.clone()).ok())
+                    .or(r.schedule.take());
+                r.parent = s.parent.or(r.parent);
+                r.fork_step = s.fork_step.or(r.fork_step);
+                if s.run != 0 && r.parent.is_none() {
+                    // Older streams: a branch's config may carry its parent.
+                    r.parent = s
+                        .config
+                        .get("parent")
+                        .and_then(|v| v.as_u64())
+                        .and_then(|p| RunId::try_from(p).ok());
+                }
+                // A resume replaces whatever followed its start step.
+                r.truncate_before(s.start_step + 1);
+                r.end = None;
+                r.paused = false;
+                r.start = Some(s.clone());
+            }
+            RunEvent::Step(m) => {
+                self.runs
+                    .entry(m.run)
+                    .or_insert_with(|| RunData::new(m.run))
+                    .push_step(m);
+            }
+            RunEvent::Eval {
+                run,
+                step,
+                val_loss,
+                ..
+            } => {
+                self.runs
+                    .entry(*run)
+                    .or_insert_with(|| RunData::new(*run))
+                    .push_eval(*step, *val_loss);
+            }
+            RunEvent::Forked {
+                run,
+                parent,
+                step,
+                schedule,
+            } => {
+                self.set_fork(*run, *parent, *step);
+                if let Ok(sched) = serde_json::from_value::<Schedule>(schedule.clone())
+                    && let Some(r) = self.runs.get_mut(run)
+                {
+                    r.schedule = Some(sched);
+                }
+                self.ui.status = Some(Status {
+                    text: format!("run {run} forked from run {parent} at step {step}"),
+                    level: Level::Info,
+                });
+            }
+            RunEvent::Probe(p) => {
+                self.runs
+                    .entry(p.run)
+                    .or_insert_with(|| RunData::new(p.run))
+                    .probes
+                    .push(p.clone());
+            }
+            RunEvent::Checkpoint { run, step, path } => {
+                if let Some(r) = self.runs.get_mut(run) {
+                    r.checkpoints.push((*step, path.clone()));
+                }
+            }
+            RunEvent::Note { run, step, message } => {
+                let r = self.runs.entry(*run).or_insert_with(|| RunData::new(*run));
+                r.notes.push((*step, message.clone()));
+                match message.as_str() {
+                    "paused" => r.paused = true,
+                    "resumed" => r.paused = false,
+                    _ => {}
+                }
+                self.ui.pause_intent = None;
+                let level = if message.contains("not supported") || message.contains("failed") {
+                    Level::Warn
+                } else {
+                    Level::Info
+                };
+                self.ui.status = Some(Status {
+                    text: format!("run {run} step {step}: {message}"),
+                    level,
+                });
+            }
+            RunEvent::End {
+                run,
+                step,
+                reason,
+                message,
+                final_val_loss,
+                ..
+            } => {
+                let r = self.runs.entry(*run).or_insert_with(|| RunData::new(*run));
+                r.paused = false;
+                r.end = Some(EndInfo {
+                    step: *step,
+                    reason: *reason,
+                    message: message.clone(),
+                    final_val_loss: *final_val_loss,
+                });
+                let val = final_val_loss
+                    .map(|v| format!(", val loss {}", super::format::value(v)))
+                    .unwrap_or_default();
+                self.ui.status = Some(match reason {
+                    EndReason::Failed => Status {
+                        text: format!(
+                            "run {run} failed at step {step}: {}",
+                            message.as_deref().unwrap_or("no message")
+                        ),
+                        level: Level::Error,
+                    },
+                    EndReason::Completed => Status {
+                        text: format!("run {run} completed at step {step}{val}"),
+                        level: Level::Info,
+                    },
+                    EndReason::Stopped => Status {
+                        text: format!("run {run} stopped at step {step}{val}"),
+                        level: Level::Info,
+                    },
+                });
+            }
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+        if first_run && let Some(&id) = self.runs.keys().next() {
+            self.ui.selected = id;
+        }
+    }
+
+    /// Forgets every run (a replay scrubbing backwards re-applies from the start).
+    pub fn clear_runs(&mut self) {
+        self.runs.clear();
+        self.events = 0;
+        self.ui.status = None;
+    }
+
+    /// Records a branch's parent and fork step (for fork events).
+    pub fn set_fork(&mut self, run: RunId, parent: RunId, step: u64) {
+        let r = self.runs.entry(run).or_insert_with(|| RunData::new(run));
+        r.parent = Some(parent);
+        r.fork_step = Some(step);
+    }
+
+    pub fn trunk(&self) -> Option<&RunData> {
+        self.runs.get(&0).or_else(|| self.runs.values().next())
+    }
+
+    pub fn selected_run(&self) -> Option<&RunData> {
+        self.runs.get(&self.ui.selected).or_else(|| self.trunk())
+    }
+
+    /// True while the run this UI drives has not ended (or has not started yet).
+    pub fn training_active(&self) -> bool {
+        self.trunk().is_none_or(RunData::is_active)
+    }
+
+    pub fn paused(&self) -> bool {
+        self.trunk().is_some_and(|r| r.paused)
+    }
+
+    pub fn set_status(&mut self, level: Level, text: impl Into<String>) {
+        self.ui.status = Some(Status {
+            text: text.into(),
+            level,
+        });
+    }
+
+    /// The step range of the whole session: every run's start to its planned end or last step.
+    pub fn x_full(&self) -> (f64, f64) {
+        let mut lo = u64::MAX;
+        let mut hi = 0u64;
+        for r in self.runs.values() {
+            let start = r
+                .fork_step
+                .or_else(|| r.start.as_ref().map(|s| s.start_step))
+                .or_else(|| r.steps.first().map(|s| s.saturating_sub(1)))
+                .unwrap_or(0);
+            lo = lo.min(start);
+            hi = hi.max(r.last_step()).max(r.total().unwrap_or(0));
+        }
+        if lo == u64::MAX {
+            return (0.0, 1.0);
+        }
+        if hi <= lo {
+            hi = lo + 1;
+        }
+        (lo as f64, hi as f64)
+    }
+
+    /// The visible step range.
+    pub fn x_view(&self) -> (f64, f64) {
+        let full = self.x_full();
+        match self.ui.zoom {
+            Some((a, b)) => clamp_window(a, b, full),
+            None => full,
+        }
+    }
+
+    /// Halves the window around `center` (default: the selected run's latest step when not
+    /// zoomed, the window's middle when zoomed).
+    pub fn zoom_in(&mut self, center: Option<f64>) {
+        let full = self.x_full();
+        let (a, b) = self.x_view();
+        let width = ((b - a) / 2.0).max(MIN_ZOOM_STEPS);
+        let c = center.unwrap_or_else(|| match self.ui.zoom {
+            Some(_) => (a + b) / 2.0,
+            None => self
+                .selected_run()
+                .map(|r| r.last_step() as f64)
+                .filter(|&s| s > 0.0)
+                .unwrap_or((a + b) / 2.0),
+        });
+        self.ui.zoom = Some(clamp_window(c - width / 2.0, c + width / 2.0, full));
+    }
+
+    /// Doubles the window; back to the whole run once it covers it.
+    pub fn zoom_out(&mut self, center: Option<f64>) {
+        let full = self.x_full();
+        let Some(_) = self.ui.zoom else { return };
+        let (a, b) = self.x_view();
+        let width = (b - a) * 2.0;
+        if width >= full.1 - full.0 {
+            self.ui.zoom = None;
+            return;
+        }
+        let c = center.unwrap_or((a + b) / 2.0);
+        self.ui.zoom = Some(clamp_window(c - width / 2.0, c + width / 2.0, full));
+    }
+
+    /// Moves the window by `fraction` of its width (negative: towards step 0).
+    pub fn pan(&mut self, fraction: f64) {
+        let full = self.x_full();
+        let Some(_) = self.ui.zoom else { return };
+        let (a, b) = self.x_view();
+        let d = (b - a) * fraction;
+        self.ui.zoom = Some(clamp_window(a + d, b + d, full));
+    }
+
+    /// Selects the next (`+1`) or previous (`-1`) run, wrapping around.
+    pub fn cycle_run(&mut self, dir: i32) {
+        let ids: Vec<RunId> = self.runs.keys().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let i = ids
+            .iter()
+            .position(|&id| id == self.ui.selected)
+            .unwrap_or(0) as i64;
+        let n = ids.len() as i64;
+        let j = (i + dir as i64).rem_euclid(n) as usize;
+        self.ui.selected = ids[j];
+    }
+}
+
+/// Keeps a window of width `b − a` inside `full` (shrinking it to `full` if wider).
+fn clamp_window(a: f64, b: f64, full: (f64, f64)) -> (f64, f64) {
+    let w = (b - a).min(full.1 - full.0);
+    let a = a.clamp(full.0, full.1 - w);
+    (a, a + w)
+}

@@ -1,0 +1,133 @@
+//! The header: what is training where (model, parameters, device, threads), how far it is
+//! (step/total, phase, tokens, tokens/s, ETA), the session file, and below it the status line
+//! (run state, dropped display samples, the last note or error).
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Paragraph, Widget};
+
+use super::{LABEL, phase_fg};
+use crate::tui::format;
+use crate::tui::state::{Level, RunStatus, TuiState};
+
+pub struct Header<'a>(pub &'a TuiState);
+
+const SEP: &str = " │ ";
+
+impl Widget for Header<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let state = self.0;
+        let label = Style::default().fg(LABEL);
+        let bold = Style::default().add_modifier(Modifier::BOLD);
+        let mut facts = vec![Span::styled(
+            " wsdscope ",
+            Style::default()
+                .fg(Color::Black)
+                .bg(Color::Cyan)
+                .add_modifier(Modifier::BOLD),
+        )];
+        let trunk = state.trunk();
+        if let Some(s) = trunk.and_then(|t| t.start.as_ref()) {
+            facts.push(Span::styled(format!(" {} ", s.model.preset), bold));
+            facts.push(Span::raw(format!(
+                "{} params",
+                format::si(s.model.params as f64)
+            )));
+            facts.push(Span::styled(" · ", label));
+            facts.push(Span::raw(format!(
+                "{}, {} thread{}",
+                s.device,
+                s.threads,
+                if s.threads == 1 { "" } else { "s" }
+            )));
+        } else {
+            facts.push(Span::styled(" waiting for the run to start…", label));
+        }
+        if let Some(t) = trunk {
+            facts.push(Span::styled(SEP, label));
+            let step = t.last_step();
+            match t.total() {
+                Some(total) if total > 0 => facts.push(Span::styled(
+                    format!(
+                        "step {}/{} {:.0}%",
+                        format::grouped(step),
+                        format::grouped(total),
+                        100.0 * step as f64 / total as f64
+                    ),
+                    bold,
+                )),
+                _ => facts.push(Span::styled(
+                    format!("step {}", format::grouped(step)),
+                    bold,
+                )),
+            }
+            if let Some(&p) = t.phase.last() {
+                facts.push(Span::raw(" "));
+                facts.push(Span::styled(p.as_str(), Style::default().fg(phase_fg(p))));
+            }
+            facts.push(Span::styled(SEP, label));
+            if let Some(&tok) = t.tokens.last() {
+                facts.push(Span::raw(format!("{} tok", format::si(tok as f64))));
+            }
+            if let Some(tps) = t.recent_tokens_per_s() {
+                facts.push(Span::styled(" · ", label));
+                facts.push(Span::raw(format!("{} tok/s", format::si(tps))));
+            }
+            if t.is_active() {
+                let eta = if t.paused {
+                    "paused".to_string()
+                } else {
+                    t.eta_s()
+                        .map(format::duration)
+                        .unwrap_or_else(|| "?".into())
+                };
+                facts.push(Span::styled(" · ETA ", label));
+                facts.push(Span::raw(eta));
+            }
+        }
+
+        let mut status = vec![Span::raw(" ")];
+        let (badge, color) = if state.ui.stopping && state.training_active() {
+            ("■ stopping…", Color::Yellow)
+        } else {
+            match trunk.map(|t| t.status()) {
+                None => ("○ starting", LABEL),
+                Some(RunStatus::Running) => ("● running", Color::Green),
+                Some(RunStatus::Paused) => ("❚❚ paused", Color::Yellow),
+                Some(RunStatus::Completed) => ("✔ completed", Color::Cyan),
+                Some(RunStatus::Stopped) => ("■ stopped", LABEL),
+                Some(RunStatus::Failed) => ("✖ failed", Color::Red),
+            }
+        };
+        status.push(Span::styled(
+            badge,
+            Style::default().fg(color).add_modifier(Modifier::BOLD),
+        ));
+        if state.ui.dropped_display > 0 {
+            status.push(Span::styled(SEP, label));
+            status.push(Span::styled(
+                format!(
+                    "⚠ {} display samples dropped (recorded in full)",
+                    format::grouped(state.ui.dropped_display)
+                ),
+                Style::default().fg(Color::Yellow),
+            ));
+        }
+        if let Some(s) = &state.ui.status {
+            status.push(Span::styled(SEP, label));
+            let style = match s.level {
+                Level::Info => Style::default(),
+                Level::Warn => Style::default().fg(Color::Yellow),
+                Level::Error => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+            };
+            status.push(Span::styled(s.text.clone(), style));
+        }
+        if let Some(p) = &state.ui.session_path {
+            status.push(Span::styled(SEP, label));
+            status.push(Span::styled(format!("session {p}"), label));
+        }
+        Paragraph::new(vec![Line::from(facts), Line::from(status)]).render(area, buf);
+    }
+}

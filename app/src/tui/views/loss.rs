@@ -1,0 +1,96 @@
+//! The loss panel: train loss (smoothed over its faint raw curve, or raw) and validation
+//! loss for every run overlaid, with the data's entropy floor as a reference line.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Widget;
+
+use super::plot::{Plot, Series};
+use super::{FAINT, LABEL, buckets, draw_order, run_color};
+use crate::tui::format;
+use crate::tui::series::envelope;
+use crate::tui::state::TuiState;
+
+pub struct LossPanel<'a>(pub &'a TuiState);
+
+impl Widget for LossPanel<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let state = self.0;
+        let (lo, hi) = state.x_view();
+        let n = buckets(area);
+        let runs = draw_order(state);
+        let mut series = Vec::new();
+        if state.ui.smooth {
+            for r in &runs {
+                series.push(Series::line(envelope(&r.steps, &r.loss, lo, hi, n), FAINT));
+            }
+        }
+        for r in &runs {
+            let col = if state.ui.smooth {
+                &r.loss_ema
+            } else {
+                &r.loss
+            };
+            series.push(Series::line(
+                envelope(&r.steps, col, lo, hi, n),
+                run_color(r.id),
+            ));
+        }
+        for r in &runs {
+            series.push(Series::dots(
+                envelope(&r.eval_steps, &r.val_loss, lo, hi, n),
+                run_color(r.id),
+            ));
+        }
+        let floor = state
+            .trunk()
+            .and_then(|t| t.start.as_ref())
+            .and_then(|s| s.data.entropy_floor);
+
+        let sel = run_color(state.ui.selected);
+        let mut title = vec![
+            Span::styled(" loss ", Style::default().add_modifier(Modifier::BOLD)),
+            Span::styled(
+                if state.ui.smooth {
+                    "── train (EMA)"
+                } else {
+                    "── train"
+                },
+                Style::default().fg(sel),
+            ),
+        ];
+        if state.ui.smooth {
+            title.push(Span::styled(" ── raw", Style::default().fg(FAINT)));
+        }
+        title.push(Span::styled(" • val", Style::default().fg(sel)));
+        if let Some(f) = floor {
+            title.push(Span::styled(
+                format!(" ── floor {}", format::value(f)),
+                Style::default().fg(FAINT),
+            ));
+        }
+        if state.ui.log_y {
+            title.push(Span::styled(" [log-y]", Style::default().fg(LABEL)));
+        }
+        if state.ui.zoom.is_some() {
+            title.push(Span::styled(
+                format!(" [steps {}–{}]", format::step(lo), format::step(hi)),
+                Style::default().fg(LABEL),
+            ));
+        }
+        title.push(Span::raw(" "));
+
+        Plot {
+            title: Line::from(title),
+            x: (lo, hi),
+            log_y: state.ui.log_y,
+            series,
+            refs: floor.map(|f| vec![(f, FAINT)]).unwrap_or_default(),
+            empty: "waiting for the first step…",
+            ..Default::default()
+        }
+        .render(area, buf);
+    }
+}

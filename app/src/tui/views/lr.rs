@@ -1,0 +1,121 @@
+//! The learning-rate panel: each run's lr, the trunk's planned schedule (faint), its
+//! warmup/stable/decay phases as background bands, and a marker at every fork.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Widget;
+use wsdscope_sessions::Phase;
+
+use super::plot::{Band, Plot, Series, XMarker};
+use super::{FAINT, buckets, draw_order, phase_bg, run_color};
+use crate::tui::series::envelope;
+use crate::tui::state::TuiState;
+
+pub struct LrPanel<'a>(pub &'a TuiState);
+
+impl Widget for LrPanel<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let state = self.0;
+        let (lo, hi) = state.x_view();
+        let n = buckets(area);
+        let mut series = Vec::new();
+        let mut bands = Vec::new();
+        if let Some(trunk) = state.trunk() {
+            if let (Some(sched), Some(total)) = (&trunk.schedule, trunk.total()) {
+                series.push(Series::line(planned(sched, lo, hi, n, total), FAINT));
+            }
+            if let Some(p) = trunk.phases() {
+                let edges = [
+                    (f64::NEG_INFINITY, p.warmup_end as f64 + 0.5, Phase::Warmup),
+                    (
+                        p.warmup_end as f64 + 0.5,
+                        p.decay_start as f64 + 0.5,
+                        Phase::Stable,
+                    ),
+                    (
+                        p.decay_start as f64 + 0.5,
+                        p.total as f64 + 0.5,
+                        Phase::Decay,
+                    ),
+                ];
+                for (from, to, phase) in edges {
+                    if to > from {
+                        bands.push(Band {
+                            from,
+                            to,
+                            color: phase_bg(phase),
+                            label: phase.as_str(),
+                        });
+                    }
+                }
+            }
+        }
+        for r in draw_order(state) {
+            series.push(Series::line(
+                envelope(&r.steps, &r.lr, lo, hi, n),
+                run_color(r.id),
+            ));
+        }
+        let markers = state
+            .runs
+            .values()
+            .filter_map(|r| {
+                r.fork_step.map(|s| XMarker {
+                    x: s as f64,
+                    color: run_color(r.id),
+                    label: format!("⑂{}", r.id),
+                })
+            })
+            .collect();
+
+        let title = Line::from(vec![
+            Span::styled(
+                " learning rate ",
+                Style::default().add_modifier(Modifier::BOLD),
+            ),
+            Span::styled(" warmup ", Style::default().bg(phase_bg(Phase::Warmup))),
+            Span::styled(" stable ", Style::default().bg(phase_bg(Phase::Stable))),
+            Span::styled(" decay ", Style::default().bg(phase_bg(Phase::Decay))),
+            Span::styled(" ── planned", Style::default().fg(FAINT)),
+            Span::raw(" ┊ fork "),
+        ]);
+        Plot {
+            title,
+            x: (lo, hi),
+            include_zero: true,
+            series,
+            bands,
+            markers,
+            empty: "no learning rate yet",
+            ..Default::default()
+        }
+        .render(area, buf);
+    }
+}
+
+/// The schedule's lr at the bucket centres of `lo..=hi` plus its phase corners, up to `total`.
+fn planned(
+    sched: &wsdscope_trainer::Schedule,
+    lo: f64,
+    hi: f64,
+    n: usize,
+    total: u64,
+) -> Vec<(f64, f64)> {
+    let end = hi.min(total as f64);
+    if end < lo.max(1.0) {
+        return Vec::new();
+    }
+    let b = sched.bounds();
+    let mut xs: Vec<f64> = (0..=n)
+        .map(|i| lo + (hi - lo) * i as f64 / n as f64)
+        .chain([b.warmup_end as f64, b.decay_start as f64, total as f64])
+        .filter(|&x| x >= lo.max(1.0) && x <= end)
+        .collect();
+    xs.sort_by(f64::total_cmp);
+    xs.dedup();
+    xs.into_iter()
+        .map(|x| (x, sched.lr(x.round().max(1.0) as u64)))
+        .collect()
+}

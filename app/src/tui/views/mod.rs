@@ -1,0 +1,130 @@
+//! Views: pure renders of `&TuiState`, one file per panel, composed here into the app.
+
+pub mod confirm;
+pub mod footer;
+pub mod fork_form;
+pub mod header;
+pub mod help;
+pub mod loss;
+pub mod lr;
+pub mod norms;
+pub mod plot;
+pub mod probes;
+pub mod runs;
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::widgets::Widget;
+use wsdscope_sessions::{Phase, RunId};
+
+use super::layout::{self, MIN_HEIGHT, MIN_WIDTH};
+use super::state::{Overlay, RunData, TuiState};
+
+/// Axis lines and panel borders.
+pub const AXIS: Color = Color::DarkGray;
+/// Axis labels and secondary text.
+pub const LABEL: Color = Color::Gray;
+/// The raw curve behind a smoothed one, planned schedules, reference lines.
+pub const FAINT: Color = Color::DarkGray;
+
+/// The colour of run `id` in every panel.
+pub fn run_color(id: RunId) -> Color {
+    const COLORS: [Color; 8] = [
+        Color::Cyan,
+        Color::Yellow,
+        Color::Magenta,
+        Color::Green,
+        Color::LightRed,
+        Color::LightBlue,
+        Color::LightGreen,
+        Color::LightMagenta,
+    ];
+    COLORS[id as usize % COLORS.len()]
+}
+
+/// Background of a schedule phase (256-colour palette: dark blue, green, red).
+pub fn phase_bg(p: Phase) -> Color {
+    match p {
+        Phase::Warmup => Color::Indexed(17),
+        Phase::Stable => Color::Indexed(22),
+        Phase::Decay => Color::Indexed(52),
+    }
+}
+
+/// Foreground of a phase name.
+pub fn phase_fg(p: Phase) -> Color {
+    match p {
+        Phase::Warmup => Color::LightBlue,
+        Phase::Stable => Color::LightGreen,
+        Phase::Decay => Color::LightRed,
+    }
+}
+
+/// Runs in drawing order: the selected run last, so it is on top.
+pub fn draw_order(state: &TuiState) -> Vec<&RunData> {
+    let mut runs: Vec<&RunData> = state
+        .runs
+        .values()
+        .filter(|r| r.id != state.ui.selected)
+        .collect();
+    runs.extend(state.runs.get(&state.ui.selected));
+    runs
+}
+
+/// Buckets for a chart panel of this outer width: one per column inside the border.
+pub fn buckets(area: Rect) -> usize {
+    area.width.saturating_sub(2).max(1) as usize
+}
+
+/// The whole app as a widget.
+pub struct App<'a>(pub &'a TuiState);
+
+impl Widget for App<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let state = self.0;
+        let Some(l) = layout::compute(area, state.runs.len()) else {
+            too_small(area, buf);
+            return;
+        };
+        header::Header(state).render(l.header, buf);
+        loss::LossPanel(state).render(l.loss, buf);
+        lr::LrPanel(state).render(l.lr, buf);
+        norms::NormsPanel(state).render(l.norms, buf);
+        runs::RunsPanel(state).render(l.runs, buf);
+        probes::ProbesPanel(state).render(l.probes, buf);
+        footer::Footer(state).render(l.footer, buf);
+        match &state.ui.overlay {
+            Overlay::None => {}
+            Overlay::Help => help::Help.render(area, buf),
+            Overlay::Fork(form) => fork_form::ForkFormView(form).render(area, buf),
+            Overlay::ConfirmQuit => confirm::ConfirmQuit(state).render(area, buf),
+        }
+    }
+}
+
+/// One line instead of panels that cannot fit.
+fn too_small(area: Rect, buf: &mut Buffer) {
+    if area.is_empty() {
+        return;
+    }
+    let long = format!(
+        "terminal too small ({}×{}; need {MIN_WIDTH}×{MIN_HEIGHT})",
+        area.width, area.height
+    );
+    let text = if long.chars().count() <= area.width as usize {
+        long
+    } else {
+        "terminal too small".to_string()
+    };
+    let w = text.chars().count().min(area.width as usize) as u16;
+    buf.set_stringn(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - 1) / 2,
+        &text,
+        w as usize,
+        Style::default()
+            .fg(Color::Yellow)
+            .add_modifier(Modifier::BOLD),
+    );
+}
