@@ -48,6 +48,10 @@ pub struct Session {
     format_version: u32,
     log: Vec<(u64, RunEvent)>,
     runs: Vec<RunInfo>,
+    /// Set when the file lost its tail (a write failed, e.g. a full disk) and is read through
+    /// a zero-padded temporary copy: (bytes present, bytes the header promises).
+    recovered: Option<(u64, u64)>,
+    _copy: Option<tempfile::TempDir>,
 }
 
 fn damaged(path: &Path, what: impl std::fmt::Display) -> Error {
@@ -60,12 +64,47 @@ impl Session {
     /// for writing, the mark is cleared first.
     pub fn open(path: &Path) -> Result<Self> {
         check_is_hdf5(path)?;
-        check_not_truncated(path)?;
-        let file = match open_swmr(path) {
+        if let Some((len, eof)) = truncation(path) {
+            // A write that failed part-way (a full disk) leaves the header promising bytes that
+            // never arrived; everything flushed before it is intact. Read a copy padded to the
+            // promised length; if even that fails, the file is truly cut short.
+            return Self::open_padded(path, len, eof).map_err(|_| {
+                session_err(
+                    path,
+                    format!("is truncated: it has {len} bytes but its header says {eof}"),
+                )
+            });
+        }
+        Self::open_file(path, path)
+    }
+
+    fn open_padded(path: &Path, len: u64, eof: u64) -> Result<Self> {
+        let dir = tempfile::tempdir()
+            .map_err(|e| session_err(path, format!("cannot make a temporary copy: {e}")))?;
+        let copy = dir.path().join("recovered.h5");
+        std::fs::copy(path, &copy)
+            .map_err(|e| session_err(path, format!("cannot copy it: {e}")))?;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&copy)
+            .map_err(|e| session_err(path, e.to_string()))?;
+        f.set_len(eof)
+            .map_err(|e| session_err(path, e.to_string()))?;
+        drop(f);
+        let mut s = Self::open_file(path, &copy)?;
+        s.events()?; // every dataset must read back
+        s.recovered = Some((len, eof));
+        s._copy = Some(dir);
+        Ok(s)
+    }
+
+    /// Opens `actual` (the file itself, or a recovered copy) on behalf of `path`.
+    fn open_file(path: &Path, actual: &Path) -> Result<Self> {
+        let file = match open_swmr(actual) {
             Ok(f) => f,
             Err(e) if e.to_string().contains("already open for write") => {
-                clear_status_flags(path)?;
-                open_swmr(path).map_err(|e| damaged(path, e))?
+                clear_status_flags(actual)?;
+                open_swmr(actual).map_err(|e| damaged(path, e))?
             }
             Err(e) => return Err(damaged(path, e)),
         };
@@ -92,9 +131,16 @@ impl Session {
             format_version,
             log: Vec::new(),
             runs: Vec::new(),
+            recovered: None,
+            _copy: None,
         };
         s.refresh()?;
         Ok(s)
+    }
+
+    /// `Some((present, promised))` bytes when the file lost its tail and was recovered.
+    pub fn recovered(&self) -> Option<(u64, u64)> {
+        self.recovered
     }
 
     pub fn path(&self) -> &Path {
@@ -405,8 +451,9 @@ fn open_swmr(path: &Path) -> hdf5::Result<File> {
 const READ_ATTEMPTS: u32 = 10;
 
 /// A version 2/3 superblock records the end-of-file address; a shorter file lost its tail.
-/// (A live writer can be mid-flush, so a short file is looked at twice.)
-fn check_not_truncated(path: &Path) -> Result<()> {
+/// Returns (length, promised length) for such a file. A live writer can be mid-flush, so a
+/// short file is looked at twice.
+fn truncation(path: &Path) -> Option<(u64, u64)> {
     let eof_of = |path: &Path| -> Option<(u64, u64)> {
         let mut f = std::fs::File::open(path).ok()?;
         let mut sb = [0u8; 36];
@@ -418,24 +465,12 @@ fn check_not_truncated(path: &Path) -> Result<()> {
         }
         let base = u64::from_le_bytes(sb[12..20].try_into().ok()?);
         let eof = u64::from_le_bytes(sb[28..36].try_into().ok()?);
-        Some((base + eof, f.metadata().ok()?.len()))
+        let len = f.metadata().ok()?.len();
+        (len < base + eof).then_some((len, base + eof))
     };
-    for attempt in 0..2 {
-        match eof_of(path) {
-            Some((eof, len)) if len < eof => {
-                if attempt == 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(300));
-                    continue;
-                }
-                return Err(session_err(
-                    path,
-                    format!("is truncated: it has {len} bytes but its header says {eof}"),
-                ));
-            }
-            _ => return Ok(()),
-        }
-    }
-    Ok(())
+    eof_of(path)?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    eof_of(path)
 }
 
 /// Names what is wrong with a path before HDF5 sees it.

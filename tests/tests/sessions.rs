@@ -286,3 +286,49 @@ fn bad_session_files_and_paths() {
     // The session that a refused --out named is untouched.
     assert_eq!(std::fs::read(&good).unwrap(), bytes);
 }
+
+/// A full disk, simulated with a file-size limit (writes past it fail with EFBIG, as they
+/// would with ENOSPC): training stops with a clear message and the session stays readable.
+#[test]
+fn a_failing_disk_stops_training_and_keeps_what_was_written() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("full.h5");
+    let fs = f.to_str().unwrap();
+    let mut cmd = wsdscope();
+    cmd.args(record_args(fs, &["--steps", "1000000"]));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 96 * 1024,
+                rlim_max: 96 * 1024,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let r = wsdscope_tests::Ran::from(cmd.output().unwrap());
+    assert_ne!(r.code, Some(0), "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    let last = r
+        .stderr
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.starts_with("error: recording to")
+            && last.contains("failed")
+            && last.contains("training stopped after step"),
+        "{last}"
+    );
+    let i = run(&["inspect", fs, "--json"]);
+    assert!(i.ok(), "the session must stay readable: {}", i.stderr);
+    let v: serde_json::Value = serde_json::from_str(&i.stdout).unwrap();
+    let steps = v["runs"][0]["steps"].as_u64().unwrap();
+    eprintln!("{last}\nsession keeps {steps} steps");
+    assert!(steps > 100, "{steps}");
+}

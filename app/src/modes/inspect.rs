@@ -69,6 +69,13 @@ fn opt(v: Option<f64>) -> String {
 
 pub fn run(a: InspectArgs) -> Result<()> {
     let s = Session::open(&a.file)?;
+    if let Some((have, want)) = s.recovered() {
+        eprintln!(
+            "warning: {} lost its last {} bytes (a write failed, e.g. a full disk); showing everything before that",
+            a.file.display(),
+            want - have
+        );
+    }
     let config: Value = s
         .root_attr("config")
         .and_then(|c| serde_json::from_str(&c).ok())

@@ -1,0 +1,130 @@
+//! Session-file benchmark: writes a synthetic 1,000,000-step session through the recorder (the
+//! same thread and buffering a live run uses), then reports its size per scalar sample and how
+//! long it takes to open it and build a 1,000-bucket min/max view of the trunk's loss.
+//!
+//!     cargo bench -p wsdscope-sessions --bench session [-- STEPS]
+
+use std::time::Instant;
+
+use wsdscope_sessions::{
+    DataSummary, EVENT_SCHEMA_VERSION, ModelSummary, Phase, PhaseBounds, Recorder, RunEvent,
+    RunStart, Session, StepMetrics,
+};
+
+fn main() {
+    let steps: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let layers = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bench.h5");
+
+    let t = Instant::now();
+    let rec = Recorder::create(&path).expect("create");
+    rec.record(RunEvent::RunStart(Box::new(RunStart {
+        run: 0,
+        schema_version: EVENT_SCHEMA_VERSION,
+        name: "trunk".into(),
+        parent: None,
+        fork_step: None,
+        model: ModelSummary {
+            preset: "tiny".into(),
+            params: 853_120,
+            non_embedding_params: 787_584,
+            hidden: 128,
+            layers,
+            heads: 2,
+            kv_heads: 1,
+            ffn: 384,
+            vocab: 512,
+        },
+        data: DataSummary {
+            description: "synthetic".into(),
+            entropy_floor: Some(0.99),
+            train_tokens: None,
+            val_tokens: None,
+        },
+        phases: PhaseBounds {
+            warmup_end: steps / 10,
+            decay_start: steps - steps / 10,
+            total: steps,
+        },
+        start_step: 0,
+        batch: 16,
+        seq: 128,
+        device: "cpu".into(),
+        threads: 2,
+        config: serde_json::json!({"steps": steps}),
+    })))
+    .expect("record");
+    // A noisy, slowly falling loss: a realistic thing to compress.
+    let mut x = 0x2545F4914F6CDD1Du64;
+    for s in 1..=steps {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let noise = (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+        let loss = 1.0 + 8.0 / (1.0 + s as f64 / 100.0) + 0.05 * noise;
+        rec.record(RunEvent::Step(StepMetrics {
+            run: 0,
+            step: s,
+            phase: Phase::Stable,
+            loss,
+            lr: 0.01,
+            grad_norm: 0.4 + 0.1 * noise,
+            update_norm: 0.05,
+            param_norm: 100.0 + s as f64 * 1e-5,
+            tokens: s * 2048,
+            tokens_per_s: 5000.0 + 100.0 * noise,
+            step_ms: 400.0 + 10.0 * noise,
+            grad_norm_per_layer: vec![0.2 + 0.01 * noise; layers],
+        }))
+        .expect("record");
+        if s % 1000 == 0 {
+            rec.record(RunEvent::Eval {
+                run: 0,
+                step: s,
+                val_loss: loss,
+                tokens: s * 2048,
+            })
+            .expect("record");
+        }
+    }
+    let summary = rec.finish().expect("finish");
+    let write_s = t.elapsed().as_secs_f64();
+    // Per step: 7 float64 metrics + 4 per-layer norms + step, seq, tokens (u64) + phase (u8).
+    let scalars = steps * (7 + layers as u64 + 3 + 1);
+    println!(
+        "wrote {steps} steps in {write_s:.2} s ({:.0} steps/s through the recorder thread)",
+        steps as f64 / write_s
+    );
+    println!(
+        "file: {} bytes = {:.2} bytes per scalar sample ({scalars} samples), {:.1} bytes per step",
+        summary.bytes,
+        summary.bytes as f64 / scalars as f64,
+        summary.bytes as f64 / steps as f64
+    );
+
+    for round in 0..3 {
+        let t = Instant::now();
+        let s = Session::open(&path).expect("open");
+        let opened = t.elapsed().as_secs_f64();
+        let b = s.buckets(0, "loss", 0..=u64::MAX, 1000).expect("buckets");
+        let total = t.elapsed().as_secs_f64();
+        assert_eq!(b.len(), 1000);
+        assert_eq!(b.iter().map(|x| x.count).sum::<u64>(), steps);
+        let zoom = Instant::now();
+        let z = s
+            .buckets(0, "loss", steps / 2..=steps / 2 + 10_000, 1000)
+            .expect("buckets");
+        let zoom_s = zoom.elapsed().as_secs_f64();
+        println!(
+            "round {round}: open {:.1} ms, open + 1000-bucket min/max view of loss {:.1} ms (target < 1000 ms); 10k-step zoom {:.1} ms ({} buckets)",
+            opened * 1e3,
+            total * 1e3,
+            zoom_s * 1e3,
+            z.len()
+        );
+    }
+}
