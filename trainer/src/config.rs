@@ -385,6 +385,63 @@ impl Default for OptimConfig {
     }
 }
 
+/// How long a decay branch runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForkLength {
+    Steps(u64),
+    /// A fraction of the fork step (0.1 at step 2000 decays over 200 steps).
+    FractionOfStep(f64),
+}
+
+impl ForkLength {
+    /// Decay steps of a branch forked after step `at` (at least one).
+    pub fn steps_at(self, at: u64) -> u64 {
+        match self {
+            ForkLength::Steps(n) => n.max(1),
+            ForkLength::FractionOfStep(f) => ((f * at as f64).round() as u64).max(1),
+        }
+    }
+}
+
+/// A decay branch a headless run forks from the trunk when the trunk completes step `at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForkPlan {
+    pub at: u64,
+    pub length: ForkLength,
+    pub shape: crate::schedule::DecayShape,
+    pub floor: f64,
+}
+
+/// Which run steps next when several are active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Every active run takes one step in turn.
+    #[default]
+    RoundRobin,
+    /// The newest branch runs to its end first; the trunk waits while any branch is active.
+    BranchesFirst,
+    /// The trunk waits while branches run; the branches take steps in turn.
+    TrunkPaused,
+}
+
+impl Policy {
+    pub const NAMES: &'static str = "round-robin, branches-first, trunk-paused";
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "round-robin" => Ok(Policy::RoundRobin),
+            "branches-first" => Ok(Policy::BranchesFirst),
+            "trunk-paused" => Ok(Policy::TrunkPaused),
+            _ => Err(Error::Config(format!(
+                "--policy {s:?} is not allowed; use {}",
+                Self::NAMES
+            ))),
+        }
+    }
+}
+
 /// Everything that determines a training run. Two runs with equal configs on the same
 /// device and thread count produce bit-identical losses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -411,6 +468,18 @@ pub struct RunConfig {
     pub checkpoint_dir: Option<PathBuf>,
     /// Initial weights (HF names, safetensors) instead of the μP init.
     pub init_from: Option<PathBuf>,
+    /// Decay branches forked from the trunk at given steps (headless scripting of forks).
+    #[serde(default)]
+    pub forks: Vec<ForkPlan>,
+    /// How active runs share the engine.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Memory the runs together may hold, in MiB (default: half the memory available at start).
+    #[serde(default)]
+    pub memory_budget_mb: Option<u64>,
+    /// Write a checkpoint of each branch when it ends (under `checkpoint_dir/run-N`).
+    #[serde(default)]
+    pub keep_branch_checkpoints: bool,
 }
 
 impl RunConfig {
@@ -465,6 +534,34 @@ impl RunConfig {
                 "AdamW eps {} / weight decay {} / clip {} not allowed; eps > 0, weight decay ≥ 0, clip ≥ 0",
                 o.eps, o.weight_decay, o.clip
             )));
+        }
+        for f in &self.forks {
+            if f.at == 0 || f.at >= self.steps {
+                return Err(Error::Config(format!(
+                    "--fork-at {} is not allowed; forks happen after a trunk step in 1..{}",
+                    f.at, self.steps
+                )));
+            }
+            if !(0.0..=1.0).contains(&f.floor)
+                || (f.shape == crate::schedule::DecayShape::Exp && f.floor == 0.0)
+            {
+                return Err(Error::Config(format!(
+                    "--branch-decay floor {} is not allowed; it is in [0, 1] (and > 0 for exp)",
+                    f.floor
+                )));
+            }
+            if let ForkLength::FractionOfStep(x) = f.length
+                && !(x > 0.0 && x.is_finite())
+            {
+                return Err(Error::Config(format!(
+                    "--branch-decay length {x} is not allowed; a fraction of the fork step must be > 0"
+                )));
+            }
+        }
+        if self.keep_branch_checkpoints && self.checkpoint_dir.is_none() {
+            return Err(Error::Config(
+                "--keep-branch-checkpoints needs --checkpoint-dir DIR to say where they go".into(),
+            ));
         }
         if self.checkpoint_every > 0 && self.checkpoint_dir.is_none() {
             return Err(Error::Config(

@@ -4,7 +4,9 @@
 //! [`Command`]s between steps. Each step reads top to bottom: batch of this global step →
 //! forward → backward → finiteness check → AdamW → metrics → eval/checkpoint when due.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -13,12 +15,13 @@ use candle_core::{DType, Device, Tensor};
 use wsdscope_sessions::{EVENT_SCHEMA_VERSION, EndReason, RunEvent, RunId, RunStart, StepMetrics};
 
 use crate::checkpoint::{self, CHECKPOINT_FORMAT, TrainerState};
-use crate::config::RunConfig;
+use crate::config::{ForkLength, ForkPlan, Policy, RunConfig};
 use crate::data::rng::{SplitMix64, hash};
 use crate::data::{Batch, Dataset};
 use crate::error::{Error, Result};
 use crate::model::MiniCpm;
 use crate::optim::AdamW;
+use crate::schedule::{DecayShape, Schedule};
 
 /// Resolves a `--device` value. CUDA needs a build with the `cuda` feature.
 pub fn device(spec: &str) -> Result<Device> {
@@ -40,13 +43,18 @@ pub fn device(spec: &str) -> Result<Device> {
     )))
 }
 
-/// One run's model, optimiser, data and position.
+/// One run's model, optimiser, data and position. The trunk is run 0; a branch is a
+/// [`Trainer::fork`] of another run with its own schedule.
 pub struct Trainer {
     cfg: RunConfig,
     run: RunId,
+    name: String,
+    parent: Option<RunId>,
+    fork_step: Option<u64>,
     model: MiniCpm,
     opt: AdamW,
-    data: Dataset,
+    /// Shared by every run of a session: batches are pure functions of the global step.
+    data: Arc<Dataset>,
     device: Device,
     /// Steps completed.
     step: u64,
@@ -60,7 +68,7 @@ impl Trainer {
     pub fn new(cfg: RunConfig) -> Result<Self> {
         cfg.validate()?;
         let device = device(&cfg.device)?;
-        let data = Dataset::open(&cfg)?;
+        let data = Arc::new(Dataset::open(&cfg)?);
         let model = match &cfg.init_from {
             None => MiniCpm::init(&cfg.model, cfg.seq, cfg.seed, &device, DType::F32)?,
             Some(p) => MiniCpm::from_tensors(
@@ -84,6 +92,9 @@ impl Trainer {
             rng: SplitMix64::new(hash(&[cfg.seed, 0x7261_6e64])),
             cfg,
             run: 0,
+            name: "trunk".into(),
+            parent: None,
+            fork_step: None,
             model,
             opt,
             data,
@@ -102,7 +113,7 @@ impl Trainer {
         adjust(&mut cfg);
         cfg.validate()?;
         let device = device(&cfg.device)?;
-        let data = Dataset::open(&cfg)?;
+        let data = Arc::new(Dataset::open(&cfg)?);
         let model = MiniCpm::from_tensors(&cfg.model, cfg.seq, ck.model, &device, DType::F32)?;
         let mut opt = AdamW::new(
             model.named_vars(),
@@ -113,6 +124,9 @@ impl Trainer {
         Ok(Trainer {
             cfg,
             run: 0,
+            name: "trunk".into(),
+            parent: None,
+            fork_step: None,
             model,
             opt,
             data,
@@ -128,12 +142,99 @@ impl Trainer {
         &self.cfg
     }
 
+    /// This run's id (the trunk is 0).
+    pub fn id(&self) -> RunId {
+        self.run
+    }
+
+    /// A copy of this run at its current step — parameters, AdamW moments and step count,
+    /// token count, RNG — that continues under `schedule` as run `id`. Nothing touches disk;
+    /// the data are shared, so the branch sees the batches its parent would see.
+    pub fn fork(
+        &self,
+        id: RunId,
+        schedule: crate::schedule::Schedule,
+        name: String,
+    ) -> Result<Trainer> {
+        schedule.validate()?;
+        let tensors = self
+            .model
+            .named_vars()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        // from_tensors copies, so the branch never aliases its parent's storage.
+        let model = MiniCpm::from_tensors(
+            &self.cfg.model,
+            self.cfg.seq,
+            tensors,
+            &self.device,
+            self.model.dtype(),
+        )?;
+        let mut opt = AdamW::new(
+            model.named_vars(),
+            self.cfg.optim.clone(),
+            self.cfg.model.width_mult(),
+        )?;
+        let moments = self
+            .opt
+            .state_tensors()
+            .into_iter()
+            .map(|(n, t)| Ok((n, t.copy()?)))
+            .collect::<Result<_>>()?;
+        opt.load_state(moments, self.opt.steps_taken())?;
+        let mut cfg = self.cfg.clone();
+        cfg.steps = schedule.total();
+        cfg.schedule = schedule;
+        cfg.forks.clear();
+        cfg.checkpoint_every = 0;
+        Ok(Trainer {
+            cfg,
+            run: id,
+            name,
+            parent: Some(self.run),
+            fork_step: Some(self.step),
+            model,
+            opt,
+            data: Arc::clone(&self.data),
+            device: self.device.clone(),
+            step: self.step,
+            tokens: self.tokens,
+            rng: self.rng,
+            last_val: self.last_val,
+        })
+    }
+
+    /// Bytes this run keeps while it lives: f32 parameters, two AdamW moments and the
+    /// gradients of a step.
+    pub fn resident_bytes(&self) -> u64 {
+        16 * self.cfg.model.total_params()
+    }
+
+    /// Transient bytes of one training step's activations (shared: runs step one at a time).
+    pub fn activation_bytes(&self) -> u64 {
+        let m = &self.cfg.model;
+        let tokens = (self.cfg.batch * self.cfg.seq) as u64;
+        let per_layer =
+            12 * m.hidden as u64 + 3 * m.ffn as u64 + 4 * (m.heads * self.cfg.seq) as u64;
+        4 * tokens * (m.layers as u64 * per_layer + 3 * m.vocab as u64)
+    }
+
     pub fn model(&self) -> &MiniCpm {
         &self.model
     }
 
     pub fn data(&self) -> &Dataset {
         &self.data
+    }
+
+    /// Parameters of this run by HF name (for tests and probes).
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        self.model
+            .named_vars()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
     }
 
     /// Steps completed so far.
@@ -257,9 +358,9 @@ impl Trainer {
         RunEvent::RunStart(Box::new(RunStart {
             run: self.run,
             schema_version: EVENT_SCHEMA_VERSION,
-            name: "trunk".into(),
-            parent: None,
-            fork_step: None,
+            name: self.name.clone(),
+            parent: self.parent,
+            fork_step: self.fork_step,
             model: self.cfg.model.summary(&self.cfg.preset),
             data: self.data.summary().clone(),
             phases: self.cfg.schedule.bounds(),
@@ -271,15 +372,6 @@ impl Trainer {
             config: serde_json::to_value(&self.cfg).expect("config serialises"),
         }))
     }
-}
-
-/// How long a decay branch runs.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ForkLength {
-    Steps(u64),
-    /// A fraction of the fork step (0.1 at step 2000 decays over 200 steps).
-    FractionOfStep(f64),
 }
 
 /// A request to fork a decay branch from a run at its current step.
@@ -297,8 +389,13 @@ pub enum Command {
     Pause,
     Resume,
     Stop,
-    /// Fork a decay branch. Not supported yet: the engine answers with a note.
+    /// Fork a decay branch from a run at its current step.
     Fork(ForkRequest),
+    /// Fork a run (usually a decayed branch) into one that continues at the trunk's stable
+    /// learning rate until the trunk's last step (WSD-S, Wen et al. 2024).
+    ForkResume {
+        parent: RunId,
+    },
 }
 
 /// How a run ended.
@@ -350,117 +447,384 @@ impl Engine {
     }
 }
 
-/// The engine loop: steps until done, stopped, or failed; one `end` event in every case.
-fn drive(mut tr: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) -> Outcome {
-    let t0 = Instant::now();
-    let run = tr.run;
-    emit(tr.run_start_event());
-    let mut paused = false;
-    let result: Result<EndReason> = (|| {
-        loop {
-            // Commands between steps; a paused engine blocks here.
-            loop {
-                let c = if paused {
-                    rx.recv().ok()
-                } else {
-                    match rx.try_recv() {
-                        Ok(c) => Some(c),
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => break,
-                    }
-                };
-                match c {
-                    Some(Command::Pause) if !paused => {
-                        paused = true;
-                        emit(RunEvent::Note {
-                            run,
-                            step: tr.step,
-                            message: "paused".into(),
-                        });
-                    }
-                    Some(Command::Resume) if paused => {
-                        paused = false;
-                        emit(RunEvent::Note {
-                            run,
-                            step: tr.step,
-                            message: "resumed".into(),
-                        });
-                    }
-                    Some(Command::Stop) | None => return Ok(EndReason::Stopped),
-                    Some(Command::Fork(req)) => emit(RunEvent::Note {
-                        run: req.parent,
-                        step: tr.step,
-                        message: format!(
-                            "fork of run {} at step {} not supported yet: decay branches arrive with the branching feature",
-                            req.parent, tr.step
-                        ),
-                    }),
-                    Some(_) => {}
-                }
-                if !paused {
-                    break;
-                }
+/// Memory the runs may hold together by default: half of what the OS reports available.
+fn default_budget() -> u64 {
+    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    });
+    avail.map(|kb| kb * 1024 / 2).unwrap_or(u64::MAX)
+}
+
+/// The runs an engine drives, and how it decides which steps next.
+struct Runs {
+    active: Vec<Trainer>,
+    next_id: RunId,
+    budget: u64,
+    policy: Policy,
+    rr: usize,
+    /// Steps at which the trunk also evaluates: where branches end, for the comparison.
+    trunk_evals: BTreeSet<u64>,
+    started: BTreeMap<RunId, Instant>,
+}
+
+impl Runs {
+    fn pick(&mut self) -> usize {
+        let branches: Vec<usize> = (0..self.active.len())
+            .filter(|&i| self.active[i].run != 0)
+            .collect();
+        match self.policy {
+            Policy::RoundRobin => {
+                self.rr = (self.rr + 1) % self.active.len();
+                self.rr
             }
-            if tr.is_done() {
-                return Ok(EndReason::Completed);
+            Policy::BranchesFirst => *branches.last().unwrap_or(&0),
+            Policy::TrunkPaused if !branches.is_empty() => {
+                self.rr = (self.rr + 1) % branches.len();
+                branches[self.rr]
             }
-            let m = tr.train_step()?;
-            emit(RunEvent::Step(m));
-            if tr.eval_due() {
-                let val_loss = tr.evaluate()?;
-                emit(RunEvent::Eval {
-                    run,
-                    step: tr.step,
-                    val_loss,
-                    tokens: tr.tokens,
-                });
-            }
-            if tr.checkpoint_due() {
-                let dir = tr.cfg.checkpoint_dir.clone().expect("validated");
-                let path = tr.save_checkpoint(&dir)?;
-                emit(RunEvent::Checkpoint {
+            Policy::TrunkPaused => 0,
+        }
+    }
+
+    /// Forks `parent` at its current step into a new run with `schedule`; returns the new id,
+    /// or why the fork was refused.
+    fn fork(
+        &mut self,
+        parent: RunId,
+        schedule: Schedule,
+        name: String,
+        emit: &mut impl FnMut(RunEvent),
+    ) -> std::result::Result<RunId, String> {
+        let Some(p) = self.active.iter().find(|r| r.run == parent) else {
+            return Err(format!("fork refused: run {parent} is not running"));
+        };
+        if p.step == 0 {
+            return Err(format!(
+                "fork refused: run {parent} has not taken a step yet"
+            ));
+        }
+        let resident: u64 = self.active.iter().map(Trainer::resident_bytes).sum();
+        let need = resident + p.resident_bytes() + p.activation_bytes();
+        if need > self.budget {
+            return Err(format!(
+                "fork refused: {} runs would need about {} MiB, over the memory budget of {} MiB (--memory-budget MB)",
+                self.active.len() + 1,
+                need >> 20,
+                self.budget >> 20
+            ));
+        }
+        let id = self.next_id;
+        let at = p.step;
+        let branch = p
+            .fork(id, schedule, name)
+            .map_err(|e| format!("fork refused: {e}"))?;
+        self.next_id += 1;
+        emit(RunEvent::Forked {
+            run: id,
+            parent,
+            step: at,
+            schedule: serde_json::to_value(&branch.cfg.schedule).expect("schedule serialises"),
+        });
+        emit(branch.run_start_event());
+        if let Some(trunk) = self.active.iter().find(|r| r.run == 0)
+            && branch.cfg.steps <= trunk.cfg.steps
+        {
+            self.trunk_evals.insert(branch.cfg.steps);
+        }
+        self.started.insert(id, Instant::now());
+        self.active.push(branch);
+        Ok(id)
+    }
+
+    /// Ends run `i` with `reason`: its last checkpoint if asked for, its `end` event, and its
+    /// memory freed.
+    fn finish(
+        &mut self,
+        i: usize,
+        reason: EndReason,
+        message: Option<String>,
+        emit: &mut impl FnMut(RunEvent),
+    ) -> Outcome {
+        let tr = self.active.remove(i);
+        if self.rr >= i && self.rr > 0 {
+            self.rr -= 1;
+        }
+        let run = tr.run;
+        let dir = tr.cfg.checkpoint_dir.clone();
+        let keep = if run == 0 {
+            !tr.checkpoint_due()
+        } else {
+            tr.cfg.keep_branch_checkpoints
+        };
+        if reason != EndReason::Failed
+            && tr.step > 0
+            && keep
+            && let Some(dir) = dir
+        {
+            let root = if run == 0 {
+                dir
+            } else {
+                dir.join(format!("run-{run}"))
+            };
+            match tr.save_checkpoint(&root) {
+                Ok(path) => emit(RunEvent::Checkpoint {
                     run,
                     step: tr.step,
                     path: path.display().to_string(),
-                });
+                }),
+                Err(e) => emit(RunEvent::Note {
+                    run,
+                    step: tr.step,
+                    message: format!("final checkpoint failed: {e}"),
+                }),
             }
         }
-    })();
-    let (reason, message) = match result {
-        Ok(r) => (r, None),
-        Err(e) => (EndReason::Failed, Some(e.to_string())),
-    };
-    // A final checkpoint for a clean end, when checkpointing is on and this step has none yet.
-    if reason != EndReason::Failed
-        && tr.step > 0
-        && let Some(dir) = tr.cfg.checkpoint_dir.clone()
-        && !tr.checkpoint_due()
-    {
-        match tr.save_checkpoint(&dir) {
-            Ok(path) => emit(RunEvent::Checkpoint {
-                run,
-                step: tr.step,
-                path: path.display().to_string(),
-            }),
-            Err(e) => emit(RunEvent::Note {
-                run,
-                step: tr.step,
-                message: format!("final checkpoint failed: {e}"),
-            }),
+        let wall_s = self
+            .started
+            .get(&run)
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        emit(RunEvent::End {
+            run,
+            step: tr.step,
+            reason,
+            message: message.clone(),
+            final_val_loss: tr.last_val,
+            wall_s,
+        });
+        Outcome {
+            reason,
+            step: tr.step,
+            final_val_loss: tr.last_val,
+            message,
         }
     }
-    emit(RunEvent::End {
-        run,
-        step: tr.step,
-        reason,
-        message: message.clone(),
-        final_val_loss: tr.last_val,
-        wall_s: t0.elapsed().as_secs_f64(),
-    });
-    Outcome {
-        reason,
-        step: tr.step,
-        final_val_loss: tr.last_val,
-        message,
+}
+
+/// The schedule of a decay branch forked after step `at` of a run whose lr there is `lr`:
+/// that lr until the fork, then `shape` over `d` steps down to `floor`×lr.
+pub fn decay_branch(lr: f64, at: u64, d: u64, shape: DecayShape, floor: f64) -> Schedule {
+    Schedule::Wsd {
+        peak: lr,
+        warmup: 0,
+        stable_end: at,
+        decay_steps: d,
+        shape,
+        floor,
     }
+}
+
+/// The engine loop: steps every active run under the policy until all have ended; one `end`
+/// event per run in every case.
+fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) -> Outcome {
+    let mut plan: Vec<ForkPlan> = trunk
+        .cfg
+        .forks
+        .iter()
+        .filter(|f| f.at > trunk.step)
+        .cloned()
+        .collect();
+    plan.sort_by_key(|f| f.at);
+    plan.reverse(); // pop() yields the earliest
+    emit(trunk.run_start_event());
+    let mut runs = Runs {
+        budget: trunk
+            .cfg
+            .memory_budget_mb
+            .map(|mb| mb << 20)
+            .unwrap_or_else(default_budget),
+        policy: trunk.cfg.policy,
+        active: vec![trunk],
+        next_id: 1,
+        rr: 0,
+        trunk_evals: BTreeSet::new(),
+        started: BTreeMap::from([(0, Instant::now())]),
+    };
+    let mut trunk_outcome: Option<Outcome> = None;
+    let mut paused = false;
+    let note = |emit: &mut dyn FnMut(RunEvent), run: RunId, step: u64, message: String| {
+        emit(RunEvent::Note { run, step, message })
+    };
+    'steps: loop {
+        // Commands between steps; a paused engine blocks here.
+        loop {
+            let c = if paused {
+                rx.recv().ok()
+            } else {
+                match rx.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+                }
+            };
+            let step0 = runs.active.first().map(|r| r.step).unwrap_or(0);
+            match c {
+                Some(Command::Pause) if !paused => {
+                    paused = true;
+                    note(&mut emit, 0, step0, "paused".into());
+                }
+                Some(Command::Resume) if paused => {
+                    paused = false;
+                    note(&mut emit, 0, step0, "resumed".into());
+                }
+                Some(Command::Stop) | None => {
+                    while !runs.active.is_empty() {
+                        let o =
+                            runs.finish(runs.active.len() - 1, EndReason::Stopped, None, &mut emit);
+                        if runs.active.is_empty() {
+                            trunk_outcome.get_or_insert(o);
+                        }
+                    }
+                    break 'steps;
+                }
+                Some(Command::Fork(req)) => {
+                    let found = runs.active.iter().find(|r| r.run == req.parent).map(|p| {
+                        let at = p.step;
+                        let d = req.length.steps_at(at);
+                        let name = format!("{} {d} @{at}", req.shape);
+                        (
+                            decay_branch(p.cfg.schedule.lr(at.max(1)), at, d, req.shape, req.floor),
+                            name,
+                            at,
+                        )
+                    });
+                    let result = match found {
+                        Some((sched, name, _)) => runs.fork(req.parent, sched, name, &mut emit),
+                        None => Err(format!("fork refused: run {} is not running", req.parent)),
+                    };
+                    if let Err(m) = result {
+                        note(&mut emit, req.parent, step0, m);
+                    }
+                }
+                Some(Command::ForkResume { parent }) => {
+                    // WSD-S: continue at the trunk's stable lr from a (decayed) run's state.
+                    let found = runs.active.iter().find(|r| r.run == parent).map(|p| {
+                        let total = runs
+                            .active
+                            .iter()
+                            .find(|r| r.run == 0)
+                            .map(|t| t.cfg.steps)
+                            .unwrap_or(p.cfg.steps);
+                        let peak = runs
+                            .active
+                            .iter()
+                            .find(|r| r.run == 0)
+                            .map(|t| t.cfg.schedule.peak())
+                            .unwrap_or(p.cfg.schedule.peak());
+                        let sched = Schedule::Constant {
+                            peak,
+                            warmup: 0,
+                            total: total.max(p.step + 1),
+                        };
+                        (sched, format!("resume @{}", p.step))
+                    });
+                    let result = match found {
+                        Some((sched, name)) => runs.fork(parent, sched, name, &mut emit),
+                        None => Err(format!("fork refused: run {parent} is not running")),
+                    };
+                    if let Err(m) = result {
+                        note(&mut emit, parent, step0, m);
+                    }
+                }
+                Some(_) => {}
+            }
+            if !paused {
+                break;
+            }
+        }
+        if runs.active.is_empty() {
+            break;
+        }
+        let i = runs.pick();
+        let step_result = runs.active[i].train_step();
+        let tr = &mut runs.active[i];
+        let run = tr.run;
+        let outcome = match step_result {
+            Err(e) => Some((EndReason::Failed, Some(e.to_string()))),
+            Ok(m) => {
+                emit(RunEvent::Step(m));
+                let extra_eval = run == 0 && runs.trunk_evals.remove(&tr.step);
+                let mut failed = None;
+                if tr.eval_due() || extra_eval {
+                    match tr.evaluate() {
+                        Ok(val_loss) => emit(RunEvent::Eval {
+                            run,
+                            step: tr.step,
+                            val_loss,
+                            tokens: tr.tokens,
+                        }),
+                        Err(e) => failed = Some((EndReason::Failed, Some(e.to_string()))),
+                    }
+                }
+                if failed.is_none() && tr.checkpoint_due() {
+                    let dir = tr.cfg.checkpoint_dir.clone().expect("validated");
+                    match tr.save_checkpoint(&dir) {
+                        Ok(path) => emit(RunEvent::Checkpoint {
+                            run,
+                            step: tr.step,
+                            path: path.display().to_string(),
+                        }),
+                        Err(e) => failed = Some((EndReason::Failed, Some(e.to_string()))),
+                    }
+                }
+                if failed.is_none() && tr.is_done() {
+                    Some((EndReason::Completed, None))
+                } else {
+                    failed
+                }
+            }
+        };
+        // Scripted forks from the trunk once it has completed their step.
+        if run == 0
+            && outcome
+                .as_ref()
+                .is_none_or(|(r, _)| *r == EndReason::Completed)
+        {
+            let (at, lr) = (
+                runs.active[i].step,
+                runs.active[i].cfg.schedule.lr(runs.active[i].step.max(1)),
+            );
+            while plan.last().is_some_and(|f| f.at <= at) {
+                let f = plan.pop().expect("checked");
+                let d = f.length.steps_at(at);
+                let name = format!("{} {d} @{at}", f.shape);
+                if let Err(m) = runs.fork(
+                    0,
+                    decay_branch(lr, at, d, f.shape, f.floor),
+                    name,
+                    &mut emit,
+                ) {
+                    note(&mut emit, 0, at, m);
+                }
+            }
+        }
+        if let Some((reason, message)) = outcome {
+            let i = runs
+                .active
+                .iter()
+                .position(|r| r.run == run)
+                .expect("active");
+            let o = runs.finish(i, reason, message, &mut emit);
+            if run == 0 {
+                trunk_outcome = Some(o.clone());
+                if reason == EndReason::Failed {
+                    // Without its trunk a session has nothing to compare branches against.
+                    while !runs.active.is_empty() {
+                        runs.finish(
+                            runs.active.len() - 1,
+                            EndReason::Stopped,
+                            Some("stopped because the trunk failed".into()),
+                            &mut emit,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    trunk_outcome.unwrap_or(Outcome {
+        reason: EndReason::Stopped,
+        step: 0,
+        final_val_loss: None,
+        message: None,
+    })
 }

@@ -15,7 +15,10 @@ pub mod model;
 pub mod optim;
 pub mod schedule;
 
-pub use config::{DataSpec, ModelConfig, OptimConfig, Preset, RunConfig, preset, presets};
-pub use engine::{Command, Engine, ForkLength, ForkRequest, Outcome, Trainer};
+pub use config::{
+    DataSpec, ForkLength, ForkPlan, ModelConfig, OptimConfig, Policy, Preset, RunConfig, preset,
+    presets,
+};
+pub use engine::{Command, Engine, ForkRequest, Outcome, Trainer};
 pub use error::{Error, Result};
 pub use schedule::{DecayShape, Schedule};

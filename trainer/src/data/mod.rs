@@ -336,6 +336,10 @@ mod tests {
             checkpoint_every: 0,
             checkpoint_dir: None,
             init_from: None,
+            forks: Vec::new(),
+            policy: Default::default(),
+            memory_budget_mb: None,
+            keep_branch_checkpoints: false,
         }
     }
 

@@ -24,5 +24,9 @@ pub fn small_run(steps: u64) -> RunConfig {
         checkpoint_every: 0,
         checkpoint_dir: None,
         init_from: None,
+        forks: Vec::new(),
+        policy: Default::default(),
+        memory_budget_mb: None,
+        keep_branch_checkpoints: false,
     }
 }
