@@ -1,6 +1,10 @@
-//! Loss-landscape measurements for wsdscope, as algorithms over a small `Objective` trait
-//! (parameters as flat views, loss, loss and gradient), so each is testable on closed-form
-//! functions and independent of the model.
+//! Measurements and analyses of a run's dynamics, as algorithms independent of the model, so
+//! each is testable on closed-form functions.
 //!
-//! Nothing is here yet: the per-step norms the engine reports today (gradient, update,
-//! parameter) are computed by the optimiser in `trainer::optim`.
+//! Today: [`fit`], the loss-versus-data power law that decay-branch endpoints trace. The
+//! per-step norms the engine reports (gradient, update, parameter) are computed by the
+//! optimiser in `trainer::optim`; landscape probes over an `Objective` trait come later.
+
+pub mod fit;
+
+pub use fit::{FitError, PowerLawFit, fit_power_law};
