@@ -22,8 +22,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Train in a full-screen terminal UI (the embedded default without flags), recording the
+    /// session like `record`.
+    Run(Box<RunArgs>),
     /// Train headless: progress on stderr, optionally every event as JSON lines on stdout.
     Record(Box<RecordArgs>),
+    /// Open a recorded session in the terminal UI with a time cursor (play, scrub, jump).
+    Replay(ReplayArgs),
     /// Summarise a session file: config, runs, final losses, durations.
     Inspect(InspectArgs),
     /// Draw a session's curves to a PNG or SVG figure.
@@ -37,9 +42,10 @@ pub enum Command {
     Tokenizer(TokenizerCommand),
 }
 
+/// What to train and where to record it: every flag `record` and `run` share.
 #[derive(Args, Debug)]
 #[command(allow_negative_numbers = true)]
-pub struct RecordArgs {
+pub struct TrainArgs {
     #[command(flatten)]
     pub settings: Settings,
 
@@ -50,10 +56,6 @@ pub struct RecordArgs {
     /// Continue the run saved in this checkpoint directory (or the newest one under it).
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
-
-    /// Stream every event to stdout as one JSON object per line.
-    #[arg(long)]
-    pub jsonl: bool,
 
     /// The session file to record into (must not exist). Default: sessions/<timestamp>.h5.
     #[arg(long, value_name = "FILE.h5", conflicts_with = "no_record")]
@@ -66,6 +68,35 @@ pub struct RecordArgs {
     /// Print the resolved configuration and parameter counts, then exit without training.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(allow_negative_numbers = true)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+
+    /// Stream every event to stdout as one JSON object per line.
+    #[arg(long)]
+    pub jsonl: bool,
+}
+
+/// `run` takes every `record` flag except `--jsonl` (the UI owns stdout).
+#[derive(Args, Debug)]
+#[command(allow_negative_numbers = true)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// A session file written by `record` or `run`.
+    pub file: PathBuf,
+    /// Keep up with a session that a headless `record` is still writing: re-read it every
+    /// half second and keep the cursor at the end (until you scrub back; `e` follows again).
+    #[arg(long)]
+    pub follow: bool,
 }
 
 #[derive(Args, Debug)]
@@ -99,6 +130,10 @@ pub struct BenchArgs {
     /// Steps run before measuring.
     #[arg(long, default_value_t = 5)]
     pub warmup_steps: u64,
+    /// Also measure the engine with this many decay branches beside the trunk (a list, e.g.
+    /// 0,1,3): total tokens/s of all runs and the latency of a fork.
+    #[arg(long, value_name = "N,…", value_delimiter = ',')]
+    pub branches: Option<Vec<usize>>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -1,12 +1,12 @@
 //! `wsdscope`: the command-line entry point. Parses, dispatches to a mode, and turns errors
 //! into one clear line on stderr and a non-zero exit.
 
+mod analysis;
 mod cli;
 mod modes;
 mod progress;
 mod settings;
 mod threads;
-#[allow(dead_code)]
 mod tui;
 
 use std::process::ExitCode;
@@ -19,7 +19,9 @@ fn main() -> ExitCode {
     process_setup();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(a) => modes::run::run(*a),
         Command::Record(a) => modes::record::run(*a),
+        Command::Replay(a) => modes::replay::run(a),
         Command::Bench(a) => modes::bench::run(a).map(|_| ExitCode::SUCCESS),
         Command::Inspect(a) => modes::inspect::run(a).map(|_| ExitCode::SUCCESS),
         Command::Plot(a) => modes::plot::run(a).map(|_| ExitCode::SUCCESS),

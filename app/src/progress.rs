@@ -59,6 +59,18 @@ impl<W: Write> Progress<W> {
 
     pub fn on_event(&mut self, ev: &RunEvent) {
         match ev {
+            RunEvent::RunStart(start) if start.run != 0 => {
+                self.clear();
+                let _ = writeln!(
+                    self.out,
+                    "branch run {} \"{}\" from run {} at step {}: runs to step {}",
+                    start.run,
+                    start.name,
+                    start.parent.unwrap_or(0),
+                    start.fork_step.unwrap_or(0),
+                    start.phases.total
+                );
+            }
             RunEvent::RunStart(start) => {
                 let RunStart {
                     model,
@@ -108,6 +120,20 @@ impl<W: Write> Progress<W> {
                     }
                 );
             }
+            RunEvent::Step(m) if m.run != 0 => {
+                // The live line follows the trunk; plain output samples branches too.
+                if !self.live && m.step % self.every == 0 {
+                    let _ = writeln!(
+                        self.out,
+                        "run {} step {} {:<7} loss {:.4}  lr {:.2e}",
+                        m.run,
+                        m.step,
+                        m.phase.as_str(),
+                        m.loss,
+                        m.lr
+                    );
+                }
+            }
             RunEvent::Step(m) => {
                 let done = m.step - self.start_step;
                 let left = self.total.saturating_sub(m.step);
@@ -135,13 +161,26 @@ impl<W: Write> Progress<W> {
                     let _ = writeln!(self.out, "{line}");
                 }
             }
-            RunEvent::Eval { step, val_loss, .. } => {
+            RunEvent::Eval {
+                run,
+                step,
+                val_loss,
+                ..
+            } => {
                 self.clear();
+                let who = if *run == 0 {
+                    String::new()
+                } else {
+                    format!("run {run} ")
+                };
                 let gap = match self.floor {
                     Some(f) => format!(" (floor {f:.4}, gap {:.4})", val_loss - f),
                     None => String::new(),
                 };
-                let _ = writeln!(self.out, "eval  step {step}: val loss {val_loss:.4}{gap}");
+                let _ = writeln!(
+                    self.out,
+                    "eval  {who}step {step}: val loss {val_loss:.4}{gap}"
+                );
             }
             RunEvent::Checkpoint { step, path, .. } => {
                 self.clear();
@@ -159,14 +198,17 @@ impl<W: Write> Progress<W> {
                 let _ = writeln!(self.out, "note  step {step}: {message}");
             }
             RunEvent::End {
+                run,
                 step,
                 reason,
                 message,
                 final_val_loss,
                 wall_s,
-                ..
             } => {
                 self.clear();
+                if *run != 0 {
+                    let _ = write!(self.out, "run {run} ");
+                }
                 let val = final_val_loss
                     .map(|v| format!(", final val loss {v:.4}"))
                     .unwrap_or_default();

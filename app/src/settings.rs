@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Deserialize;
-use wsdscope_trainer::{DataSpec, DecayShape, OptimConfig, RunConfig, Schedule, preset};
+use wsdscope_trainer::{
+    DataSpec, DecayShape, ForkLength, ForkPlan, OptimConfig, Policy, RunConfig, Schedule, preset,
+};
 
 /// Defaults a run takes when neither flags nor the file set a value.
 pub const DEFAULT_PRESET: &str = "tiny";
@@ -101,6 +103,23 @@ pub struct Settings {
     /// Start from these weights (safetensors, HF MiniCPM names) instead of the μP init.
     #[arg(long, value_name = "FILE")]
     pub init_from: Option<PathBuf>,
+    /// Fork a decay branch from the trunk after each of these steps, e.g. 2000,4000.
+    #[arg(long, value_name = "S1,S2,…", value_delimiter = ',')]
+    pub fork_at: Option<Vec<u64>>,
+    /// The decay of --fork-at branches: SHAPE:LENGTH[:FLOOR]; LENGTH in steps (an integer ≥ 1)
+    /// or a fraction of the fork step (e.g. 0.1); FLOOR default 0.1. Default: exp:0.1.
+    #[arg(long, value_name = "SHAPE:LENGTH[:FLOOR]")]
+    pub branch_decay: Option<String>,
+    /// How runs share the engine: round-robin (default), branches-first, trunk-paused.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Memory all runs together may hold, in MiB (default: half of what is available).
+    #[arg(long, value_name = "MB")]
+    pub memory_budget: Option<u64>,
+    /// Keep each branch's final checkpoint (under --checkpoint-dir/run-N).
+    #[arg(long)]
+    #[serde(default)]
+    pub keep_branch_checkpoints: Option<bool>,
 }
 
 /// `a.or(b)` for every field: values in `self` win over `base`.
@@ -179,7 +198,12 @@ impl Settings {
             clip,
             checkpoint_every,
             checkpoint_dir,
-            init_from
+            init_from,
+            fork_at,
+            branch_decay,
+            policy,
+            memory_budget,
+            keep_branch_checkpoints
         )
     }
 
@@ -264,6 +288,10 @@ impl Settings {
             checkpoint_every: self.checkpoint_every.unwrap_or(0),
             checkpoint_dir: self.checkpoint_dir.clone(),
             init_from: self.init_from.clone(),
+            forks: self.fork_plans()?,
+            policy: self.policy_or_default()?,
+            memory_budget_mb: self.memory_budget,
+            keep_branch_checkpoints: self.keep_branch_checkpoints.unwrap_or(false),
         };
         if cfg.threads == 0 {
             bail!("--threads 0 is not allowed; it must be at least 1");
@@ -276,6 +304,33 @@ impl Settings {
             bail!("--init-from {}: no such file", p.display());
         }
         Ok(cfg)
+    }
+
+    pub fn policy_or_default(&self) -> Result<Policy> {
+        Ok(match &self.policy {
+            Some(p) => Policy::parse(p)?,
+            None => Policy::default(),
+        })
+    }
+
+    pub fn fork_plans(&self) -> Result<Vec<ForkPlan>> {
+        let Some(at) = &self.fork_at else {
+            if self.branch_decay.is_some() {
+                bail!("--branch-decay needs --fork-at S1,S2,… to say where branches start");
+            }
+            return Ok(Vec::new());
+        };
+        let (shape, length, floor) =
+            parse_branch_decay(self.branch_decay.as_deref().unwrap_or("exp:0.1"))?;
+        Ok(at
+            .iter()
+            .map(|&at| ForkPlan {
+                at,
+                length,
+                shape,
+                floor,
+            })
+            .collect())
     }
 
     fn data_spec(&self) -> Result<DataSpec> {
@@ -399,6 +454,41 @@ pub fn parse_decay(spec: &str, steps: u64) -> Result<(DecayShape, u64, f64)> {
     // At least one decay step, so a short run still has the shape it asks for.
     let decay_steps = ((fraction * steps as f64).round() as u64).max(1);
     Ok((shape, decay_steps, floor))
+}
+
+/// Parses a branch decay `SHAPE:LENGTH[:FLOOR]`: LENGTH is steps when it is an integer ≥ 1,
+/// else a fraction of the fork step in (0, 1).
+pub fn parse_branch_decay(spec: &str) -> Result<(DecayShape, ForkLength, f64)> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    if !(2..=3).contains(&parts.len()) {
+        bail!(
+            "--branch-decay {spec:?} is not allowed; use SHAPE:LENGTH[:FLOOR], e.g. exp:0.1 or cosine:200:0"
+        );
+    }
+    let shape: DecayShape = parts[0].parse()?;
+    let length = match parts[1].parse::<u64>() {
+        Ok(0) => bail!("--branch-decay {spec:?}: LENGTH 0 is not allowed"),
+        Ok(n) => ForkLength::Steps(n),
+        Err(_) => match parts[1].parse::<f64>() {
+            Ok(f) if f > 0.0 && f < 1.0 => ForkLength::FractionOfStep(f),
+            _ => bail!(
+                "--branch-decay {spec:?}: LENGTH {:?} is not allowed; give steps (an integer ≥ 1) or a fraction of the fork step in (0, 1)",
+                parts[1]
+            ),
+        },
+    };
+    let floor = match parts.get(2) {
+        Some(f) => f
+            .parse::<f64>()
+            .map_err(|_| anyhow::anyhow!("--branch-decay {spec:?}: FLOOR {f:?} is not a number"))?,
+        None => 0.1,
+    };
+    if !(0.0..=1.0).contains(&floor) {
+        bail!(
+            "--branch-decay {spec:?}: FLOOR {floor} is not allowed; it is a fraction of the lr in [0, 1]"
+        );
+    }
+    Ok((shape, length, floor))
 }
 
 /// All cores the process may use.
@@ -561,6 +651,52 @@ mod tests {
             toml::from_str::<Settings>("stesp = 5").is_err(),
             "unknown keys are refused"
         );
+    }
+
+    #[test]
+    fn branch_decay_takes_steps_or_a_fraction() {
+        assert_eq!(
+            parse_branch_decay("exp:0.1").unwrap(),
+            (DecayShape::Exp, ForkLength::FractionOfStep(0.1), 0.1)
+        );
+        assert_eq!(
+            parse_branch_decay("cosine:200:0").unwrap(),
+            (DecayShape::Cosine, ForkLength::Steps(200), 0.0)
+        );
+        assert!(
+            parse_branch_decay("exp:1.5")
+                .unwrap_err()
+                .to_string()
+                .contains("LENGTH \"1.5\"")
+        );
+        let s = Settings {
+            steps: Some(100),
+            fork_at: Some(vec![40, 60]),
+            branch_decay: Some("linear:10".into()),
+            ..Default::default()
+        };
+        let c = s.to_run_config().unwrap();
+        assert_eq!(c.forks.len(), 2);
+        assert_eq!(
+            (c.forks[1].at, c.forks[1].length),
+            (60, ForkLength::Steps(10))
+        );
+        let e = err(Settings {
+            steps: Some(100),
+            fork_at: Some(vec![100]),
+            ..Default::default()
+        });
+        assert!(e.contains("--fork-at 100"), "{e}");
+        let e = err(Settings {
+            branch_decay: Some("exp:0.1".into()),
+            ..Default::default()
+        });
+        assert!(e.contains("needs --fork-at"), "{e}");
+        let e = err(Settings {
+            policy: Some("fifo".into()),
+            ..Default::default()
+        });
+        assert!(e.contains("--policy \"fifo\""), "{e}");
     }
 
     #[test]

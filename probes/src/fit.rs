@@ -35,7 +35,8 @@ impl PowerLawFit {
 
     /// Standard errors of (L0, B, β).
     pub fn std_errors(&self) -> Option<[f64; 3]> {
-        self.cov.map(|c| [c[0][0].sqrt(), c[1][1].sqrt(), c[2][2].sqrt()])
+        self.cov
+            .map(|c| [c[0][0].sqrt(), c[1][1].sqrt(), c[2][2].sqrt()])
     }
 
     /// One-σ uncertainty of the predicted loss at `d` (delta method).
@@ -53,7 +54,8 @@ impl PowerLawFit {
     }
 }
 
-/// Least-squares (L0, B) for a fixed β, and the residual sum of squares.
+/// Least-squares (L0, B) for a fixed β with L0 kept in [0, min L] (an irreducible loss is
+/// neither negative nor above what was reached), and the residual sum of squares.
 fn linear_part(points: &[(f64, f64)], beta: f64) -> (f64, f64, f64) {
     let n = points.len() as f64;
     let (mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0);
@@ -65,8 +67,23 @@ fn linear_part(points: &[(f64, f64)], beta: f64) -> (f64, f64, f64) {
         sxy += x * l;
     }
     let det = n * sxx - sx * sx;
-    let b = if det.abs() > 1e-300 { (n * sxy - sx * sy) / det } else { 0.0 };
-    let l0 = (sy - b * sx) / n;
+    let mut b = if det.abs() > 1e-300 {
+        (n * sxy - sx * sy) / det
+    } else {
+        0.0
+    };
+    let mut l0 = (sy - b * sx) / n;
+    let min_l = points.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let bound = l0.clamp(0.0, min_l.max(0.0));
+    if bound != l0 {
+        // On the bound: L0 fixed, B by least squares of (L − L0) on x.
+        l0 = bound;
+        b = if sxx > 0.0 {
+            (sxy - l0 * sx) / sxx
+        } else {
+            0.0
+        };
+    }
     let rss = points
         .iter()
         .map(|&(d, l)| (l - l0 - b * d.powf(-beta)).powi(2))
@@ -91,8 +108,12 @@ pub fn fit_power_law(points: &[(f64, f64)]) -> Result<PowerLawFit, FitError> {
     // Coarse scan of log β, then golden-section search around the best cell.
     let (lo, hi) = (1e-3f64.ln(), 5f64.ln());
     let k = 200;
-    let grid: Vec<f64> = (0..=k).map(|i| lo + (hi - lo) * i as f64 / k as f64).collect();
-    let best = (0..=k).min_by(|&a, &b| rss(grid[a].exp()).total_cmp(&rss(grid[b].exp()))).unwrap_or(0);
+    let grid: Vec<f64> = (0..=k)
+        .map(|i| lo + (hi - lo) * i as f64 / k as f64)
+        .collect();
+    let best = (0..=k)
+        .min_by(|&a, &b| rss(grid[a].exp()).total_cmp(&rss(grid[b].exp())))
+        .unwrap_or(0);
     let (mut a, mut b) = (grid[best.saturating_sub(1)], grid[(best + 1).min(k)]);
     let g = (5f64.sqrt() - 1.0) / 2.0;
     for _ in 0..100 {
@@ -133,7 +154,8 @@ pub fn fit_power_law(points: &[(f64, f64)]) -> Result<PowerLawFit, FitError> {
 }
 
 fn invert3(m: [[f64; 3]; 3]) -> Option<[[f64; 3]; 3]> {
-    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+    let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
         + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]);
     if det.abs() < 1e-300 || !det.is_finite() {
         return None;
@@ -163,7 +185,10 @@ mod tests {
     #[test]
     fn recovers_known_parameters_from_exact_points() {
         let f = curve(1.7, 40.0, 0.3);
-        let pts: Vec<(f64, f64)> = [1e5, 3e5, 1e6, 3e6, 1e7, 3e7].iter().map(|&d| (d, f(d))).collect();
+        let pts: Vec<(f64, f64)> = [1e5, 3e5, 1e6, 3e6, 1e7, 3e7]
+            .iter()
+            .map(|&d| (d, f(d)))
+            .collect();
         let fit = fit_power_law(&pts).unwrap();
         assert!((fit.l0 - 1.7).abs() < 1e-6, "{fit:?}");
         assert!((fit.b - 40.0).abs() / 40.0 < 1e-5, "{fit:?}");
@@ -185,12 +210,33 @@ mod tests {
         let fit = fit_power_law(&pts).unwrap();
         let se = fit.std_errors().unwrap();
         assert!((fit.l0 - 2.0).abs() < 4.0 * se[0] + 0.02, "{fit:?} {se:?}");
-        assert!((fit.beta - 0.5).abs() < 4.0 * se[2] + 0.02, "{fit:?} {se:?}");
+        assert!(
+            (fit.beta - 0.5).abs() < 4.0 * se[2] + 0.02,
+            "{fit:?} {se:?}"
+        );
         let sd = fit.predict_std(1e8).unwrap();
         assert!(sd > 0.0 && (fit.predict(1e8) - f(1e8)).abs() < 4.0 * sd + 0.02);
     }
 
     #[test]
+    fn the_irreducible_loss_stays_between_zero_and_the_lowest_point() {
+        // Four endpoints nearly on a line in log D: unconstrained, L0 runs off to −∞.
+        let pts = [
+            (30720.0, 2.0753),
+            (51200.0, 1.9935),
+            (76800.0, 1.9508),
+            (102400.0, 1.8832),
+        ];
+        let fit = fit_power_law(&pts).unwrap();
+        assert!(fit.l0 >= 0.0 && fit.l0 <= 1.8832, "{fit:?}");
+        assert!(fit.b > 0.0 && fit.beta > 0.0, "{fit:?}");
+        for (d, l) in pts {
+            assert!((fit.predict(d) - l).abs() < 0.05, "{fit:?} at {d}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::needless_range_loop)] // a matrix product reads best with indices
     fn inverse_is_an_inverse() {
         let m = [[4.0, 1.0, 2.0], [1.0, 3.0, 0.5], [2.0, 0.5, 5.0]];
         let inv = invert3(m).unwrap();
@@ -204,10 +250,22 @@ mod tests {
 
     #[test]
     fn refuses_too_few_or_bad_points() {
-        assert_eq!(fit_power_law(&[(1.0, 2.0), (2.0, 1.5)]), Err(FitError::TooFewPoints(2)));
-        assert_eq!(fit_power_law(&[(1.0, 2.0), (2.0, 1.5), (2.0, 1.4)]), Err(FitError::TooFewPoints(2)));
-        assert_eq!(fit_power_law(&[(1.0, 2.0), (0.0, 1.5), (3.0, 1.0)]), Err(FitError::BadPoint(1)));
+        assert_eq!(
+            fit_power_law(&[(1.0, 2.0), (2.0, 1.5)]),
+            Err(FitError::TooFewPoints(2))
+        );
+        assert_eq!(
+            fit_power_law(&[(1.0, 2.0), (2.0, 1.5), (2.0, 1.4)]),
+            Err(FitError::TooFewPoints(2))
+        );
+        assert_eq!(
+            fit_power_law(&[(1.0, 2.0), (0.0, 1.5), (3.0, 1.0)]),
+            Err(FitError::BadPoint(1))
+        );
         let exact = fit_power_law(&[(1.0, 3.0), (2.0, 2.5), (4.0, 2.25)]).unwrap();
-        assert!(exact.cov.is_none(), "three points fit exactly: no uncertainty");
+        assert!(
+            exact.cov.is_none(),
+            "three points fit exactly: no uncertainty"
+        );
     }
 }

@@ -104,3 +104,106 @@ pub fn step_losses(events: &[serde_json::Value]) -> Vec<f64> {
         .map(|e| e["loss"].as_f64().unwrap())
         .collect()
 }
+
+/// A detached tmux session on a private server (its own socket), running one shell command in
+/// a pseudo-terminal of a given size; the screen is read back with `capture-pane`. The server
+/// is killed when this is dropped. Panics, with an install hint, when tmux is missing: the
+/// TUI tests must not pass by skipping.
+pub struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    /// Starts `sh -c COMMAND` in `dir` in a `width`×`height` terminal. The pane stays open after
+    /// the command ends, so its last output (e.g. an `EXIT=$?` echo) can be read.
+    pub fn start(dir: &std::path::Path, width: u16, height: u16, command: &str) -> Tmux {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = Tmux {
+            socket: format!("wsdscope-e2e-{}-{n}", std::process::id()),
+        };
+        let (w, h) = (width.to_string(), height.to_string());
+        let keep = format!("{command}; sleep 600");
+        t.tmux(&[
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "e2e",
+            "-x",
+            &w,
+            "-y",
+            &h,
+            "-c",
+            dir.to_str().expect("UTF-8 path"),
+            "sh",
+            "-c",
+            &keep,
+        ]);
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("TMUX")
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run tmux ({e}); the TUI end-to-end tests need it: apt-get install tmux"
+                )
+            });
+        assert!(
+            out.status.success(),
+            "tmux {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sends keys by tmux name: `"q"`, `"Space"`, `"Escape"`, `"Enter"`, `"Left"`.
+    pub fn keys(&self, keys: &[&str]) {
+        for k in keys {
+            self.tmux(&["send-keys", "-t", "e2e", k]);
+        }
+    }
+
+    /// The screen as text, one line per row.
+    pub fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "e2e"])
+    }
+
+    pub fn resize(&self, width: u16, height: u16) {
+        let (w, h) = (width.to_string(), height.to_string());
+        self.tmux(&["resize-window", "-t", "e2e", "-x", &w, "-y", &h]);
+    }
+
+    /// Polls the screen until `ok` holds (60 s at most); returns that screen, or panics with
+    /// the last one.
+    pub fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let t0 = std::time::Instant::now();
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return s;
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(60) {
+                panic!("timed out waiting for {what}; the screen:\n{s}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .output();
+    }
+}

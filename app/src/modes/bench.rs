@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use serde_json::json;
-use wsdscope_trainer::Trainer;
+use wsdscope_trainer::engine::decay_branch;
+use wsdscope_trainer::{DecayShape, Trainer};
 
 use crate::cli::BenchArgs;
 use crate::settings::{Settings, default_threads};
@@ -28,6 +29,72 @@ fn median(xs: &mut [f64]) -> f64 {
     } else {
         0.5 * (xs[n / 2 - 1] + xs[n / 2])
     }
+}
+
+/// Total throughput of the trunk with `n` decay branches beside it (round-robin, one step each
+/// per round), for each `n`, and how long a fork takes against a step.
+fn bench_branches(
+    cfg: &wsdscope_trainer::RunConfig,
+    counts: &[usize],
+    rounds: u64,
+    warmup: u64,
+    step_ms: f64,
+    json: bool,
+) -> Result<serde_json::Value> {
+    let tokens = cfg.tokens_per_step() as f64;
+    let mut rows = Vec::new();
+    let mut fork_ms = Vec::new();
+    let mut base = None;
+    for &n in counts {
+        let mut trunk = Trainer::new(cfg.clone())?;
+        for _ in 0..warmup.max(1) {
+            trunk.train_step()?;
+        }
+        let at = trunk.step_count();
+        let lr = cfg.schedule.lr(at);
+        let mut branches = Vec::new();
+        for k in 0..n {
+            let t = Instant::now();
+            let sched = decay_branch(lr, at, 1_000_000, DecayShape::Exp, 0.1);
+            branches.push(trunk.fork(k as u32 + 1, sched, format!("bench {k}"))?);
+            fork_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let t = Instant::now();
+        let mut steps = 0u64;
+        for _ in 0..rounds {
+            trunk.train_step()?;
+            steps += 1;
+            for b in &mut branches {
+                b.train_step()?;
+                steps += 1;
+            }
+        }
+        let tps = steps as f64 * tokens / t.elapsed().as_secs_f64();
+        let base_tps = *base.get_or_insert(tps);
+        if !json {
+            println!(
+                "  {n} branch(es): {tps:.0} tokens/s over all runs ({:.1}% of the first row)",
+                100.0 * tps / base_tps
+            );
+        }
+        rows.push(json!({"branches": n, "tokens_per_s": tps, "ratio": tps / base_tps}));
+    }
+    let fork_median = if fork_ms.is_empty() {
+        None
+    } else {
+        Some(median(&mut fork_ms))
+    };
+    if let (Some(f), false) = (fork_median, json) {
+        println!(
+            "  fork latency: median {f:.2} ms = {:.3} of a step ({step_ms:.1} ms)",
+            f / step_ms
+        );
+    }
+    Ok(json!({
+        "throughput": rows,
+        "fork_ms_median": fork_median,
+        "fork_over_step": fork_median.map(|f| f / step_ms),
+    }))
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -96,7 +163,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "batch": cfg.batch, "threads": threads, "device": cfg.device, "dtype": "f32",
         },
     });
+    let mut out = out;
     if a.json {
+        if let Some(counts) = &a.branches {
+            out["branches"] = bench_branches(&cfg, counts, a.steps, a.warmup_steps, med, true)?;
+        }
         println!("{out}");
     } else {
         println!(
@@ -120,6 +191,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 .unwrap_or_else(|| "?".into()),
             m.total_params()
         );
+        if let Some(counts) = &a.branches {
+            println!(
+                "  engine with decay branches beside the trunk (round-robin, {} rounds):",
+                a.steps
+            );
+            bench_branches(&cfg, counts, a.steps, a.warmup_steps, med, false)?;
+        }
     }
     Ok(())
 }

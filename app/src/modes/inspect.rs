@@ -5,6 +5,7 @@ use anyhow::Result;
 use serde_json::{Value, json};
 use wsdscope_sessions::{EndReason, RunInfo, Session};
 
+use crate::analysis::{BranchRow, branches, describe_fit, endpoint_fit};
 use crate::cli::InspectArgs;
 use crate::progress::duration;
 
@@ -80,8 +81,18 @@ pub fn run(a: InspectArgs) -> Result<()> {
         .root_attr("config")
         .and_then(|c| serde_json::from_str(&c).ok())
         .unwrap_or(Value::Null);
+    let rows = branches(&s)?;
+    let fit = endpoint_fit(&rows);
     if a.json {
+        let fit_json = fit.as_ref().map(|f| {
+            json!({
+                "l0": f.l0, "b": f.b, "beta": f.beta, "n": f.n, "rss": f.rss,
+                "std_errors": f.std_errors(),
+            })
+        });
         let out = json!({
+            "branches": rows,
+            "fit": fit_json,
             "file": a.file.display().to_string(),
             "format_version": s.format_version(),
             "producer": s.root_attr("producer"),
@@ -133,5 +144,50 @@ pub fn run(a: InspectArgs) -> Result<()> {
             println!("      {m}");
         }
     }
+    if !rows.is_empty() {
+        print_branches(&rows);
+    }
+    if let Some(f) = &fit {
+        println!("fit: {}", describe_fit(f));
+        let far = rows.iter().filter_map(|r| r.end_tokens).max().unwrap_or(0) as f64 * 10.0;
+        let sd = f
+            .predict_std(far)
+            .map(|s| format!(" ± {s:.4}"))
+            .unwrap_or_default();
+        println!(
+            "     extrapolated to 10× the last endpoint ({far:.3e} tokens): L = {:.4}{sd}",
+            f.predict(far)
+        );
+    }
     Ok(())
+}
+
+fn print_branches(rows: &[BranchRow]) {
+    println!("branches:");
+    println!(
+        "{:>4}  {:>9} {:>14}  {:<18} {:>8} {:>9} {:>10} {:>8}",
+        "run", "fork step", "tokens at fork", "decay", "end step", "val loss", "trunk val", "drop"
+    );
+    for r in rows {
+        let decay = match r.floor {
+            Some(f) => format!("{} {} → {}×", r.shape, r.decay_steps, f),
+            None => format!("{} {}", r.shape, r.decay_steps),
+        };
+        println!(
+            "{:>4}  {:>9} {:>14}  {:<18} {:>8} {:>9} {:>10} {:>8}{}",
+            r.id,
+            r.fork_step,
+            r.tokens_at_fork,
+            decay,
+            r.end_step
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
+            opt(r.final_val_loss),
+            opt(r.trunk_val_loss),
+            r.drop
+                .map(|d| format!("{d:+.4}"))
+                .unwrap_or_else(|| "-".into()),
+            if r.completed { "" } else { "  (not completed)" }
+        );
+    }
 }

@@ -4,3 +4,5 @@ pub mod bench;
 pub mod inspect;
 pub mod plot;
 pub mod record;
+pub mod replay;
+pub mod run;

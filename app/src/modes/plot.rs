@@ -66,6 +66,14 @@ pub fn ema(values: &[f64], alpha: f64) -> Vec<f64> {
     out
 }
 
+/// The endpoint fit drawn over loss figures: the fit, tokens per step (to draw it against
+/// steps) and the endpoints it was fitted to, as (step, val loss).
+struct FitOverlay {
+    fit: wsdscope_probes::PowerLawFit,
+    tokens_per_step: f64,
+    endpoints: Vec<(f64, f64)>,
+}
+
 /// One run's data for the figure.
 struct Curve {
     info: RunInfo,
@@ -130,6 +138,24 @@ pub fn run(a: PlotArgs) -> Result<()> {
         });
     }
     let phases = session.runs()[0].phases;
+    let overlay = if a.metric == "loss" || a.metric == "val_loss" {
+        let rows = crate::analysis::branches(&session)?;
+        crate::analysis::endpoint_fit(&rows).map(|fit| {
+            let c = &session.runs()[0].config;
+            FitOverlay {
+                fit,
+                tokens_per_step: (c["batch"].as_u64().unwrap_or(1) * c["seq"].as_u64().unwrap_or(1))
+                    as f64,
+                endpoints: rows
+                    .iter()
+                    .filter(|r| r.completed && r.shape != "resume")
+                    .filter_map(|r| Some((r.end_step? as f64, r.final_val_loss?)))
+                    .collect(),
+            }
+        })
+    } else {
+        None
+    };
     let title = format!(
         "{} — {}",
         a.metric,
@@ -143,10 +169,28 @@ pub fn run(a: PlotArgs) -> Result<()> {
     let out = a.out.clone();
     if ext == "png" {
         let root = BitMapBackend::new(&out, SIZE).into_drawing_area();
-        draw_figure(root, &title, &a.metric, &curves, phases, a.log_y, a.smooth)?;
+        draw_figure(
+            root,
+            &title,
+            &a.metric,
+            &curves,
+            overlay.as_ref(),
+            phases,
+            a.log_y,
+            a.smooth,
+        )?;
     } else {
         let root = SVGBackend::new(&out, SIZE).into_drawing_area();
-        draw_figure(root, &title, &a.metric, &curves, phases, a.log_y, a.smooth)?;
+        draw_figure(
+            root,
+            &title,
+            &a.metric,
+            &curves,
+            overlay.as_ref(),
+            phases,
+            a.log_y,
+            a.smooth,
+        )?;
     }
     check_written(&out)?;
     eprintln!("wrote {}", out.display());
@@ -162,11 +206,13 @@ fn check_written(p: &Path) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn draw_figure<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
     metric: &str,
     curves: &[Curve],
+    overlay: Option<&FitOverlay>,
     phases: PhaseBounds,
     log_y: bool,
     alpha: f64,
@@ -241,6 +287,7 @@ where
     let frame = Frame {
         metric,
         curves,
+        overlay,
         phases,
         log_y,
         alpha,
@@ -325,6 +372,7 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
 struct Frame<'a> {
     metric: &'a str,
     curves: &'a [Curve],
+    overlay: Option<&'a FitOverlay>,
     phases: PhaseBounds,
     log_y: bool,
     alpha: f64,
@@ -351,11 +399,17 @@ impl Frame<'_> {
         let keep = |v: &f64| v.is_finite() && (!log_y || *v > 0.0);
         // y values in axis units.
         let t = |v: f64| if log_y { v.log10() } else { v };
-        let y_label = if log_y {
+        let mut y_label = if log_y {
             format!("{} (log scale)", self.metric)
         } else {
             self.metric.to_string()
         };
+        if self.alpha < 1.0 {
+            y_label.push_str(&format!(
+                ", smoothed (α = {}) over the faint raw range",
+                self.alpha
+            ));
+        }
         chart
             .configure_mesh()
             .x_desc("step")
@@ -423,13 +477,7 @@ impl Frame<'_> {
             let raw = chart
                 .draw_series(LineSeries::new(envelope, raw_style))
                 .map_err(err)?;
-            let name = match (c.info.parent, c.info.fork_step) {
-                (Some(p), Some(f)) => format!(
-                    "run {} {} (from run {p} at step {f})",
-                    c.info.id, c.info.name
-                ),
-                _ => format!("run {} {}", c.info.id, c.info.name),
-            };
+            let name = format!("run {} {}", c.info.id, c.info.name);
             let legend = move |(x, y): (i32, i32)| {
                 PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
             };
@@ -446,7 +494,7 @@ impl Frame<'_> {
                 chart
                     .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                     .map_err(err)?
-                    .label(format!("{name} (smoothed, α={})", self.alpha))
+                    .label(name)
                     .legend(legend);
             } else {
                 raw.label(name).legend(legend);
@@ -462,13 +510,69 @@ impl Frame<'_> {
                     chart
                         .draw_series(LineSeries::new(pts.clone(), color.mix(0.8).stroke_width(1)))
                         .map_err(err)?;
-                    chart
+                    let dots = chart
                         .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, color.filled())))
-                        .map_err(err)?
-                        .label(format!("run {} validation loss", c.info.id))
-                        .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+                        .map_err(err)?;
+                    if std::ptr::eq(c, &self.curves[0]) {
+                        dots.label("validation loss (dots, every run)")
+                            .legend(move |(x, y)| Circle::new((x + 10, y), 4, color.filled()));
+                    }
                 }
             }
+        }
+        if let Some(o) = self.overlay {
+            let black = RGBColor(30, 30, 30);
+            let first = o
+                .endpoints
+                .iter()
+                .map(|p| p.0)
+                .fold(f64::INFINITY, f64::min);
+            let (from, to) = (first * 0.5, self.x.1);
+            let n = 300;
+            let at = |k: usize| from + (to - from) * k as f64 / n as f64;
+            let curve = |shift: f64| {
+                (0..=n)
+                    .map(move |k| {
+                        let step = at(k);
+                        let d = step * o.tokens_per_step;
+                        let sd = o.fit.predict_std(d).unwrap_or(0.0);
+                        (step, o.fit.predict(d) + shift * sd)
+                    })
+                    .filter(|(_, v)| keep(v))
+                    .map(|(x, v)| (x, t(v)))
+                    .collect::<Vec<_>>()
+            };
+            let label = format!(
+                "fit L = {:.3} + {:.3}·D^-{:.3} over branch endpoints",
+                o.fit.l0, o.fit.b, o.fit.beta
+            );
+            chart
+                .draw_series(LineSeries::new(curve(0.0), black.stroke_width(2)))
+                .map_err(err)?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 20, y)], black.stroke_width(2))
+                });
+            if o.fit.cov.is_some() {
+                for shift in [-1.0, 1.0] {
+                    chart
+                        .draw_series(LineSeries::new(
+                            curve(shift),
+                            black.mix(0.35).stroke_width(1),
+                        ))
+                        .map_err(err)?;
+                }
+            }
+            chart
+                .draw_series(
+                    o.endpoints
+                        .iter()
+                        .filter(|p| keep(&p.1))
+                        .map(|&(x, v)| Cross::new((x, t(v)), 7, black.stroke_width(2))),
+                )
+                .map_err(err)?
+                .label("branch endpoints (±1σ band of the fit)")
+                .legend(move |(x, y)| Cross::new((x + 10, y), 5, black.stroke_width(2)));
         }
         chart
             .configure_series_labels()

@@ -5,13 +5,13 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc;
+use std::sync::mpsc::{self, Receiver};
 
 use anyhow::{Context, Result, bail};
-use wsdscope_sessions::{EndReason, Recorder, RunEvent};
+use wsdscope_sessions::{EndReason, RecordSummary, Recorder, RunEvent};
 use wsdscope_trainer::{Command, Engine, RunConfig, Trainer};
 
-use crate::cli::RecordArgs;
+use crate::cli::{RecordArgs, TrainArgs};
 use crate::progress::Progress;
 use crate::settings::{self, default_threads};
 use crate::threads;
@@ -74,19 +74,29 @@ pub fn discard_recorder(rec: Option<Recorder>) {
 }
 
 pub fn run(args: RecordArgs) -> Result<ExitCode> {
+    match prepare(&args.train)? {
+        None => Ok(ExitCode::SUCCESS),
+        Some((trainer, recorder)) => train(trainer, recorder, args.jsonl),
+    }
+}
+
+/// Everything before training, shared by `record` and `run`: resolves the settings (or prints
+/// them and returns `None` for `--dry-run`), opens the session file, builds the trainer. A
+/// session file is never left behind when the trainer cannot start.
+pub(crate) fn prepare(args: &TrainArgs) -> Result<Option<(Trainer, Option<Recorder>)>> {
     let cfg = if args.resume.is_none() {
         let cfg = settings::resolve(args.settings.clone(), args.config.as_deref())?;
         if args.dry_run {
             print_dry_run(&cfg);
-            return Ok(ExitCode::SUCCESS);
+            return Ok(None);
         }
         Some(cfg)
     } else {
         None
     };
     let recorder = open_recorder(args.out.as_deref(), args.no_record)?;
-    match start_trainer(&args, cfg) {
-        Ok(t) => train(t, recorder, args.jsonl),
+    match start_trainer(args, cfg) {
+        Ok(t) => Ok(Some((t, recorder))),
         Err(e) => {
             discard_recorder(recorder);
             Err(e)
@@ -94,7 +104,7 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
     }
 }
 
-fn start_trainer(args: &RecordArgs, cfg: Option<RunConfig>) -> Result<Trainer> {
+pub(crate) fn start_trainer(args: &TrainArgs, cfg: Option<RunConfig>) -> Result<Trainer> {
     let trainer = if let Some(dir) = &args.resume {
         let given = args.settings.shaping_given();
         if !given.is_empty() {
@@ -109,8 +119,21 @@ fn start_trainer(args: &RecordArgs, cfg: Option<RunConfig>) -> Result<Trainer> {
         let s = args.settings.clone();
         settings::check_checkpoint_dir(&s.checkpoint_dir)?;
         threads::init(s.threads.unwrap_or_else(default_threads))?;
+        let forks = s.fork_plans()?;
+        let policy = s.policy_or_default()?;
         Trainer::resume(dir, |c| {
             c.threads = s.threads.unwrap_or_else(default_threads);
+            // Forks do not change the trunk's losses, so a resumed run may script new ones.
+            if !forks.is_empty() {
+                c.forks = forks;
+            }
+            c.policy = policy;
+            if s.memory_budget.is_some() {
+                c.memory_budget_mb = s.memory_budget;
+            }
+            if let Some(k) = s.keep_branch_checkpoints {
+                c.keep_branch_checkpoints = k;
+            }
             if let Some(d) = s.device {
                 c.device = d;
             }
@@ -137,13 +160,59 @@ fn start_trainer(args: &RecordArgs, cfg: Option<RunConfig>) -> Result<Trainer> {
     Ok(trainer)
 }
 
-/// Runs the engine to its end, fanning every event out to the session file, `--jsonl` and the
-/// progress line. A recording failure stops training; what was written stays readable.
-fn train(trainer: Trainer, recorder: Option<Recorder>, jsonl: bool) -> Result<ExitCode> {
+/// Starts the engine with a sink that never drops an event: it waits for room in a channel
+/// of [`EVENT_BUFFER`] events, which [`fan_out`] empties.
+pub(crate) fn spawn_engine(trainer: Trainer) -> Result<(Engine, Receiver<RunEvent>)> {
     let (tx, rx) = mpsc::sync_channel::<RunEvent>(EVENT_BUFFER);
     let engine = Engine::spawn(trainer, move |ev| {
         let _ = tx.send(ev);
     })?;
+    Ok((engine, rx))
+}
+
+/// Hands every engine event to the session file first (the recorder never drops one), then to
+/// `each`, until the engine closes its sink. The first recording failure is passed to
+/// `on_record_error` (which stops training); nothing more is recorded after it, and what was
+/// written stays readable.
+pub(crate) fn fan_out(
+    events: Receiver<RunEvent>,
+    recorder: Option<&Recorder>,
+    mut on_record_error: impl FnMut(&wsdscope_sessions::Error),
+    mut each: impl FnMut(&RunEvent) -> Result<()>,
+) -> Result<()> {
+    let mut recording_failed = false;
+    for ev in events {
+        if let Some(r) = recorder
+            && !recording_failed
+            && let Err(e) = r.record(ev.clone())
+        {
+            recording_failed = true;
+            on_record_error(&e);
+        }
+        each(&ev)?;
+    }
+    Ok(())
+}
+
+/// Completes the session file. Its error says what failed and that the file keeps everything
+/// written before the failure.
+pub(crate) fn finish_recording(
+    recorder: Option<Recorder>,
+    step: u64,
+) -> Result<Option<RecordSummary>> {
+    let Some(r) = recorder else { return Ok(None) };
+    match r.finish() {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => bail!(
+            "{e}; training stopped after step {step}; the session keeps everything written before the failure"
+        ),
+    }
+}
+
+/// Runs the engine to its end, fanning every event out to the session file, `--jsonl` and the
+/// progress line. A recording failure stops training; what was written stays readable.
+fn train(trainer: Trainer, recorder: Option<Recorder>, jsonl: bool) -> Result<ExitCode> {
+    let (engine, events) = spawn_engine(trainer)?;
     let stderr = std::io::stderr();
     let mut progress = Progress::new(stderr.lock(), stderr.is_terminal());
     if let Some(r) = &recorder {
@@ -152,37 +221,30 @@ fn train(trainer: Trainer, recorder: Option<Recorder>, jsonl: bool) -> Result<Ex
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failed = false;
-    let mut recording_failed = false;
-    for ev in rx {
-        if let Some(r) = &recorder
-            && !recording_failed
-            && r.record(ev.clone()).is_err()
-        {
-            recording_failed = true;
-            engine.send(Command::Stop);
-        }
-        if jsonl {
-            writeln!(out, "{}", ev.to_json_line())?;
-            out.flush()?;
-        }
-        progress.on_event(&ev);
-        if let RunEvent::End { reason, .. } = &ev {
-            failed = *reason == EndReason::Failed;
-        }
-    }
+    fan_out(
+        events,
+        recorder.as_ref(),
+        |_| engine.send(Command::Stop),
+        |ev| {
+            if jsonl {
+                writeln!(out, "{}", ev.to_json_line())?;
+                out.flush()?;
+            }
+            progress.on_event(ev);
+            // The trunk's end decides the exit status; a failed branch is reported, not fatal.
+            if let RunEvent::End { reason, run: 0, .. } = ev {
+                failed = *reason == EndReason::Failed;
+            }
+            Ok(())
+        },
+    )?;
     let outcome = engine.join();
-    if let Some(r) = recorder {
-        let path = r.path().display().to_string();
-        match r.finish() {
-            Ok(s) => progress.note(&format!(
-                "session: {path} ({} events, {} bytes)",
-                s.events, s.bytes
-            )),
-            Err(e) => bail!(
-                "{e}; training stopped after step {}; the session keeps everything written before the failure",
-                outcome.step
-            ),
-        }
+    let path = recorder.as_ref().map(|r| r.path().display().to_string());
+    if let (Some(path), Some(s)) = (path, finish_recording(recorder, outcome.step)?) {
+        progress.note(&format!(
+            "session: {path} ({} events, {} bytes)",
+            s.events, s.bytes
+        ));
     }
     Ok(if failed {
         ExitCode::FAILURE

@@ -22,9 +22,30 @@ pub enum Action {
     Quit,
     /// Leave now, without waiting for the engine to finish its step.
     ForceQuit,
+    /// Replay: play or pause the time cursor.
+    PlayPause,
+    /// Replay: one speed faster (`+1`) or slower (`-1`): ×1, ×10, ×100, max.
+    Speed(i32),
+    /// Replay: move the time cursor.
+    Seek(Seek),
 }
 
-/// Every key, for the help overlay and the README: (keys, what they do).
+/// Where a replay's time cursor goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seek {
+    /// By this many step events (any run), negative: back.
+    Steps(i64),
+    /// By this many twentieths of the session's steps (a larger jump).
+    Twentieths(i64),
+    Start,
+    End,
+    /// The next / previous phase change or fork.
+    NextMark,
+    PrevMark,
+}
+
+/// Every key of a live run (`wsdscope run`), for the help overlay and the README:
+/// (keys, what they do).
 pub const KEYS: &[(&str, &str)] = &[
     ("space", "pause / resume training"),
     ("+ / -", "zoom the step axis in / out"),
@@ -43,6 +64,38 @@ pub const KEYS: &[(&str, &str)] = &[
         "click a run to select it; scroll over a chart to zoom",
     ),
 ];
+
+/// Every key of a replay (`wsdscope replay`): the time cursor's, then the view keys.
+pub const REPLAY_KEYS: &[(&str, &str)] = &[
+    ("space", "play / pause (at the end: play from the start)"),
+    (
+        "< / >",
+        "slower / faster: ×1 (recorded pace), ×10, ×100, max",
+    ),
+    ("[ / ]", "cursor back / forward one step"),
+    ("{ / }", "cursor back / forward 1/20 of the session"),
+    ("b / home", "jump to the start"),
+    ("e / end", "jump to the end (and follow, with --follow)"),
+    ("p / n", "jump to the previous / next phase change or fork"),
+    ("+ / -", "zoom the step axis in / out"),
+    ("← → / h l", "pan the step axis"),
+    ("0", "reset zoom (whole run)"),
+    ("tab / shift-tab", "select next / previous run"),
+    ("↑ ↓ / k j", "select previous / next run"),
+    ("g / y", "toggle log-y (loss and norms)"),
+    ("s", "toggle EMA smoothing (raw curve faint behind)"),
+    ("q / ctrl-c", "quit"),
+    ("?", "show / hide this help"),
+    (
+        "mouse",
+        "click a run to select it; scroll over a chart to zoom",
+    ),
+];
+
+/// The keys of the mode `state` is in.
+pub fn keys_for(state: &TuiState) -> &'static [(&'static str, &'static str)] {
+    if state.ui.live { KEYS } else { REPLAY_KEYS }
+}
 
 /// Keys of the fork form.
 pub const FORK_KEYS: &str = "tab/↑↓ field · ←→ shape · enter fork · esc cancel";
@@ -82,6 +135,11 @@ pub fn handle_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
 }
 
 fn main_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
+    if !state.ui.live
+        && let Some(a) = replay_key(key.code)
+    {
+        return Some(a);
+    }
     match key.code {
         KeyCode::Char(' ') => return toggle_pause(state),
         KeyCode::Char('+' | '=') => state.zoom_in(None),
@@ -108,6 +166,24 @@ fn main_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
         _ => {}
     }
     None
+}
+
+/// The time-cursor keys of a replay.
+fn replay_key(code: KeyCode) -> Option<Action> {
+    Some(match code {
+        KeyCode::Char(' ') => Action::PlayPause,
+        KeyCode::Char('<' | ',') => Action::Speed(-1),
+        KeyCode::Char('>' | '.') => Action::Speed(1),
+        KeyCode::Char('[') => Action::Seek(Seek::Steps(-1)),
+        KeyCode::Char(']') => Action::Seek(Seek::Steps(1)),
+        KeyCode::Char('{') => Action::Seek(Seek::Twentieths(-1)),
+        KeyCode::Char('}') => Action::Seek(Seek::Twentieths(1)),
+        KeyCode::Char('b') | KeyCode::Home => Action::Seek(Seek::Start),
+        KeyCode::Char('e') | KeyCode::End => Action::Seek(Seek::End),
+        KeyCode::Char('n') => Action::Seek(Seek::NextMark),
+        KeyCode::Char('p') => Action::Seek(Seek::PrevMark),
+        _ => return None,
+    })
 }
 
 fn toggle_pause(state: &mut TuiState) -> Option<Action> {

@@ -1,4 +1,4 @@
-//! The terminal UI: live runs (and, later, replays of recorded sessions) drawn from the same
+//! The terminal UI: live runs and replays of recorded sessions, drawn from the same
 //! `RunEvent` stream.
 //!
 //! The shape follows DESIGN §2/§8: [`TuiState`] is plain data updated only by applying
@@ -11,13 +11,16 @@
 //! Live mode: [`run_live`]. The caller starts the engine, forwards its events into a channel
 //! without blocking training (a bounded `try_send`, counting what it drops into
 //! [`LiveInfo::dropped_display`]), and hands this module the receiving end plus the engine's
-//! command sender.
+//! command sender. Replay: [`run_replay`] with a [`replay::ReplaySource`].
 
 pub mod format;
 pub mod keys;
 pub mod layout;
+pub mod replay;
 pub mod series;
 pub mod state;
+// Synthetic sessions serve the tests and the render benchmark only.
+#[cfg_attr(not(test), allow(dead_code))]
 pub mod synthetic;
 pub mod terminal;
 pub mod views;
@@ -26,9 +29,9 @@ pub mod views;
 mod tests;
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -42,8 +45,9 @@ pub use keys::{Action, handle_key, handle_mouse};
 pub use state::{Level, TuiState};
 pub use views::App;
 
-/// The shortest time between two frames (at most ~15 redraws per second).
-pub const FRAME: Duration = Duration::from_millis(66);
+/// The shortest time between two frames (at most 10 redraws per second: the slow end of the
+/// 50–100 ms the design allows, so drawing takes the least CPU from training).
+pub const FRAME: Duration = Duration::from_millis(100);
 /// Redraw at least this often even when nothing changed (e.g. the clock-free ETA text).
 const IDLE_FRAME: Duration = Duration::from_millis(1000);
 /// The most time one pass spends applying queued events before it looks at input again.
@@ -57,6 +61,9 @@ pub struct LiveInfo {
     /// Events the caller dropped on the way to the UI because the UI fell behind (the
     /// recorder still got them). The caller increments it; the header shows it.
     pub dropped_display: Arc<AtomicU64>,
+    /// Set once by the caller when something outside the event stream failed (the session
+    /// file could not be written); shown in red in the header for the rest of the run.
+    pub alert: Arc<OnceLock<String>>,
 }
 
 /// Whether the loop goes on.
@@ -153,6 +160,7 @@ pub struct LiveSource {
     events: Receiver<RunEvent>,
     commands: Sender<Command>,
     dropped: Arc<AtomicU64>,
+    alert: Arc<OnceLock<String>>,
     disconnected: bool,
 }
 
@@ -166,8 +174,15 @@ impl LiveSource {
             events,
             commands,
             dropped,
+            alert: Default::default(),
             disconnected: false,
         }
+    }
+
+    /// Shows `alert` in the header once it is set.
+    pub fn with_alert(mut self, alert: Arc<OnceLock<String>>) -> Self {
+        self.alert = alert;
+        self
     }
 
     fn send(&mut self, c: Command, state: &mut TuiState) {
@@ -179,6 +194,11 @@ impl LiveSource {
 
 impl Source for LiveSource {
     fn pump(&mut self, state: &mut TuiState) -> Flow {
+        if state.ui.alert.is_none()
+            && let Some(a) = self.alert.get()
+        {
+            state.ui.alert = Some(a.clone());
+        }
         let t0 = Instant::now();
         while !self.disconnected && t0.elapsed() < DRAIN_BUDGET {
             // Check the clock every few hundred events only.
@@ -228,6 +248,7 @@ impl Source for LiveSource {
                 }
                 return Flow::Quit;
             }
+            Action::PlayPause | Action::Speed(_) | Action::Seek(_) => {}
         }
         Flow::Continue
     }
@@ -260,7 +281,7 @@ pub fn run_live(
         bail!("the TUI needs a terminal on stdout; use `wsdscope record` for headless runs");
     }
     let mut state = TuiState::live(info.session_path);
-    let mut source = LiveSource::new(events, commands, info.dropped_display);
+    let mut source = LiveSource::new(events, commands, info.dropped_display).with_alert(info.alert);
     let mut guard = match terminal::TerminalGuard::enter().context("cannot set up the terminal") {
         Ok(g) => g,
         Err(e) => {
@@ -268,6 +289,28 @@ pub fn run_live(
             return Err(e);
         }
     };
+    let result = run_loop(guard.terminal(), &mut state, &mut source, crossterm_input);
+    drop(guard);
+    result
+}
+
+/// Runs the replay TUI over `events` (a recorded session's stream) until the user quits; with
+/// `reload` it follows the session as it grows. The terminal is restored on every exit path.
+pub fn run_replay(
+    events: Vec<RunEvent>,
+    reload: Option<Box<dyn replay::Reload>>,
+    session_path: String,
+) -> Result<()> {
+    if !std::io::stdout().is_terminal() {
+        bail!(
+            "the replay UI needs a terminal on stdout; use `wsdscope inspect` or `plot` to read a session without one"
+        );
+    }
+    let follow = reload.is_some();
+    let mut state = TuiState::replay(Some(session_path), follow);
+    let mut source = replay::ReplaySource::new(events, reload);
+    source.start(&mut state);
+    let mut guard = terminal::TerminalGuard::enter().context("cannot set up the terminal")?;
     let result = run_loop(guard.terminal(), &mut state, &mut source, crossterm_input);
     drop(guard);
     result

@@ -320,6 +320,26 @@ pub struct UiState {
     pub pause_intent: Option<bool>,
     /// The terminal size at the last draw, for mouse hit-testing.
     pub area: Rect,
+    /// A failure outside the event stream that must stay visible (e.g. the session file could
+    /// not be written), shown in red before any status message.
+    pub alert: Option<String>,
+    /// The time cursor, when replaying a recorded session.
+    pub replay: Option<ReplayUi>,
+}
+
+/// What the replay's time cursor shows in the header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayUi {
+    pub playing: bool,
+    /// `×1`, `×10`, `×100` or `max`.
+    pub speed: &'static str,
+    /// Attached to a growing session (`--follow`).
+    pub follow: bool,
+    /// Following: the cursor stays at the end as the session grows.
+    pub following: bool,
+    /// Step events applied (all runs) and recorded.
+    pub steps_shown: u64,
+    pub steps_total: u64,
 }
 
 impl Default for UiState {
@@ -337,6 +357,8 @@ impl Default for UiState {
             stopping: false,
             pause_intent: None,
             area: Rect::default(),
+            alert: None,
+            replay: None,
         }
     }
 }
@@ -355,6 +377,22 @@ impl TuiState {
     pub fn live(session_path: Option<String>) -> Self {
         let mut s = TuiState::default();
         s.ui.session_path = session_path;
+        s
+    }
+
+    /// An empty state for replaying a recorded session (no engine attached).
+    pub fn replay(session_path: Option<String>, follow: bool) -> Self {
+        let mut s = TuiState::default();
+        s.ui.session_path = session_path;
+        s.ui.live = false;
+        s.ui.replay = Some(ReplayUi {
+            playing: false,
+            speed: "×1",
+            follow,
+            following: follow,
+            steps_shown: 0,
+            steps_total: 0,
+        });
         s
     }
 
@@ -523,8 +561,9 @@ impl TuiState {
     }
 
     /// True while the run this UI drives has not ended (or has not started yet).
+    /// Whether any run (the trunk or a branch that outlives it) is still training.
     pub fn training_active(&self) -> bool {
-        self.trunk().is_none_or(RunData::is_active)
+        self.runs.is_empty() || self.runs.values().any(RunData::is_active)
     }
 
     pub fn paused(&self) -> bool {

@@ -1,4 +1,4 @@
-//! The footer: the most used keys (all of them are in the `?` overlay).
+//! The footer: the most used keys of the current mode (all of them are in the `?` overlay).
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -28,6 +28,23 @@ impl Widget for Footer<'_> {
             .render(area, buf);
             return;
         }
+        if let Some(r) = &state.ui.replay {
+            let play = if r.playing { "pause" } else { "play" };
+            let hints = [
+                ("space", play),
+                ("<>", "speed"),
+                ("[]", "step"),
+                ("{}", "jump"),
+                ("p/n", "phase/fork"),
+                ("b/e", "start/end"),
+                ("+/-", "zoom"),
+                ("g", "log-y"),
+                ("?", "help"),
+                ("q", "quit"),
+            ];
+            render_hints(&hints, area, buf);
+            return;
+        }
         let pause = if state.paused() { "resume" } else { "pause" };
         let mut hints: Vec<(&str, &str)> = Vec::new();
         if state.ui.live {
@@ -45,11 +62,19 @@ impl Widget for Footer<'_> {
             hints.push(("f", "fork"));
         }
         hints.extend([("?", "help"), ("q", "quit")]);
-        let mut spans = vec![Span::raw(" ")];
-        for (k, what) in hints {
-            spans.push(Span::styled(k, key));
-            spans.push(Span::styled(format!(" {what}  "), label));
-        }
-        Paragraph::new(Line::from(spans)).render(area, buf);
+        render_hints(&hints, area, buf);
     }
+}
+
+fn render_hints(hints: &[(&str, &str)], area: Rect, buf: &mut Buffer) {
+    let key = Style::default()
+        .fg(Color::Cyan)
+        .add_modifier(Modifier::BOLD);
+    let label = Style::default().fg(LABEL);
+    let mut spans = vec![Span::raw(" ")];
+    for (k, what) in hints {
+        spans.push(Span::styled(*k, key));
+        spans.push(Span::styled(format!(" {what}  "), label));
+    }
+    Paragraph::new(Line::from(spans)).render(area, buf);
 }

@@ -105,6 +105,39 @@ impl Widget for Header<'_> {
             badge,
             Style::default().fg(color).add_modifier(Modifier::BOLD),
         ));
+        if let Some(r) = &state.ui.replay {
+            status.push(Span::styled(SEP, label));
+            let (mark, what) = if r.following {
+                ("⟳", "following")
+            } else if r.playing {
+                ("▶", "playing")
+            } else {
+                ("❚❚", "replay paused")
+            };
+            status.push(Span::styled(
+                format!("{mark} {what} {}", r.speed),
+                Style::default()
+                    .fg(Color::Magenta)
+                    .add_modifier(Modifier::BOLD),
+            ));
+            let pct = if r.steps_total > 0 {
+                100.0 * r.steps_shown as f64 / r.steps_total as f64
+            } else {
+                100.0
+            };
+            status.push(Span::raw(format!(
+                " · cursor {}/{} steps {pct:.0}%",
+                format::grouped(r.steps_shown),
+                format::grouped(r.steps_total),
+            )));
+        }
+        if let Some(a) = &state.ui.alert {
+            status.push(Span::styled(SEP, label));
+            status.push(Span::styled(
+                format!("✖ {a}"),
+                Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+            ));
+        }
         if state.ui.dropped_display > 0 {
             status.push(Span::styled(SEP, label));
             status.push(Span::styled(

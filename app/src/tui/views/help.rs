@@ -1,4 +1,4 @@
-//! The `?` overlay: every key and what it does.
+//! The `?` overlay: every key of the current mode (live or replay) and what it does.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -7,19 +7,22 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Widget};
 
 use super::LABEL;
-use crate::tui::keys::{FORK_KEYS, KEYS};
+use crate::tui::keys::{FORK_KEYS, keys_for};
 use crate::tui::layout::centered;
+use crate::tui::state::TuiState;
 
-pub struct Help;
+pub struct Help<'a>(pub &'a TuiState);
 
-impl Widget for Help {
+impl Widget for Help<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let key_w = KEYS
+        let keys = keys_for(self.0);
+        let live = self.0.ui.live;
+        let key_w = keys
             .iter()
             .map(|(k, _)| k.chars().count())
             .max()
             .unwrap_or(0);
-        let desc_w = KEYS
+        let desc_w = keys
             .iter()
             .map(|(_, d)| d.chars().count())
             .max()
@@ -28,7 +31,7 @@ impl Widget for Help {
             .fg(Color::Cyan)
             .add_modifier(Modifier::BOLD);
         let label = Style::default().fg(LABEL);
-        let mut lines: Vec<Line> = KEYS
+        let mut lines: Vec<Line> = keys
             .iter()
             .map(|(k, d)| {
                 Line::from(vec![
@@ -38,10 +41,12 @@ impl Widget for Help {
             })
             .collect();
         lines.push(Line::from(""));
-        lines.push(Line::from(Span::styled(
-            format!(" fork form: {FORK_KEYS}"),
-            label,
-        )));
+        if live {
+            lines.push(Line::from(Span::styled(
+                format!(" fork form: {FORK_KEYS}"),
+                label,
+            )));
+        }
         lines.push(Line::from(Span::styled(
             " ? or esc closes this help",
             label,

@@ -96,7 +96,7 @@ impl Widget for App<'_> {
         footer::Footer(state).render(l.footer, buf);
         match &state.ui.overlay {
             Overlay::None => {}
-            Overlay::Help => help::Help.render(area, buf),
+            Overlay::Help => help::Help(state).render(area, buf),
             Overlay::Fork(form) => fork_form::ForkFormView(form).render(area, buf),
             Overlay::ConfirmQuit => confirm::ConfirmQuit(state).render(area, buf),
         }

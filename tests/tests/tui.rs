@@ -1,0 +1,151 @@
+//! The TUI end to end: the real binary in a pseudo-terminal (tmux), driven by key presses,
+//! read back from the screen. `wsdscope run` trains a small model, shows help, toggles log-y,
+//! pauses, survives a tiny terminal, quits after confirmation with a complete session file;
+//! `wsdscope replay` opens that file and moves its cursor. Needs tmux (CI installs it); without
+//! it these tests fail, they do not skip.
+
+use std::path::Path;
+
+use wsdscope_tests::{SMALL, Tmux, binary, run};
+
+/// `wsdscope ARGS…` as a shell command that prints its exit status when it ends.
+fn shell(args: &[&str]) -> String {
+    let mut cmd = format!("RAYON_NUM_THREADS=1 '{}'", binary().display());
+    for a in args {
+        cmd.push_str(&format!(" '{a}'"));
+    }
+    format!("{cmd}; echo EXIT=$?")
+}
+
+fn session_json(path: &Path) -> serde_json::Value {
+    let r = run(&["inspect", path.to_str().unwrap(), "--json"]);
+    assert!(r.ok(), "inspect failed: {}", r.stderr);
+    serde_json::from_str(&r.stdout).expect("inspect --json prints JSON")
+}
+
+#[test]
+fn run_trains_shows_help_pauses_and_quits_with_a_complete_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tui.h5");
+    let mut args = vec!["run", "--out", out.to_str().unwrap(), "--steps", "20000"];
+    args.extend_from_slice(SMALL);
+    let t = Tmux::start(dir.path(), 120, 40, &shell(&args));
+
+    let s = t.wait_for("training steps", |s| {
+        s.contains("● running") && s.contains("tok/s")
+    });
+    assert!(s.contains("loss"), "{s}");
+    assert!(s.contains("learning rate"), "{s}");
+    assert!(
+        s.contains("tui.h5"),
+        "the header names the session file:\n{s}"
+    );
+
+    t.keys(&["?"]);
+    t.wait_for("help overlay", |s| {
+        s.contains("show / hide this help") && s.contains("fork a decay branch")
+    });
+    t.keys(&["?"]);
+    t.wait_for("help closed", |s| !s.contains("show / hide this help"));
+
+    t.keys(&["g"]);
+    t.wait_for("log-y on", |s| s.contains("[log-y]"));
+
+    t.keys(&["Space"]);
+    let paused = t.wait_for("paused", |s| s.contains("❚❚ paused"));
+    assert!(paused.contains("paused"), "{paused}");
+
+    // A tiny terminal says so instead of drawing panels; the size comes back.
+    t.resize(20, 6);
+    t.wait_for("too small", |s| s.contains("terminal too small"));
+    t.resize(120, 40);
+    t.wait_for("panels again", |s| s.contains("❚❚ paused"));
+
+    t.keys(&["q"]);
+    t.wait_for("quit confirmation", |s| {
+        s.contains("stop training and quit")
+    });
+    t.keys(&["y"]);
+    let end = t.wait_for("exit", |s| s.contains("EXIT="));
+    assert!(end.contains("EXIT=0"), "clean exit expected:\n{end}");
+    assert!(
+        end.contains("session: "),
+        "the session path is printed:\n{end}"
+    );
+    assert!(
+        end.contains("run stopped at step"),
+        "one-line summary:\n{end}"
+    );
+
+    let j = session_json(&out);
+    let trunk = &j["runs"][0];
+    assert_eq!(trunk["status"], "stopped", "{j}");
+    assert!(trunk["steps"].as_u64().unwrap() >= 1, "{j}");
+
+    // Replay the file just recorded: it opens at the end, paused; the cursor moves.
+    let t = Tmux::start(
+        dir.path(),
+        120,
+        40,
+        &shell(&["replay", out.to_str().unwrap()]),
+    );
+    let steps = trunk["steps"].as_u64().unwrap();
+    let s = t.wait_for("replay", |s| s.contains("replay paused"));
+    assert!(
+        s.contains(&format!("/{steps} steps 100%")) || steps >= 1000,
+        "{s}"
+    );
+    t.keys(&["b"]);
+    t.wait_for("cursor at the start", |s| s.contains("cursor 0/"));
+    t.keys(&["]"]);
+    t.wait_for("one step on", |s| s.contains("cursor 1/"));
+    t.keys(&["?"]);
+    t.wait_for("replay help", |s| {
+        s.contains("jump to the previous / next phase")
+    });
+    t.keys(&["Escape"]);
+    t.keys(&["q"]);
+    let end = t.wait_for("exit", |s| s.contains("EXIT="));
+    assert!(end.contains("EXIT=0"), "{end}");
+}
+
+#[test]
+fn run_completes_by_itself_and_q_quits_without_asking() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("done.h5");
+    let mut args = vec!["run", "--out", out.to_str().unwrap(), "--steps", "30"];
+    args.extend_from_slice(SMALL);
+    let t = Tmux::start(dir.path(), 100, 30, &shell(&args));
+    t.wait_for("completed", |s| s.contains("✔ completed"));
+    t.keys(&["q"]);
+    let end = t.wait_for("exit", |s| s.contains("EXIT="));
+    assert!(end.contains("EXIT=0"), "{end}");
+    assert!(end.contains("run completed at step 30/30"), "{end}");
+    assert_eq!(session_json(&out)["runs"][0]["status"], "completed");
+}
+
+#[test]
+fn replay_of_a_bad_file_is_one_line_and_run_needs_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("notes.h5");
+    std::fs::write(&bad, "not a session").unwrap();
+    let r = run(&["replay", bad.to_str().unwrap()]);
+    assert_eq!(r.code, Some(2));
+    assert_eq!(r.stderr.trim().lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("notes.h5"), "{}", r.stderr);
+    // Through a terminal too: the error comes before the screen is touched.
+    let t = Tmux::start(
+        dir.path(),
+        100,
+        30,
+        &shell(&["replay", bad.to_str().unwrap()]),
+    );
+    let end = t.wait_for("exit", |s| s.contains("EXIT="));
+    assert!(end.contains("EXIT=2") && end.contains("notes.h5"), "{end}");
+
+    let r = run(&["run", "--no-record", "--steps", "3"]);
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("needs a terminal"), "{}", r.stderr);
+    let r = run(&["run", "--jsonl"]);
+    assert_eq!(r.code, Some(2), "--jsonl is not a run flag");
+}
