@@ -169,10 +169,7 @@ fn print_branches(rows: &[BranchRow]) {
         "run", "fork step", "tokens at fork", "decay", "end step", "val loss", "trunk val", "drop"
     );
     for r in rows {
-        let decay = match r.floor {
-            Some(f) => format!("{} {} → {}×", r.shape, r.decay_steps, f),
-            None => format!("{} {}", r.shape, r.decay_steps),
-        };
+        let decay = r.decay_label();
         println!(
             "{:>4}  {:>9} {:>14}  {:<18} {:>8} {:>9} {:>10} {:>8}{}",
             r.id,

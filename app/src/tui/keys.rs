@@ -55,6 +55,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("↑ ↓ / k j", "select previous / next run"),
     ("g / y", "toggle log-y (loss and norms)"),
     ("s", "toggle EMA smoothing (raw curve faint behind)"),
+    ("c", "compare branches: table, endpoint fit, memory"),
     ("f", "fork a decay branch from the selected run"),
     ("q", "quit (asks first while training runs)"),
     ("ctrl-c", "stop and quit without asking"),
@@ -84,6 +85,7 @@ pub const REPLAY_KEYS: &[(&str, &str)] = &[
     ("↑ ↓ / k j", "select previous / next run"),
     ("g / y", "toggle log-y (loss and norms)"),
     ("s", "toggle EMA smoothing (raw curve faint behind)"),
+    ("c", "compare branches: table, endpoint fit, memory"),
     ("q / ctrl-c", "quit"),
     ("?", "show / hide this help"),
     (
@@ -151,6 +153,7 @@ fn main_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
         KeyCode::BackTab | KeyCode::Up | KeyCode::Char('k') => state.cycle_run(-1),
         KeyCode::Char('g' | 'y') => state.ui.log_y = !state.ui.log_y,
         KeyCode::Char('s') => state.ui.smooth = !state.ui.smooth,
+        KeyCode::Char('c') => state.ui.compare = !state.ui.compare,
         KeyCode::Char('f') => open_fork_form(state),
         KeyCode::Char('?') => state.ui.overlay = Overlay::Help,
         KeyCode::Char('q') => {
@@ -374,22 +377,28 @@ pub fn handle_mouse(state: &mut TuiState, ev: MouseEvent) -> Option<Action> {
     if state.ui.overlay != Overlay::None {
         return None;
     }
-    let l = layout::compute(state.ui.area, state.runs.len())?;
+    // The runs list (or branches table, one row per run in the same order) and the charts
+    // with a step axis, in the view that is showing.
+    let (runs, charts) = if state.ui.compare {
+        let l = layout::compare(state.ui.area, state.runs.len())?;
+        (l.table, vec![l.loss])
+    } else {
+        let l = layout::compute(state.ui.area, state.runs.len())?;
+        (l.runs, vec![l.loss, l.lr, l.norms])
+    };
     let pos = Position::new(ev.column, ev.row);
     match ev.kind {
-        MouseEventKind::Down(MouseButton::Left) if l.runs.contains(pos) => {
+        MouseEventKind::Down(MouseButton::Left) if runs.contains(pos) => {
             // Border and header row come before the first run.
-            let row = ev.row.saturating_sub(l.runs.y + 2) as usize;
-            if ev.row >= l.runs.y + 2
+            let row = ev.row.saturating_sub(runs.y + 2) as usize;
+            if ev.row >= runs.y + 2
                 && let Some(&id) = state.runs.keys().nth(row)
             {
                 state.ui.selected = id;
             }
         }
         MouseEventKind::ScrollUp | MouseEventKind::ScrollDown => {
-            let chart = [l.loss, l.lr, l.norms]
-                .into_iter()
-                .find(|r| r.contains(pos))?;
+            let chart = charts.into_iter().find(|r| r.contains(pos))?;
             let c = step_at(state, chart, ev.column);
             if ev.kind == MouseEventKind::ScrollUp {
                 state.zoom_in(Some(c));

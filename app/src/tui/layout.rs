@@ -108,6 +108,49 @@ pub fn compute(area: Rect, n_runs: usize) -> Option<AppLayout> {
     }
 }
 
+/// The rectangles of the branches view (key `c`): the comparison table across the top, the
+/// loss chart and the endpoint fit side by side below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompareLayout {
+    pub header: Rect,
+    pub table: Rect,
+    pub loss: Rect,
+    pub fit: Rect,
+    pub footer: Rect,
+}
+
+/// Lines of the branches table besides its rows: border (2), column header, two fit lines.
+pub const TABLE_EXTRA_ROWS: u16 = 5;
+
+/// The branches view for `area` with `n_rows` table rows (trunk and branches), or `None`
+/// when the terminal is too small.
+pub fn compare(area: Rect, n_rows: usize) -> Option<CompareLayout> {
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        return None;
+    }
+    let [header, body, footer] = area.layout(&Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Fill(1),
+        Constraint::Length(1),
+    ]));
+    let rows = (n_rows.max(1) as u16).saturating_add(TABLE_EXTRA_ROWS);
+    let [table, charts] = body.layout(&Layout::vertical([
+        Constraint::Length(rows.min(body.height / 2).max(TABLE_EXTRA_ROWS + 1)),
+        Constraint::Fill(1),
+    ]));
+    let [loss, fit] = charts.layout(&Layout::horizontal([
+        Constraint::Fill(1),
+        Constraint::Fill(1),
+    ]));
+    Some(CompareLayout {
+        header,
+        table,
+        loss,
+        fit,
+        footer,
+    })
+}
+
 /// A `width`×`height` box centred in `area` (clipped to it).
 pub fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let w = width.min(area.width);
@@ -147,5 +190,23 @@ mod tests {
         }
         assert!(compute(Rect::new(0, 0, 20, 6), 1).is_none());
         assert!(compute(Rect::new(0, 0, 59, 40), 1).is_none());
+    }
+
+    #[test]
+    fn the_branches_view_tiles_without_overlap() {
+        for (w, h) in [(60, 16), (80, 24), (120, 36), (400, 120)] {
+            for n in [1, 4, 40] {
+                let l = compare(Rect::new(0, 0, w, h), n).unwrap();
+                let all = [l.header, l.table, l.loss, l.fit, l.footer];
+                for (i, a) in all.iter().enumerate() {
+                    assert!(a.width > 0 && a.height > 0, "{w}×{h}/{n}: panel {i} empty");
+                    assert!(a.right() <= w && a.bottom() <= h);
+                    for b in &all[i + 1..] {
+                        assert!(!a.intersects(*b), "{w}×{h}/{n}: {a:?} overlaps {b:?}");
+                    }
+                }
+            }
+        }
+        assert!(compare(Rect::new(0, 0, 20, 6), 1).is_none());
     }
 }

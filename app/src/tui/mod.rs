@@ -13,6 +13,7 @@
 //! [`LiveInfo::dropped_display`]), and hands this module the receiving end plus the engine's
 //! command sender. Replay: [`run_replay`] with a [`replay::ReplaySource`].
 
+pub mod compare;
 pub mod format;
 pub mod keys;
 pub mod layout;

@@ -307,6 +307,9 @@ pub struct UiState {
     pub selected: RunId,
     pub log_y: bool,
     pub smooth: bool,
+    /// The branches view: the comparison table and the endpoint fit in place of the other
+    /// panels (key `c`).
+    pub compare: bool,
     pub overlay: Overlay,
     pub status: Option<Status>,
     /// Display samples the caller dropped because the UI fell behind (the recorder has them).
@@ -349,6 +352,7 @@ impl Default for UiState {
             selected: 0,
             log_y: false,
             smooth: true,
+            compare: false,
             overlay: Overlay::None,
             status: None,
             dropped_display: 0,

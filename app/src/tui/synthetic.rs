@@ -153,6 +153,63 @@ impl Synthetic {
         evs
     }
 
+    /// The trunk's events up to `upto` with an eval every `eval_every` steps and at each of
+    /// `extra` (the engine evaluates the trunk where a branch ends, to compare them).
+    pub fn trunk_with_evals_at(&self, upto: u64, eval_every: u64, extra: &[u64]) -> Vec<RunEvent> {
+        let sched = self.schedule();
+        let mut evs = vec![self.run_start(0, &sched, 0)];
+        for s in 1..=upto {
+            evs.push(self.step(0, &sched, s));
+            if s % eval_every == 0 || extra.contains(&s) {
+                evs.push(self.eval(0, &sched, s));
+            }
+        }
+        evs
+    }
+
+    /// A decay branch as the engine reports it: `Forked`, its start, its steps from `fork` up
+    /// to `upto` (at most `fork + decay`), and, once it got to its end, a final eval and a
+    /// completed `End`.
+    pub fn forked_branch(
+        &self,
+        run: RunId,
+        fork: u64,
+        decay: u64,
+        shape: DecayShape,
+        upto: u64,
+    ) -> Vec<RunEvent> {
+        let sched = self.branch_schedule(fork, decay, shape);
+        let mut evs = vec![
+            RunEvent::Forked {
+                run,
+                parent: 0,
+                step: fork,
+                schedule: serde_json::to_value(&sched).expect("a schedule is plain data"),
+            },
+            self.run_start(run, &sched, fork),
+        ];
+        let end = fork + decay;
+        for s in fork + 1..=upto.min(end) {
+            evs.push(self.step(run, &sched, s));
+        }
+        if upto >= end {
+            let val = self.eval(run, &sched, end);
+            let RunEvent::Eval { val_loss, .. } = val else {
+                unreachable!()
+            };
+            evs.push(val);
+            evs.push(RunEvent::End {
+                run,
+                step: end,
+                reason: EndReason::Completed,
+                message: None,
+                final_val_loss: Some(val_loss),
+                wall_s: 1.0,
+            });
+        }
+        evs
+    }
+
     pub fn end(run: RunId, step: u64, reason: EndReason, message: Option<&str>) -> RunEvent {
         RunEvent::End {
             run,

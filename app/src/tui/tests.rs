@@ -789,3 +789,100 @@ fn live_header_shows_a_recording_alert() {
     assert!(text.contains("✖ recording failed: disk full"), "{text}");
     assert!(text.contains("run 0 stopped at step 30"));
 }
+
+/// A trunk at step 900 with four completed decay branches (the trunk evaluated where each
+/// ends) and one still running.
+fn state_with_branches(completed: usize) -> TuiState {
+    use wsdscope_trainer::DecayShape::*;
+    let syn = syn();
+    let all = [
+        (1, 200, 100, Exp),
+        (2, 300, 120, Linear),
+        (3, 400, 200, Cosine),
+        (4, 600, 100, OneSqrt),
+    ];
+    let done = &all[..completed];
+    let ends: Vec<u64> = done.iter().map(|b| b.1 + b.2).collect();
+    let mut s = TuiState::live(Some("runs/session.h5".into()));
+    for ev in syn.trunk_with_evals_at(900, 100, &ends) {
+        s.apply(&ev);
+    }
+    for &(run, fork, decay, shape) in done {
+        for ev in syn.forked_branch(run, fork, decay, shape, fork + decay) {
+            s.apply(&ev);
+        }
+    }
+    let running = completed as u32 + 1;
+    for ev in syn.forked_branch(running, 800, 150, Exp, 870) {
+        s.apply(&ev);
+    }
+    s
+}
+
+#[test]
+fn c_toggles_the_branches_view_with_the_endpoint_fit() {
+    let mut s = state_with_branches(4);
+    assert_eq!(press(&mut s, 'c'), None);
+    assert!(s.ui.compare);
+    let text = screen(&s, 120, 40);
+    for what in [
+        "branches vs trunk",
+        "tok@fork",
+        "linear 120 → 0.1×",
+        "1-sqrt 100 → 0.1×",
+        "running",
+        "freed",
+        "over 4 endpoints",
+        "at 2× the last endpoint",
+        "extrapolated",
+        "mem ≈ 130MB in 2 runs",
+        "c panels",
+    ] {
+        assert!(
+            text.contains(what),
+            "branches view misses {what:?}:\n{text}"
+        );
+    }
+    assert_snapshot!("branches_fit", text);
+    press(&mut s, 'c');
+    assert!(!s.ui.compare);
+}
+
+#[test]
+fn the_branches_view_says_what_the_fit_needs() {
+    let mut s = state_with_branches(1);
+    press(&mut s, 'c');
+    let text = screen(&s, 100, 30);
+    assert!(
+        text.contains("fit needs 3 completed branches, have 1"),
+        "{text}"
+    );
+    assert_snapshot!("branches_too_few", text);
+}
+
+#[test]
+fn the_branches_view_works_in_replay_too() {
+    let mut s = TuiState::replay(Some("runs/session.h5".into()), false);
+    for ev in syn().trunk(300, 100) {
+        s.apply(&ev);
+    }
+    assert!(keys::REPLAY_KEYS.iter().any(|(k, _)| *k == "c"));
+    press(&mut s, 'c');
+    assert!(s.ui.compare);
+    let text = screen(&s, 120, 36);
+    assert!(
+        text.contains("fit needs 3 completed branches, have 0"),
+        "{text}"
+    );
+    // Clicking a row of the table selects that run.
+    s.ui.area = ratatui::layout::Rect::new(0, 0, 120, 36);
+    s.ui.selected = 1;
+    let click = MouseEvent {
+        kind: MouseEventKind::Down(MouseButton::Left),
+        column: 5,
+        row: 2 + 2,
+        modifiers: KeyModifiers::NONE,
+    };
+    handle_mouse(&mut s, click);
+    assert_eq!(s.ui.selected, 0);
+}

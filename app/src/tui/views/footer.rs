@@ -1,4 +1,5 @@
-//! The footer: the most used keys of the current mode (all of them are in the `?` overlay).
+//! The footer: the most used keys of the current mode (all of them are in the `?` overlay),
+//! leaving out the least needed ones on a narrow terminal so `?` and `q` always show.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -39,6 +40,7 @@ impl Widget for Footer<'_> {
                 ("b/e", "start/end"),
                 ("+/-", "zoom"),
                 ("g", "log-y"),
+                compare_hint(state),
                 ("?", "help"),
                 ("q", "quit"),
             ];
@@ -57,6 +59,7 @@ impl Widget for Footer<'_> {
             ("tab", "run"),
             ("g", "log-y"),
             ("s", "smooth"),
+            compare_hint(state),
         ]);
         if state.ui.live {
             hints.push(("f", "fork"));
@@ -66,14 +69,43 @@ impl Widget for Footer<'_> {
     }
 }
 
+/// `c` toggles the branches view.
+fn compare_hint(state: &TuiState) -> (&'static str, &'static str) {
+    (
+        "c",
+        if state.ui.compare {
+            "panels"
+        } else {
+            "compare"
+        },
+    )
+}
+
+/// Hints left out first, in this order, when the line is too narrow for all of them (the
+/// `?` overlay lists every key).
+const DROP_FIRST: [&str; 8] = ["0", "←→", "s", "{}", "[]", "g", "tab", "<>"];
+
 fn render_hints(hints: &[(&str, &str)], area: Rect, buf: &mut Buffer) {
+    let width = |h: &[(&str, &str)]| -> usize {
+        1 + h
+            .iter()
+            .map(|(k, w)| k.chars().count() + w.chars().count() + 3)
+            .sum::<usize>()
+    };
+    let mut hints = hints.to_vec();
+    for drop in DROP_FIRST {
+        if width(&hints) <= area.width as usize + 2 {
+            break;
+        }
+        hints.retain(|(k, _)| *k != drop);
+    }
     let key = Style::default()
         .fg(Color::Cyan)
         .add_modifier(Modifier::BOLD);
     let label = Style::default().fg(LABEL);
     let mut spans = vec![Span::raw(" ")];
     for (k, what) in hints {
-        spans.push(Span::styled(*k, key));
+        spans.push(Span::styled(k, key));
         spans.push(Span::styled(format!(" {what}  "), label));
     }
     Paragraph::new(Line::from(spans)).render(area, buf);

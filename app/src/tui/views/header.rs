@@ -1,6 +1,7 @@
 //! The header: what is training where (model, parameters, device, threads), how far it is
 //! (step/total, phase, tokens, tokens/s, ETA), the session file, and below it the status line
-//! (run state, dropped display samples, the last note or error).
+//! (run state, dropped display samples, the last note or error, the memory the live runs
+//! hold by the engine's estimate of 16 bytes per parameter each).
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -9,8 +10,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Widget};
 
 use super::{LABEL, phase_fg};
-use crate::tui::format;
 use crate::tui::state::{Level, RunStatus, TuiState};
+use crate::tui::{compare, format};
 
 pub struct Header<'a>(pub &'a TuiState);
 
@@ -156,6 +157,15 @@ impl Widget for Header<'_> {
                 Level::Error => Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
             };
             status.push(Span::styled(s.text.clone(), style));
+        }
+        let (bytes, live) = compare::total_resident(state);
+        if live > 0 {
+            status.push(Span::styled(SEP, label));
+            status.push(Span::raw(format!(
+                "mem ≈ {}B in {live} run{}",
+                format::si(bytes as f64),
+                if live == 1 { "" } else { "s" }
+            )));
         }
         if let Some(p) = &state.ui.session_path {
             status.push(Span::styled(SEP, label));

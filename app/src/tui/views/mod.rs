@@ -1,6 +1,8 @@
 //! Views: pure renders of `&TuiState`, one file per panel, composed here into the app.
 
+pub mod branches;
 pub mod confirm;
+pub mod fit;
 pub mod footer;
 pub mod fork_form;
 pub mod header;
@@ -18,6 +20,7 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::widgets::Widget;
 use wsdscope_sessions::{Phase, RunId};
 
+use super::compare::Comparison;
 use super::layout::{self, MIN_HEIGHT, MIN_WIDTH};
 use super::state::{Overlay, RunData, TuiState};
 
@@ -83,6 +86,21 @@ pub struct App<'a>(pub &'a TuiState);
 impl Widget for App<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
         let state = self.0;
+        if state.ui.compare {
+            let Some(l) = layout::compare(area, state.runs.len()) else {
+                too_small(area, buf);
+                return;
+            };
+            // Computed once per frame for both panels (a few branches: microseconds).
+            let cmp = Comparison::of(state);
+            header::Header(state).render(l.header, buf);
+            branches::BranchesPanel { state, cmp: &cmp }.render(l.table, buf);
+            loss::LossPanel(state).render(l.loss, buf);
+            fit::FitPanel { state, cmp: &cmp }.render(l.fit, buf);
+            footer::Footer(state).render(l.footer, buf);
+            overlays(state, area, buf);
+            return;
+        }
         let Some(l) = layout::compute(area, state.runs.len()) else {
             too_small(area, buf);
             return;
@@ -94,12 +112,17 @@ impl Widget for App<'_> {
         runs::RunsPanel(state).render(l.runs, buf);
         probes::ProbesPanel(state).render(l.probes, buf);
         footer::Footer(state).render(l.footer, buf);
-        match &state.ui.overlay {
-            Overlay::None => {}
-            Overlay::Help => help::Help(state).render(area, buf),
-            Overlay::Fork(form) => fork_form::ForkFormView(form).render(area, buf),
-            Overlay::ConfirmQuit => confirm::ConfirmQuit(state).render(area, buf),
-        }
+        overlays(state, area, buf);
+    }
+}
+
+/// The window over the panels, if one is open.
+fn overlays(state: &TuiState, area: Rect, buf: &mut Buffer) {
+    match &state.ui.overlay {
+        Overlay::None => {}
+        Overlay::Help => help::Help(state).render(area, buf),
+        Overlay::Fork(form) => fork_form::ForkFormView(form).render(area, buf),
+        Overlay::ConfirmQuit => confirm::ConfirmQuit(state).render(area, buf),
     }
 }
 
