@@ -18,6 +18,8 @@ pub enum Action {
     Resume,
     /// Fork a decay branch (the engine decides the exact step: the one it is at).
     Fork(ForkRequest),
+    /// Fork a run into one that resumes the stable learning rate (WSD-S).
+    ForkResume(wsdscope_sessions::RunId),
     /// Stop training (if it runs), wait for the run to end, and leave.
     Quit,
     /// Leave now, without waiting for the engine to finish its step.
@@ -57,6 +59,10 @@ pub const KEYS: &[(&str, &str)] = &[
     ("s", "toggle EMA smoothing (raw curve faint behind)"),
     ("c", "compare branches: table, endpoint fit, memory"),
     ("f", "fork a decay branch from the selected run"),
+    (
+        "R",
+        "WSD-S: fork the selected (decayed) run to resume the stable lr",
+    ),
     ("q", "quit (asks first while training runs)"),
     ("ctrl-c", "stop and quit without asking"),
     ("?", "show / hide this help"),
@@ -155,6 +161,18 @@ fn main_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
         KeyCode::Char('s') => state.ui.smooth = !state.ui.smooth,
         KeyCode::Char('c') => state.ui.compare = !state.ui.compare,
         KeyCode::Char('f') => open_fork_form(state),
+        KeyCode::Char('R') => {
+            if !state.ui.live {
+                state.set_status(Level::Warn, "forking needs a live run");
+            } else if let Some(run) = state.selected_run().filter(|r| r.is_active()) {
+                return Some(Action::ForkResume(run.id));
+            } else {
+                state.set_status(
+                    Level::Warn,
+                    "the selected run is not training: select a live run to resume from",
+                );
+            }
+        }
         KeyCode::Char('?') => state.ui.overlay = Overlay::Help,
         KeyCode::Char('q') => {
             if state.ui.stopping {

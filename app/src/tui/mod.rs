@@ -232,6 +232,7 @@ impl Source for LiveSource {
             Action::Pause => self.send(Command::Pause, state),
             Action::Resume => self.send(Command::Resume, state),
             Action::Fork(req) => self.send(Command::Fork(req), state),
+            Action::ForkResume(parent) => self.send(Command::ForkResume { parent }, state),
             Action::Quit => {
                 if self.disconnected || !state.training_active() {
                     return Flow::Quit;

@@ -367,7 +367,7 @@ impl Source for ReplaySource {
                 self.credit_ms = 0.0;
             }
             Action::Seek(to) => self.seek(state, to),
-            Action::Pause | Action::Resume | Action::Fork(_) => {
+            Action::Pause | Action::Resume | Action::Fork(_) | Action::ForkResume(_) => {
                 state.set_status(Level::Warn, "this is a replay: no engine to command");
             }
         }

@@ -88,6 +88,15 @@ fn fork_form_prefilled_from_the_config() {
 }
 
 #[test]
+fn shift_r_asks_for_a_wsd_s_resume_fork_of_the_selected_run() {
+    let mut s = state_at(300);
+    assert_eq!(
+        handle_key(&mut s, key(KeyCode::Char('R'))),
+        Some(Action::ForkResume(0))
+    );
+}
+
+#[test]
 fn fork_form_submits_a_fork_request() {
     let mut s = state_at(300);
     press(&mut s, 'f');
