@@ -83,6 +83,11 @@ impl Trainer {
                 message: e.to_string(),
             })?,
         };
+        Self::trunk(cfg, model, data, device)
+    }
+
+    /// The trunk (run 0) at step 0 with fresh AdamW moments.
+    fn trunk(cfg: RunConfig, model: MiniCpm, data: Arc<Dataset>, device: Device) -> Result<Self> {
         let opt = AdamW::new(
             model.named_vars(),
             cfg.optim.clone(),
@@ -115,27 +120,13 @@ impl Trainer {
         let device = device(&cfg.device)?;
         let data = Arc::new(Dataset::open(&cfg)?);
         let model = MiniCpm::from_tensors(&cfg.model, cfg.seq, ck.model, &device, DType::F32)?;
-        let mut opt = AdamW::new(
-            model.named_vars(),
-            cfg.optim.clone(),
-            cfg.model.width_mult(),
-        )?;
-        opt.load_state(ck.optimizer, ck.state.adam_t)?;
-        Ok(Trainer {
-            cfg,
-            run: 0,
-            name: "trunk".into(),
-            parent: None,
-            fork_step: None,
-            model,
-            opt,
-            data,
-            device,
-            step: ck.state.step,
-            tokens: ck.state.tokens,
-            rng: ck.state.rng,
-            last_val: ck.state.last_val_loss,
-        })
+        let mut tr = Self::trunk(cfg, model, data, device)?;
+        tr.opt.load_state(ck.optimizer, ck.state.adam_t)?;
+        tr.step = ck.state.step;
+        tr.tokens = ck.state.tokens;
+        tr.rng = ck.state.rng;
+        tr.last_val = ck.state.last_val_loss;
+        Ok(tr)
     }
 
     pub fn config(&self) -> &RunConfig {

@@ -167,30 +167,25 @@ pub fn run(a: PlotArgs) -> Result<()> {
     register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
         .map_err(|_| anyhow::anyhow!("the bundled font could not be loaded"))?;
     let out = a.out.clone();
+    // The same figure on either backend (their types differ, so a macro, not a closure).
+    macro_rules! draw_on {
+        ($backend:expr) => {
+            draw_figure(
+                $backend.into_drawing_area(),
+                &title,
+                &a.metric,
+                &curves,
+                overlay.as_ref(),
+                phases,
+                a.log_y,
+                a.smooth,
+            )?
+        };
+    }
     if ext == "png" {
-        let root = BitMapBackend::new(&out, SIZE).into_drawing_area();
-        draw_figure(
-            root,
-            &title,
-            &a.metric,
-            &curves,
-            overlay.as_ref(),
-            phases,
-            a.log_y,
-            a.smooth,
-        )?;
+        draw_on!(BitMapBackend::new(&out, SIZE));
     } else {
-        let root = SVGBackend::new(&out, SIZE).into_drawing_area();
-        draw_figure(
-            root,
-            &title,
-            &a.metric,
-            &curves,
-            overlay.as_ref(),
-            phases,
-            a.log_y,
-            a.smooth,
-        )?;
+        draw_on!(SVGBackend::new(&out, SIZE));
     }
     check_written(&out)?;
     eprintln!("wrote {}", out.display());
