@@ -106,6 +106,16 @@ fn main() {
         summary.bytes as f64 / steps as f64
     );
 
+    // What `wsdscope replay` reads before its first frame: the whole event stream.
+    let t = Instant::now();
+    let s = Session::open(&path).expect("open");
+    let events = s.events().expect("events");
+    println!(
+        "open + the full event stream ({} events, as replay loads it): {:.0} ms",
+        events.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    drop(events);
     for round in 0..3 {
         let t = Instant::now();
         let s = Session::open(&path).expect("open");
