@@ -483,13 +483,13 @@ impl Runs {
     fn fork(
         &mut self,
         parent: RunId,
-        schedule: Schedule,
-        name: String,
+        branch: impl FnOnce(&Trainer, Option<&Trainer>) -> (Schedule, String),
         emit: &mut impl FnMut(RunEvent),
     ) -> std::result::Result<RunId, String> {
         let Some(p) = self.active.iter().find(|r| r.run == parent) else {
             return Err(format!("fork refused: run {parent} is not running"));
         };
+        let (schedule, name) = branch(p, self.active.iter().find(|r| r.run == 0));
         if p.step == 0 {
             return Err(format!(
                 "fork refused: run {parent} has not taken a step yet"
@@ -606,6 +606,35 @@ pub fn decay_branch(lr: f64, at: u64, d: u64, shape: DecayShape, floor: f64) -> 
     }
 }
 
+/// A decay branch of a parent at its current step: its schedule and name (`exp 60 @540`).
+fn decay_of(
+    length: ForkLength,
+    shape: DecayShape,
+    floor: f64,
+) -> impl FnOnce(&Trainer, Option<&Trainer>) -> (Schedule, String) {
+    move |p, _| {
+        let at = p.step;
+        let d = length.steps_at(at);
+        let lr = p.cfg.schedule.lr(at.max(1));
+        (
+            decay_branch(lr, at, d, shape, floor),
+            format!("{shape} {d} @{at}"),
+        )
+    }
+}
+
+/// WSD-S: continue from a (decayed) run's state at the trunk's stable lr until the trunk's
+/// last step.
+fn resume_of(p: &Trainer, trunk: Option<&Trainer>) -> (Schedule, String) {
+    let t = trunk.unwrap_or(p);
+    let schedule = Schedule::Constant {
+        peak: t.cfg.schedule.peak(),
+        warmup: 0,
+        total: t.cfg.steps.max(p.step + 1),
+    };
+    (schedule, format!("resume @{}", p.step))
+}
+
 /// The engine loop: steps every active run under the policy until all have ended; one `end`
 /// event per run in every case.
 fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) -> Outcome {
@@ -669,51 +698,13 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
                     break 'steps;
                 }
                 Some(Command::Fork(req)) => {
-                    let found = runs.active.iter().find(|r| r.run == req.parent).map(|p| {
-                        let at = p.step;
-                        let d = req.length.steps_at(at);
-                        let name = format!("{} {d} @{at}", req.shape);
-                        (
-                            decay_branch(p.cfg.schedule.lr(at.max(1)), at, d, req.shape, req.floor),
-                            name,
-                            at,
-                        )
-                    });
-                    let result = match found {
-                        Some((sched, name, _)) => runs.fork(req.parent, sched, name, &mut emit),
-                        None => Err(format!("fork refused: run {} is not running", req.parent)),
-                    };
-                    if let Err(m) = result {
+                    let branch = decay_of(req.length, req.shape, req.floor);
+                    if let Err(m) = runs.fork(req.parent, branch, &mut emit) {
                         note(&mut emit, req.parent, step0, m);
                     }
                 }
                 Some(Command::ForkResume { parent }) => {
-                    // WSD-S: continue at the trunk's stable lr from a (decayed) run's state.
-                    let found = runs.active.iter().find(|r| r.run == parent).map(|p| {
-                        let total = runs
-                            .active
-                            .iter()
-                            .find(|r| r.run == 0)
-                            .map(|t| t.cfg.steps)
-                            .unwrap_or(p.cfg.steps);
-                        let peak = runs
-                            .active
-                            .iter()
-                            .find(|r| r.run == 0)
-                            .map(|t| t.cfg.schedule.peak())
-                            .unwrap_or(p.cfg.schedule.peak());
-                        let sched = Schedule::Constant {
-                            peak,
-                            warmup: 0,
-                            total: total.max(p.step + 1),
-                        };
-                        (sched, format!("resume @{}", p.step))
-                    });
-                    let result = match found {
-                        Some((sched, name)) => runs.fork(parent, sched, name, &mut emit),
-                        None => Err(format!("fork refused: run {parent} is not running")),
-                    };
-                    if let Err(m) = result {
+                    if let Err(m) = runs.fork(parent, resume_of, &mut emit) {
                         note(&mut emit, parent, step0, m);
                     }
                 }
@@ -771,20 +762,10 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
                 .as_ref()
                 .is_none_or(|(r, _)| *r == EndReason::Completed)
         {
-            let (at, lr) = (
-                runs.active[i].step,
-                runs.active[i].cfg.schedule.lr(runs.active[i].step.max(1)),
-            );
+            let at = runs.active[i].step;
             while plan.last().is_some_and(|f| f.at <= at) {
                 let f = plan.pop().expect("checked");
-                let d = f.length.steps_at(at);
-                let name = format!("{} {d} @{at}", f.shape);
-                if let Err(m) = runs.fork(
-                    0,
-                    decay_branch(lr, at, d, f.shape, f.floor),
-                    name,
-                    &mut emit,
-                ) {
+                if let Err(m) = runs.fork(0, decay_of(f.length, f.shape, f.floor), &mut emit) {
                     note(&mut emit, 0, at, m);
                 }
             }
