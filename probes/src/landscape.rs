@@ -6,11 +6,15 @@
 //! - [`hvp`]: a Hessian-vector product by central differences of gradients (candle has no
 //!   double backward);
 //! - [`top_eigenvalue`]: power iteration on [`hvp`] (the sharpness);
+//! - [`top_eigenvalue_preconditioned`]: the same for P⁻¹H with a diagonal preconditioner
+//!   (Adam's, for the preconditioned sharpness of Cohen et al. 2022 against 38/η);
 //! - [`filter_normalize`]: a random direction scaled filter by filter to the parameters'
-//!   norms (Li et al. 2018), for loss slices.
+//!   norms (Li et al. 2018), for loss slices;
+//! - [`slice_1d`], [`slice_2d`], [`interpolate`]: losses along directions and segments;
+//! - [`NoiseScale`]: the simple gradient noise scale B_simple = tr(Σ)/|G|² from gradients at
+//!   two batch sizes (McCandlish et al. 2018).
 //!
-//! Not wired into the engine yet: the periodic probes, their budget and their views come
-//! with the probes feature.
+//! The trainer implements [`Objective`] for its model and runs these between steps.
 
 /// A differentiable scalar function of a flat parameter vector.
 pub trait Objective {
@@ -43,31 +47,74 @@ pub struct StepGeometry {
     pub k: f64,
 }
 
+/// The inner products a step's geometry needs, summed over all parameters (so a caller can
+/// accumulate them tensor by tensor without flattening anything).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepDots {
+    /// g(t)·g(t)
+    pub g0g0: f64,
+    /// g(t+1)·g(t+1)
+    pub g1g1: f64,
+    /// g(t)·g(t+1)
+    pub g0g1: f64,
+    /// g(t)·v(t)
+    pub g0v: f64,
+    /// g(t+1)·v(t)
+    pub g1v: f64,
+    /// v(t)·v(t)
+    pub vv: f64,
+}
+
+impl std::ops::AddAssign for StepDots {
+    fn add_assign(&mut self, o: Self) {
+        self.g0g0 += o.g0g0;
+        self.g1g1 += o.g1g1;
+        self.g0g1 += o.g0g1;
+        self.g0v += o.g0v;
+        self.g1v += o.g1v;
+        self.vv += o.vv;
+    }
+}
+
+impl StepDots {
+    /// cos, D1, D2 and K from the inner products.
+    pub fn geometry(&self) -> StepGeometry {
+        let (n0, n1, nv) = (self.g0g0.sqrt(), self.g1g1.sqrt(), self.vv.sqrt());
+        let cos = if n0 > 0.0 && n1 > 0.0 {
+            (self.g0g1 / (n0 * n1)).clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
+        if nv == 0.0 {
+            return StepGeometry {
+                cos,
+                d1: 0.0,
+                d2: 0.0,
+                k: 0.0,
+            };
+        }
+        let d1 = self.g1v / nv;
+        let d2 = (self.g1v - self.g0v) / self.vv;
+        StepGeometry {
+            cos,
+            d1,
+            d2,
+            k: d2.abs() / (1.0 + d1 * d1).powf(1.5),
+        }
+    }
+}
+
 /// Geometry of the step `v = θ(t+1) − θ(t)` from the gradients before (`g0`) and after (`g1`).
 pub fn step_geometry(g0: &[f64], g1: &[f64], v: &[f64]) -> StepGeometry {
-    let (n0, n1, nv) = (norm(g0), norm(g1), norm(v));
-    let cos = if n0 > 0.0 && n1 > 0.0 {
-        dot(g0, g1) / (n0 * n1)
-    } else {
-        0.0
-    };
-    if nv == 0.0 {
-        return StepGeometry {
-            cos,
-            d1: 0.0,
-            d2: 0.0,
-            k: 0.0,
-        };
+    StepDots {
+        g0g0: dot(g0, g0),
+        g1g1: dot(g1, g1),
+        g0g1: dot(g0, g1),
+        g0v: dot(g0, v),
+        g1v: dot(g1, v),
+        vv: dot(v, v),
     }
-    let d1 = dot(g1, v) / nv;
-    let dg: Vec<f64> = g1.iter().zip(g0).map(|(a, b)| a - b).collect();
-    let d2 = dot(&dg, v) / (nv * nv);
-    StepGeometry {
-        cos,
-        d1,
-        d2,
-        k: d2.abs() / (1.0 + d1 * d1).powf(1.5),
-    }
+    .geometry()
 }
 
 /// H·v at `theta` by central differences of gradients with step `eps` along the unit `v`:
@@ -120,6 +167,148 @@ pub fn top_eigenvalue(
         lambda = next;
     }
     (lambda, v, max_iter)
+}
+
+/// The top eigenvalue of P⁻¹H for a diagonal preconditioner P, given as `p_inv_sqrt` =
+/// P^(−1/2): power iteration on the symmetric P^(−1/2) H P^(−1/2), which has the same
+/// spectrum. Returns (λ, products used).
+pub fn top_eigenvalue_preconditioned(
+    f: &mut impl Objective,
+    theta: &[f64],
+    p_inv_sqrt: &[f64],
+    v0: &[f64],
+    eps: f64,
+    rel_tol: f64,
+    max_iter: usize,
+) -> (f64, usize) {
+    let mut scaled = Preconditioned {
+        inner: f,
+        theta0: theta,
+        s: p_inv_sqrt,
+    };
+    let zero = vec![0.0; theta.len()];
+    let (lambda, _, it) = top_eigenvalue(&mut scaled, &zero, v0, eps, rel_tol, max_iter);
+    (lambda, it)
+}
+
+/// f̃(u) = f(θ₀ + S u) with S diagonal: ∇f̃ = S ∇f and ∇²f̃ = S H S.
+struct Preconditioned<'a, F: Objective> {
+    inner: &'a mut F,
+    theta0: &'a [f64],
+    s: &'a [f64],
+}
+
+impl<F: Objective> Preconditioned<'_, F> {
+    fn map(&self, u: &[f64]) -> Vec<f64> {
+        self.theta0
+            .iter()
+            .zip(self.s)
+            .zip(u)
+            .map(|((t, s), u)| t + s * u)
+            .collect()
+    }
+}
+
+impl<F: Objective> Objective for Preconditioned<'_, F> {
+    fn dim(&self) -> usize {
+        self.theta0.len()
+    }
+    fn loss(&mut self, u: &[f64]) -> f64 {
+        let th = self.map(u);
+        self.inner.loss(&th)
+    }
+    fn loss_and_grad(&mut self, u: &[f64]) -> (f64, Vec<f64>) {
+        let th = self.map(u);
+        let (l, g) = self.inner.loss_and_grad(&th);
+        (l, g.iter().zip(self.s).map(|(g, s)| g * s).collect())
+    }
+}
+
+/// L(θ + α·d) for each α.
+pub fn slice_1d(f: &mut impl Objective, theta: &[f64], d: &[f64], alphas: &[f64]) -> Vec<f64> {
+    alphas
+        .iter()
+        .map(|&a| {
+            let th: Vec<f64> = theta.iter().zip(d).map(|(t, d)| t + a * d).collect();
+            f.loss(&th)
+        })
+        .collect()
+}
+
+/// L(θ + x·d1 + y·d2) on the grid `xs` × `ys`, row-major by y (row j holds y = ys[j]).
+pub fn slice_2d(
+    f: &mut impl Objective,
+    theta: &[f64],
+    d1: &[f64],
+    d2: &[f64],
+    xs: &[f64],
+    ys: &[f64],
+) -> Vec<f64> {
+    let mut out = Vec::with_capacity(xs.len() * ys.len());
+    let mut th = vec![0.0; theta.len()];
+    for &y in ys {
+        for &x in xs {
+            for (i, t) in th.iter_mut().enumerate() {
+                *t = theta[i] + x * d1[i] + y * d2[i];
+            }
+            out.push(f.loss(&th));
+        }
+    }
+    out
+}
+
+/// L((1 − α)·a + α·b) for each α: the loss along the segment between two parameter vectors
+/// (α outside [0, 1] extrapolates).
+pub fn interpolate(f: &mut impl Objective, a: &[f64], b: &[f64], alphas: &[f64]) -> Vec<f64> {
+    let d: Vec<f64> = b.iter().zip(a).map(|(b, a)| b - a).collect();
+    slice_1d(f, a, &d, alphas)
+}
+
+/// The simple gradient noise scale (McCandlish et al. 2018, appendix A) from the squared norm
+/// of gradients over small batches of `b_small` examples and over a big batch of `b_big`:
+/// |G|² ≈ (B_big|G_big|² − B_small|G_small|²)/(B_big − B_small),
+/// tr(Σ) ≈ (|G_small|² − |G_big|²)/(1/B_small − 1/B_big), B_simple = tr(Σ)/|G|².
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NoiseScale {
+    /// Unbiased estimate of |G|², the true gradient's squared norm.
+    pub g_sq: f64,
+    /// Unbiased estimate of tr(Σ), the per-example gradient covariance's trace.
+    pub trace: f64,
+}
+
+impl NoiseScale {
+    pub fn estimate(small_sq: f64, b_small: f64, big_sq: f64, b_big: f64) -> Self {
+        NoiseScale {
+            g_sq: (b_big * big_sq - b_small * small_sq) / (b_big - b_small),
+            trace: (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big),
+        }
+    }
+
+    /// From the gradients of k disjoint micro-batches of `b_small` examples each: the small
+    /// norm is their mean squared norm, the big gradient their mean (k·b_small examples).
+    pub fn from_micro_batches(grads: &[Vec<f64>], b_small: f64) -> Self {
+        let k = grads.len() as f64;
+        let small_sq = grads.iter().map(|g| dot(g, g)).sum::<f64>() / k;
+        let mut big = vec![0.0; grads.first().map_or(0, Vec::len)];
+        for g in grads {
+            big.iter_mut().zip(g).for_each(|(b, x)| *b += x / k);
+        }
+        Self::estimate(small_sq, b_small, dot(&big, &big), k * b_small)
+    }
+
+    /// B_simple = tr(Σ)/|G|², in the unit of the batch sizes (NaN if |G|² ≤ 0).
+    pub fn b_simple(&self) -> f64 {
+        if self.g_sq > 0.0 {
+            self.trace / self.g_sq
+        } else {
+            f64::NAN
+        }
+    }
+}
+
+/// The critical batch size rule of the MiniCPM paper (§4.2): bs = 1.21·10⁹ / L^6.24 tokens.
+pub fn minicpm_batch_rule(loss: f64) -> f64 {
+    1.21e9 / loss.powf(6.24)
 }
 
 /// Scales `direction` filter by filter so each filter (a contiguous `(offset, len)` piece, e.g.
@@ -239,6 +428,123 @@ mod tests {
         assert!(geo.cos <= 1.0 && geo.cos >= -1.0);
         let still = step_geometry(&g0, &g1, &[0.0; 3]);
         assert_eq!((still.d1, still.d2, still.k), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn preconditioned_sharpness_is_the_top_eigenvalue_of_p_inv_h() {
+        // Diagonal H and P: the eigenvalues of P⁻¹H are h_i/p_i, the top one 6/0.5 = 12
+        // although H's own top eigenvalue is 9.
+        let mut f = Quadratic::with_spectrum(&[9.0, 6.0, 1.0]);
+        f.a = vec![
+            vec![9.0, 0.0, 0.0],
+            vec![0.0, 6.0, 0.0],
+            vec![0.0, 0.0, 1.0],
+        ];
+        let p = [2.0, 0.5, 1.0];
+        let s: Vec<f64> = p.iter().map(|p: &f64| 1.0 / p.sqrt()).collect();
+        let (lambda, _) = top_eigenvalue_preconditioned(
+            &mut f,
+            &[0.1, 0.2, 0.3],
+            &s,
+            &[1.0; 3],
+            1e-3,
+            1e-10,
+            500,
+        );
+        assert!((lambda - 12.0).abs() / 12.0 < 1e-3, "{lambda}");
+        // A rotated H with P = c·I: every eigenvalue is divided by c.
+        let mut g = Quadratic::with_spectrum(&[8.0, 3.0, -1.0, 0.5]);
+        let s = vec![0.5; 4]; // P = 4·I
+        let (lambda, _) = top_eigenvalue_preconditioned(
+            &mut g,
+            &[0.0; 4],
+            &s,
+            &[1.0, 0.3, -0.2, 0.9],
+            1e-3,
+            1e-10,
+            500,
+        );
+        assert!((lambda - 2.0).abs() / 2.0 < 1e-3, "{lambda}");
+    }
+
+    #[test]
+    fn slices_and_interpolation_follow_the_quadratic() {
+        let mut f = Quadratic::with_spectrum(&[2.0, 1.0]);
+        let theta = vec![1.0, -1.0];
+        let d = vec![0.5, 0.25];
+        let alphas = [-1.0, 0.0, 0.5, 2.0];
+        let got = slice_1d(&mut f, &theta, &d, &alphas);
+        for (a, l) in alphas.iter().zip(&got) {
+            let th: Vec<f64> = theta.iter().zip(&d).map(|(t, d)| t + a * d).collect();
+            assert!((l - 0.5 * dot(&th, &f.mul(&th))).abs() < 1e-12);
+        }
+        let grid = slice_2d(
+            &mut f,
+            &theta,
+            &d,
+            &[0.0, 1.0],
+            &[0.0, 1.0],
+            &[-1.0, 0.0, 1.0],
+        );
+        assert_eq!(grid.len(), 6);
+        // Row j is y = ys[j]; x = 0 and y = 0 is θ itself.
+        assert!((grid[2] - f.loss(&theta)).abs() < 1e-12);
+        let th = vec![1.0 + 0.5, -1.0 + 0.25 + 1.0];
+        assert!((grid[5] - f.loss(&th)).abs() < 1e-12);
+        let b = vec![0.0, 0.0];
+        let line = interpolate(&mut f, &theta, &b, &[0.0, 1.0, 0.5]);
+        assert!((line[0] - f.loss(&theta)).abs() < 1e-12);
+        assert!(line[1].abs() < 1e-12, "the minimum at b");
+        assert!(
+            (line[2] - 0.25 * f.loss(&theta)).abs() < 1e-12,
+            "quadratic in α"
+        );
+    }
+
+    #[test]
+    fn noise_scale_recovers_a_known_covariance() {
+        // Per-example gradients G + ξ with ξ uniform in ±a per coordinate: tr(Σ) = n·a²/3.
+        let (n, a) = (4usize, 2.0f64);
+        let g_true = [0.5, -0.3, 0.2, 0.1];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut uniform = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        };
+        let (b_small, k) = (8usize, 4usize);
+        let (mut trace, mut g_sq) = (0.0, 0.0);
+        let trials = 4000;
+        for _ in 0..trials {
+            let micro: Vec<Vec<f64>> = (0..k)
+                .map(|_| {
+                    let mut m = vec![0.0; n];
+                    for _ in 0..b_small {
+                        for (i, mi) in m.iter_mut().enumerate() {
+                            *mi += (g_true[i] + a * uniform()) / b_small as f64;
+                        }
+                    }
+                    m
+                })
+                .collect();
+            let est = NoiseScale::from_micro_batches(&micro, b_small as f64);
+            trace += est.trace / trials as f64;
+            g_sq += est.g_sq / trials as f64;
+        }
+        let want_trace = n as f64 * a * a / 3.0;
+        let want_g: f64 = g_true.iter().map(|g| g * g).sum();
+        assert!(
+            (trace - want_trace).abs() / want_trace < 0.03,
+            "{trace} vs {want_trace}"
+        );
+        assert!((g_sq - want_g).abs() / want_g < 0.1, "{g_sq} vs {want_g}");
+        let b = NoiseScale { g_sq, trace }.b_simple();
+        assert!(
+            (b - want_trace / want_g).abs() / (want_trace / want_g) < 0.15,
+            "{b}"
+        );
+        assert!((minicpm_batch_rule(2.0) - 1.21e9 / 2f64.powf(6.24)).abs() < 1e-3);
     }
 
     #[test]

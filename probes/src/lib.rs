@@ -1,15 +1,20 @@
 //! Measurements and analyses of a run's dynamics, as algorithms independent of the model, so
 //! each is testable on closed-form functions.
 //!
-//! Today: [`fit`], the loss-versus-data power law that decay-branch endpoints trace, and
+//! Today: [`fit`], the loss-versus-data power law that decay-branch endpoints trace, [`mpl`],
+//! the multi-power law that predicts a whole loss curve from its lr schedule, and
 //! [`landscape`], the estimators of the probes feature over an [`Objective`] trait (tested on
 //! quadratics, not yet wired into the engine). The per-step norms the engine reports
 //! (gradient, update, parameter) are computed by the optimiser in `trainer::optim`.
 
 pub mod fit;
 pub mod landscape;
+pub mod mpl;
 
 pub use fit::{FitError, PowerLawFit, fit_power_law};
 pub use landscape::{
-    Objective, StepGeometry, filter_normalize, hvp, step_geometry, top_eigenvalue,
+    NoiseScale, Objective, StepDots, StepGeometry, filter_normalize, hvp, interpolate,
+    minicpm_batch_rule, slice_1d, slice_2d, step_geometry, top_eigenvalue,
+    top_eigenvalue_preconditioned,
 };
+pub use mpl::{Curve, MplError, MplFit, MultiPowerLaw, fit_multi_power_law};

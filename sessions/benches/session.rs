@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use wsdscope_sessions::{
     DataSummary, EVENT_SCHEMA_VERSION, ModelSummary, Phase, PhaseBounds, Recorder, RunEvent,
-    RunStart, Session, StepMetrics,
+    RunStart, Session, StepGeometry, StepMetrics,
 };
 
 fn main() {
@@ -56,6 +56,8 @@ fn main() {
         device: "cpu".into(),
         threads: 2,
         config: serde_json::json!({"steps": steps}),
+        param_groups: vec!["embedding".into(), "hidden".into(), "norm".into()],
+        tracked_tensors: vec!["a".into(), "b".into()],
     })))
     .expect("record");
     // A noisy, slowly falling loss: a realistic thing to compress.
@@ -79,6 +81,14 @@ fn main() {
             tokens_per_s: 5000.0 + 100.0 * noise,
             step_ms: 400.0 + 10.0 * noise,
             grad_norm_per_layer: vec![0.2 + 0.01 * noise; layers],
+            grad_norm_per_group: vec![0.1, 0.3 + 0.1 * noise, 0.05],
+            geometry: Some(StepGeometry {
+                cos: 0.2 + 0.1 * noise,
+                d1: -0.01 * noise,
+                d2: 5.0 + noise,
+                curvature: 5.0 + noise,
+            }),
+            max_update: vec![1e-3, 2e-3],
         }))
         .expect("record");
         if s % 1000 == 0 {

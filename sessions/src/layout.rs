@@ -1,31 +1,40 @@
-//! The HDF5 layout of a session file (format version 1), shared by the writer and the reader.
+//! The HDF5 layout of a session file (format version 2), shared by the writer and the reader.
 //! `docs/session-format.md` documents it for h5py/pandas users.
 //!
 //! ```text
 //! /                       attrs: format_version, event_schema_version, producer, created, config (JSON)
 //! /events                 uint8[n]: the event log, JSON lines {"seq": N, "event": {...}}
 //! /runs/<id>/             attrs: id, name, parent (-1: none), fork_step (-1: none), start_step,
-//!                                batch, seq, device, threads, layers, model, data, phases, config
+//!                                batch, seq, device, threads, layers, model, data, phases, config,
+//!                                param_groups (JSON), tracked_tensors (JSON)
 //!     seq, step, tokens   uint64[n]
 //!     phase               uint8[n]   0 warmup, 1 stable, 2 decay
 //!     loss, lr, grad_norm, update_norm, param_norm, tokens_per_s, step_ms   float64[n]
+//!     grad_cos, d1, d2, curvature    float64[n]   NaN where undefined (format 2)
 //!     grad_norm_per_layer float64[n, layers]
+//!     grad_norm_per_group float64[n, groups]        (format 2)
+//!     max_update          float64[n, tracked]       (format 2)
 //!     eval/seq, eval/step, eval/tokens   uint64[m]
 //!     eval/val_loss       float64[m]
+//!     probes/<probe>/seq, probes/<probe>/step   uint64[k]   (format 2, created on first use)
+//!     probes/<probe>/<scalar>                   float64[k]  NaN where a result lacks it
 //! ```
+//! Probe series (loss slices, interpolation curves) live in the event log's `probe` events.
+//! A format-1 file lacks the datasets marked format 2; the reader fills them with NaN/empty.
 //! Every dataset is chunked, extendable along its first axis and deflate-compressed. `seq` is
 //! the position of each event in the stream a live run produced, so the reader can merge
 //! steps, evals and logged events back into exactly that stream.
 
 /// Bump on any incompatible change; readers refuse newer versions.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 pub const EVENTS: &str = "events";
 pub const RUNS: &str = "runs";
 pub const EVAL: &str = "eval";
 
-/// Per-step scalar metrics stored as float64, in `StepMetrics` field order.
-pub const F64_METRICS: [&str; 7] = [
+/// Per-step scalar metrics stored as float64: the `StepMetrics` fields in order, then the
+/// step geometry (NaN where a step has none).
+pub const F64_METRICS: [&str; 11] = [
     "loss",
     "lr",
     "grad_norm",
@@ -33,13 +42,25 @@ pub const F64_METRICS: [&str; 7] = [
     "param_norm",
     "tokens_per_s",
     "step_ms",
+    "grad_cos",
+    "d1",
+    "d2",
+    "curvature",
 ];
+
+/// How many of [`F64_METRICS`] every format-1 file has; the rest came with format 2.
+pub const F64_METRICS_V1: usize = 7;
 
 /// Per-step uint64 columns.
 pub const U64_COLUMNS: [&str; 3] = ["seq", "step", "tokens"];
 
 pub const PHASE: &str = "phase";
 pub const GRAD_NORM_PER_LAYER: &str = "grad_norm_per_layer";
+pub const GRAD_NORM_PER_GROUP: &str = "grad_norm_per_group";
+pub const MAX_UPDATE: &str = "max_update";
+/// The per-step 2-D datasets, in the order the writer keeps them.
+pub const WIDE: [&str; 3] = [GRAD_NORM_PER_LAYER, GRAD_NORM_PER_GROUP, MAX_UPDATE];
+pub const PROBES: &str = "probes";
 
 /// Rows per chunk of 1-D datasets (32 KiB of float64).
 pub const CHUNK: usize = 4096;
@@ -57,4 +78,8 @@ pub fn metric_names() -> Vec<&'static str> {
 
 pub fn run_group(id: u32) -> String {
     format!("{RUNS}/{id}")
+}
+
+pub fn probe_group(id: u32, probe: &str) -> String {
+    format!("{RUNS}/{id}/{PROBES}/{probe}")
 }

@@ -124,6 +124,29 @@ pub struct StepMetrics {
     /// Gradient norm (before clipping) of each decoder layer's tensors, index = layer.
     #[serde(default)]
     pub grad_norm_per_layer: Vec<f64>,
+    /// Gradient norm (before clipping) of each parameter group, in the order of the run's
+    /// [`RunStart::param_groups`].
+    #[serde(default)]
+    pub grad_norm_per_group: Vec<f64>,
+    /// The geometry of the previous update measured with this step's gradient (MiniCPM
+    /// §4.4); `None` at a run's first step, where there is no previous update.
+    #[serde(default)]
+    pub geometry: Option<StepGeometry>,
+    /// max |Δθ| of this step's update for each of the run's [`RunStart::tracked_tensors`].
+    #[serde(default)]
+    pub max_update: Vec<f64>,
+}
+
+/// The geometry of one optimiser step (MiniCPM §4.4, Fig. 8). With g(t) the gradient at
+/// θ(t) and v(t) = θ(t+1) − θ(t) the update that followed it, measured at step t+1:
+/// cos = cos(g(t+1), g(t)); d1 = g(t+1)·v(t)/‖v(t)‖, the slope along the update after it;
+/// d2 = (g(t+1) − g(t))·v(t)/‖v(t)‖², the curvature along it; curvature = |d2|/(1+d1²)^1.5.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepGeometry {
+    pub cos: f64,
+    pub d1: f64,
+    pub d2: f64,
+    pub curvature: f64,
 }
 
 /// Why a run ended.
@@ -161,6 +184,12 @@ pub struct RunStart {
     pub threads: usize,
     /// The full run configuration as the trainer serialises it.
     pub config: serde_json::Value,
+    /// Names of the parameter groups whose gradient norms each step reports.
+    #[serde(default)]
+    pub param_groups: Vec<String>,
+    /// Names of the tensors whose max |Δθ| each step reports.
+    #[serde(default)]
+    pub tracked_tensors: Vec<String>,
 }
 
 /// The result of one probe: named scalars and named series (e.g. a 1-D loss slice).
@@ -277,6 +306,14 @@ mod tests {
             tokens_per_s: 1000.0,
             step_ms: 12.0,
             grad_norm_per_layer: vec![0.5, 0.7],
+            grad_norm_per_group: vec![0.1, 1.2, 0.3],
+            geometry: Some(StepGeometry {
+                cos: 0.5,
+                d1: -0.1,
+                d2: 2.0,
+                curvature: 1.9,
+            }),
+            max_update: vec![1e-3],
         })
     }
 

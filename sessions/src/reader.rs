@@ -12,7 +12,10 @@ use hdf5::{Dataset, File, OpenMode};
 use crate::buckets::{Bucket, BucketFolder};
 use crate::error::{Error, Result, session_err};
 use crate::layout::*;
-use crate::{EndReason, ModelSummary, Phase, PhaseBounds, RunEvent, RunId, RunStart, StepMetrics};
+use crate::{
+    EndReason, ModelSummary, Phase, PhaseBounds, RunEvent, RunId, RunStart, StepGeometry,
+    StepMetrics,
+};
 
 const HDF5_SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
 /// Rows read per slice when scanning a dataset.
@@ -290,25 +293,38 @@ impl Session {
             let f64col = |name: &str| -> Result<Vec<f64>> { self.read_all(id, name) };
             let (seq, step, tokens) = (u64col("seq")?, u64col("step")?, u64col("tokens")?);
             let phase: Vec<u8> = self.read_all(id, PHASE)?;
+            let n = seq.len().min(step.len()).min(tokens.len()).min(phase.len());
+            // Format 1 lacks the geometry columns: NaN reads back as "no geometry".
             let cols: Vec<Vec<f64>> = F64_METRICS
                 .iter()
-                .map(|m| f64col(m))
+                .enumerate()
+                .map(|(j, m)| {
+                    if j < F64_METRICS_V1 || self.has(id, m) {
+                        f64col(m)
+                    } else {
+                        Ok(vec![f64::NAN; n])
+                    }
+                })
                 .collect::<Result<_>>()?;
-            let per_layer = self.dataset(id, GRAD_NORM_PER_LAYER)?;
-            let layers = per_layer.shape().get(1).copied().unwrap_or(0);
-            let n = seq.len().min(step.len()).min(tokens.len()).min(phase.len());
             let n = cols.iter().fold(n, |n, c| n.min(c.len()));
-            let pl: Vec<f64> = if layers > 0 && n > 0 {
-                per_layer
-                    .read_slice_2d::<f64, _>((0..n, ..))
-                    .map_err(|e| damaged(&self.path, e))?
-                    .iter()
-                    .copied()
-                    .collect()
-            } else {
-                Vec::new()
+            let wide: Vec<(usize, Vec<f64>)> = WIDE
+                .iter()
+                .map(|name| self.read_wide(id, name, n))
+                .collect::<Result<_>>()?;
+            let row = |(w, data): &(usize, Vec<f64>), i: usize| -> Vec<f64> {
+                if *w > 0 && data.len() >= (i + 1) * w {
+                    data[i * w..(i + 1) * w].to_vec()
+                } else {
+                    Vec::new()
+                }
             };
             for i in 0..n {
+                let geometry = (!cols[7][i].is_nan()).then(|| StepGeometry {
+                    cos: cols[7][i],
+                    d1: cols[8][i],
+                    d2: cols[9][i],
+                    curvature: cols[10][i],
+                });
                 all.push((
                     seq[i],
                     RunEvent::Step(StepMetrics {
@@ -327,11 +343,10 @@ impl Session {
                         tokens: tokens[i],
                         tokens_per_s: cols[5][i],
                         step_ms: cols[6][i],
-                        grad_norm_per_layer: if layers > 0 {
-                            pl[i * layers..(i + 1) * layers].to_vec()
-                        } else {
-                            Vec::new()
-                        },
+                        grad_norm_per_layer: row(&wide[0], i),
+                        grad_norm_per_group: row(&wide[1], i),
+                        geometry,
+                        max_update: row(&wide[2], i),
                     }),
                 ));
             }
@@ -358,6 +373,52 @@ impl Session {
         Ok(all.into_iter().map(|(_, e)| e).collect())
     }
 
+    /// Whether run `run` has a dataset `name` (format-1 files lack the newer ones).
+    fn has(&self, run: RunId, name: &str) -> bool {
+        self.file.link_exists(&format!("{}/{name}", run_group(run)))
+    }
+
+    /// The first `n` rows of a 2-D per-step dataset, row-major, and its width (0 when the
+    /// file has no such dataset).
+    fn read_wide(&self, run: RunId, name: &str, n: usize) -> Result<(usize, Vec<f64>)> {
+        if !self.has(run, name) {
+            return Ok((0, Vec::new()));
+        }
+        let ds = self.dataset(run, name)?;
+        let w = ds.shape().get(1).copied().unwrap_or(0);
+        let rows = ds.shape().first().copied().unwrap_or(0).min(n);
+        if w == 0 || rows == 0 {
+            return Ok((w, Vec::new()));
+        }
+        let data = ds
+            .read_slice_2d::<f64, _>((0..rows, ..))
+            .map_err(|e| damaged(&self.path, e))?
+            .iter()
+            .copied()
+            .collect();
+        Ok((w, data))
+    }
+
+    /// The probe kinds recorded for `run` and their scalar names, from `probes/<probe>`.
+    pub fn probe_scalars(&self, run: RunId) -> Result<Vec<(String, Vec<String>)>> {
+        let gname = format!("{}/{PROBES}", run_group(run));
+        if !self.file.link_exists(&gname) {
+            return Ok(Vec::new());
+        }
+        let g = self
+            .file
+            .group(&gname)
+            .map_err(|e| damaged(&self.path, e))?;
+        let mut out = Vec::new();
+        for probe in g.member_names().map_err(|e| damaged(&self.path, e))? {
+            let p = g.group(&probe).map_err(|e| damaged(&self.path, e))?;
+            let mut names = p.member_names().map_err(|e| damaged(&self.path, e))?;
+            names.retain(|n| n != "seq" && n != "step");
+            out.push((probe, names));
+        }
+        Ok(out)
+    }
+
     fn read_all<T: hdf5::H5Type>(&self, run: RunId, name: &str) -> Result<Vec<T>> {
         self.dataset(run, name)?
             .read_raw()
@@ -380,10 +441,39 @@ impl Session {
             return Ok((format!("{EVAL}/step"), format!("{EVAL}/val_loss")));
         }
         if F64_METRICS.contains(&metric) {
+            if !self.has(run, metric) {
+                return Err(Error::Query(format!(
+                    "{}: metric {metric:?} is not in this session (format {}); it came with format 2",
+                    self.path.display(),
+                    self.format_version
+                )));
+            }
             return Ok(("step".into(), metric.into()));
         }
+        // `probe.<probe>.<scalar>`: a scalar of a periodic probe.
+        if let Some(rest) = metric.strip_prefix("probe.")
+            && let Some((probe, scalar)) = rest.split_once('.')
+        {
+            let g = format!("{PROBES}/{probe}");
+            if self.has(run, &format!("{g}/{scalar}")) {
+                return Ok((format!("{g}/step"), format!("{g}/{scalar}")));
+            }
+            let known: Vec<String> = self
+                .probe_scalars(run)?
+                .into_iter()
+                .flat_map(|(p, names)| names.into_iter().map(move |n| format!("probe.{p}.{n}")))
+                .collect();
+            return Err(Error::Query(format!(
+                "run {run} has no probe scalar {metric:?}; recorded: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
         Err(Error::Query(format!(
-            "unknown metric {metric:?}; allowed: {}",
+            "unknown metric {metric:?}; allowed: {}, or probe.<probe>.<scalar>",
             metric_names().join(", ")
         )))
     }

@@ -18,7 +18,7 @@ use hdf5::{Dataset, File, Group, H5Type, Location};
 
 use crate::error::{Error, Result, write_err};
 use crate::layout::*;
-use crate::{EVENT_SCHEMA_VERSION, Phase, RunEvent, RunId, RunStart, StepMetrics};
+use crate::{EVENT_SCHEMA_VERSION, Phase, ProbeResult, RunEvent, RunId, RunStart, StepMetrics};
 
 /// How often buffered rows reach the file at the latest.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
@@ -169,10 +169,13 @@ fn append_1d<T: H5Type>(ds: &Dataset, len: usize, rows: &[T]) -> hdf5::Result<()
 struct Pending {
     u64s: [Vec<u64>; 3], // seq, step, tokens
     phase: Vec<u8>,
-    f64s: [Vec<f64>; 7],
-    per_layer: Vec<f64>,
+    f64s: [Vec<f64>; F64_METRICS.len()],
+    /// Row-major rows of the 2-D datasets of [`WIDE`].
+    wide: [Vec<f64>; WIDE.len()],
     eval_u64s: [Vec<u64>; 3], // seq, step, tokens
     eval_loss: Vec<f64>,
+    /// Probe results waiting to be appended to their `probes/<probe>` datasets.
+    probes: Vec<(u64, ProbeResult)>,
 }
 
 impl Pending {
@@ -185,12 +188,11 @@ impl Pending {
     }
 }
 
-/// Open datasets of one run.
 struct RunDatasets {
     u64s: [Dataset; 3],
     phase: Dataset,
-    f64s: [Dataset; 7],
-    per_layer: Dataset,
+    f64s: Vec<Dataset>,
+    wide: Vec<Dataset>,
     eval_u64s: [Dataset; 3],
     eval_loss: Dataset,
 }
@@ -202,28 +204,41 @@ impl RunDatasets {
         Ok(RunDatasets {
             u64s: [g.dataset("seq")?, g.dataset("step")?, g.dataset("tokens")?],
             phase: g.dataset(PHASE)?,
-            f64s: [
-                g.dataset(F64_METRICS[0])?,
-                g.dataset(F64_METRICS[1])?,
-                g.dataset(F64_METRICS[2])?,
-                g.dataset(F64_METRICS[3])?,
-                g.dataset(F64_METRICS[4])?,
-                g.dataset(F64_METRICS[5])?,
-                g.dataset(F64_METRICS[6])?,
-            ],
-            per_layer: g.dataset(GRAD_NORM_PER_LAYER)?,
+            f64s: F64_METRICS
+                .iter()
+                .map(|m| g.dataset(m))
+                .collect::<hdf5::Result<_>>()?,
+            wide: WIDE
+                .iter()
+                .map(|m| g.dataset(m))
+                .collect::<hdf5::Result<_>>()?,
             eval_u64s: [e.dataset("seq")?, e.dataset("step")?, e.dataset("tokens")?],
             eval_loss: e.dataset("val_loss")?,
         })
     }
 }
 
+/// The datasets of one probe kind of one run: `seq`, `step` and one per scalar.
+struct ProbeDatasets {
+    rows: usize,
+    /// Scalar names, in dataset creation order.
+    scalars: Vec<String>,
+    open: Option<(Dataset, Dataset, Vec<Dataset>)>,
+}
+
+/// A probe or scalar name made safe as an HDF5 link name.
+fn h5_name(s: &str) -> String {
+    s.replace(['/', '.'], "_")
+}
+
 struct RunState {
-    layers: usize,
+    /// Columns of each [`WIDE`] dataset.
+    widths: [usize; WIDE.len()],
     rows: usize,
     eval_rows: usize,
     pending: Pending,
     ds: Option<RunDatasets>,
+    probes: BTreeMap<String, ProbeDatasets>,
 }
 
 struct SessionWriter {
@@ -330,6 +345,10 @@ impl SessionWriter {
                 {
                     self.add_run(s)?;
                 }
+                if let RunEvent::Probe(p) = &other {
+                    self.add_probe_datasets(p)?;
+                    self.run_mut(p.run)?.pending.probes.push((seq, p.clone()));
+                }
                 let line = serde_json::json!({ "seq": seq, "event": other });
                 self.pending_log
                     .extend_from_slice(line.to_string().as_bytes());
@@ -352,15 +371,22 @@ impl SessionWriter {
 
     fn push_step(&mut self, seq: u64, m: &StepMetrics) -> Result<()> {
         let r = self.run_mut(m.run)?;
-        if m.grad_norm_per_layer.len() != r.layers {
-            let (got, want) = (m.grad_norm_per_layer.len(), r.layers);
-            return Err(write_err(
-                &self.path,
-                format!(
-                    "step {} of run {} has {got} per-layer norms, expected {want}",
-                    m.step, m.run
-                ),
-            ));
+        let wide = [
+            &m.grad_norm_per_layer,
+            &m.grad_norm_per_group,
+            &m.max_update,
+        ];
+        for ((name, row), want) in WIDE.iter().zip(wide).zip(r.widths) {
+            if row.len() != want {
+                let got = row.len();
+                return Err(write_err(
+                    &self.path,
+                    format!(
+                        "step {} of run {} has {got} values of {name}, expected {want}",
+                        m.step, m.run
+                    ),
+                ));
+            }
         }
         let p = &mut r.pending;
         p.u64s[0].push(seq);
@@ -371,6 +397,7 @@ impl SessionWriter {
             Phase::Stable => 1,
             Phase::Decay => 2,
         });
+        let g = m.geometry;
         for (buf, v) in p.f64s.iter_mut().zip([
             m.loss,
             m.lr,
@@ -379,16 +406,74 @@ impl SessionWriter {
             m.param_norm,
             m.tokens_per_s,
             m.step_ms,
+            g.map_or(f64::NAN, |g| g.cos),
+            g.map_or(f64::NAN, |g| g.d1),
+            g.map_or(f64::NAN, |g| g.d2),
+            g.map_or(f64::NAN, |g| g.curvature),
         ]) {
             buf.push(v);
         }
-        p.per_layer.extend_from_slice(&m.grad_norm_per_layer);
+        for (buf, row) in p.wide.iter_mut().zip(wide) {
+            buf.extend_from_slice(row);
+        }
         Ok(())
+    }
+
+    /// Creates the `probes/<probe>` datasets a result needs that do not exist yet (outside
+    /// SWMR mode, as HDF5 requires); a scalar first seen late is NaN in earlier rows.
+    fn add_probe_datasets(&mut self, p: &ProbeResult) -> Result<()> {
+        let path = self.path.clone();
+        let probe = h5_name(&p.probe);
+        let r = self.run_mut(p.run)?;
+        let known = r.probes.get(&probe);
+        let missing: Vec<String> = p
+            .scalars
+            .keys()
+            .map(|k| h5_name(k))
+            .filter(|k| known.is_none_or(|d| !d.scalars.contains(k)))
+            .collect();
+        if known.is_some() && missing.is_empty() {
+            return Ok(());
+        }
+        self.flush()?;
+        if self.swmr {
+            self.reopen_non_swmr()?;
+        }
+        let file = self.file.as_ref().expect("file open");
+        let r = self.runs.get_mut(&p.run).expect("checked");
+        let err = h5(&path);
+        let gname = probe_group(p.run, &probe);
+        let g = match file.group(&gname) {
+            Ok(g) => g,
+            Err(_) => {
+                let g = file.create_group(&gname).map_err(&err)?;
+                new_1d::<u64>(&g, "seq").map_err(&err)?;
+                new_1d::<u64>(&g, "step").map_err(&err)?;
+                g
+            }
+        };
+        let d = r.probes.entry(probe).or_insert(ProbeDatasets {
+            rows: 0,
+            scalars: Vec::new(),
+            open: None,
+        });
+        for k in missing {
+            let ds = new_1d::<f64>(&g, &k).map_err(&err)?;
+            if d.rows > 0 {
+                append_1d(&ds, 0, &vec![f64::NAN; d.rows]).map_err(&err)?;
+            }
+            d.scalars.push(k);
+        }
+        self.start_swmr()
     }
 
     /// Creates the group of a new run, leaving SWMR mode for it if needed.
     fn add_run(&mut self, s: &RunStart) -> Result<()> {
-        let layers = s.model.layers;
+        let widths = [
+            s.model.layers,
+            s.param_groups.len(),
+            s.tracked_tensors.len(),
+        ];
         self.flush()?;
         if self.swmr {
             self.reopen_non_swmr()?;
@@ -402,11 +487,12 @@ impl SessionWriter {
         self.runs.insert(
             s.run,
             RunState {
-                layers,
+                widths,
                 rows: 0,
                 eval_rows: 0,
                 pending: Pending::default(),
                 ds: None,
+                probes: BTreeMap::new(),
             },
         );
         self.start_swmr()
@@ -415,6 +501,9 @@ impl SessionWriter {
     fn reopen_non_swmr(&mut self) -> Result<()> {
         for r in self.runs.values_mut() {
             r.ds = None;
+            for d in r.probes.values_mut() {
+                d.open = None;
+            }
         }
         self.events_ds = None;
         if let Some(f) = self.file.take() {
@@ -437,6 +526,9 @@ impl SessionWriter {
         self.events_ds = Some(file.dataset(EVENTS).map_err(h5(&path))?);
         for (id, r) in self.runs.iter_mut() {
             r.ds = Some(RunDatasets::open(file, *id).map_err(h5(&path))?);
+            for (probe, d) in r.probes.iter_mut() {
+                d.open = Some(open_probe(file, *id, probe, &d.scalars).map_err(h5(&path))?);
+            }
         }
         file.start_swmr().map_err(h5(&path))?;
         self.swmr = true;
@@ -457,7 +549,10 @@ impl SessionWriter {
             self.pending_log.clear();
         }
         for (id, r) in self.runs.iter_mut() {
-            if r.pending.rows() == 0 && r.pending.eval_loss.is_empty() {
+            if r.pending.rows() == 0
+                && r.pending.eval_loss.is_empty()
+                && r.pending.probes.is_empty()
+            {
                 continue;
             }
             if r.ds.is_none() {
@@ -474,13 +569,35 @@ impl SessionWriter {
             for (d, rows) in ds.f64s.iter().zip(&p.f64s) {
                 append_1d(d, r.rows, rows).map_err(&err)?;
             }
-            if n > 0 && r.layers > 0 {
-                ds.per_layer.resize((r.rows + n, r.layers)).map_err(&err)?;
-                let arr = ndarray::ArrayView2::from_shape((n, r.layers), &p.per_layer)
-                    .map_err(|e| write_err(&path, e))?;
-                ds.per_layer
-                    .write_slice(arr, (r.rows..r.rows + n, ..))
-                    .map_err(&err)?;
+            for ((d, rows), w) in ds.wide.iter().zip(&p.wide).zip(r.widths) {
+                if n > 0 && w > 0 {
+                    d.resize((r.rows + n, w)).map_err(&err)?;
+                    let arr = ndarray::ArrayView2::from_shape((n, w), rows)
+                        .map_err(|e| write_err(&path, e))?;
+                    d.write_slice(arr, (r.rows..r.rows + n, ..)).map_err(&err)?;
+                }
+            }
+            for (seq, probe) in &p.probes {
+                let Some(d) = r.probes.get_mut(&h5_name(&probe.probe)) else {
+                    continue;
+                };
+                if d.open.is_none() {
+                    let f = self.file.as_ref().expect("open");
+                    d.open =
+                        Some(open_probe(f, *id, &h5_name(&probe.probe), &d.scalars).map_err(&err)?);
+                }
+                let (sq, st, cols) = d.open.as_ref().expect("opened");
+                append_1d(sq, d.rows, &[*seq]).map_err(&err)?;
+                append_1d(st, d.rows, &[probe.step]).map_err(&err)?;
+                for (name, col) in d.scalars.iter().zip(cols) {
+                    let v = probe
+                        .scalars
+                        .iter()
+                        .find(|(k, _)| h5_name(k) == *name)
+                        .map_or(f64::NAN, |(_, v)| *v);
+                    append_1d(col, d.rows, &[v]).map_err(&err)?;
+                }
+                d.rows += 1;
             }
             let m = p.eval_loss.len();
             for (d, rows) in ds.eval_u64s.iter().zip(&p.eval_u64s) {
@@ -498,6 +615,7 @@ impl SessionWriter {
     fn close(mut self) -> Result<()> {
         for r in self.runs.values_mut() {
             r.ds = None;
+            r.probes.clear();
         }
         self.events_ds = None;
         if let Some(f) = self.file.take() {
@@ -543,17 +661,52 @@ fn create_run_group(file: &File, s: &RunStart) -> hdf5::Result<()> {
     for name in F64_METRICS {
         new_1d::<f64>(&g, name)?;
     }
-    g.new_dataset::<f64>()
-        .chunk((CHUNK_2D, s.model.layers.max(1)))
-        .deflate(DEFLATE)
-        .shape((0.., s.model.layers))
-        .create(GRAD_NORM_PER_LAYER)?;
+    put_str(
+        loc,
+        "param_groups",
+        &serde_json::to_string(&s.param_groups).expect("json"),
+    )?;
+    put_str(
+        loc,
+        "tracked_tensors",
+        &serde_json::to_string(&s.tracked_tensors).expect("json"),
+    )?;
+    let widths = [
+        s.model.layers,
+        s.param_groups.len(),
+        s.tracked_tensors.len(),
+    ];
+    for (name, w) in WIDE.iter().zip(widths) {
+        g.new_dataset::<f64>()
+            .chunk((CHUNK_2D, w.max(1)))
+            .deflate(DEFLATE)
+            .shape((0.., w))
+            .create(*name)?;
+    }
     let e = g.create_group(EVAL)?;
     for name in U64_COLUMNS {
         new_1d::<u64>(&e, name)?;
     }
     new_1d::<f64>(&e, "val_loss")?;
     Ok(())
+}
+
+/// Opens the `seq`, `step` and scalar datasets of `runs/<id>/probes/<probe>`.
+fn open_probe(
+    file: &File,
+    id: RunId,
+    probe: &str,
+    scalars: &[String],
+) -> hdf5::Result<(Dataset, Dataset, Vec<Dataset>)> {
+    let g = file.group(&probe_group(id, probe))?;
+    Ok((
+        g.dataset("seq")?,
+        g.dataset("step")?,
+        scalars
+            .iter()
+            .map(|k| g.dataset(k))
+            .collect::<hdf5::Result<_>>()?,
+    ))
 }
 
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (no dependency on a date crate).

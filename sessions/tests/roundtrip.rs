@@ -6,7 +6,7 @@ use std::path::Path;
 
 use wsdscope_sessions::{
     DataSummary, EVENT_SCHEMA_VERSION, EndReason, ModelSummary, Phase, PhaseBounds, ProbeResult,
-    RunEvent, RunStart, Session, StepMetrics,
+    RunEvent, RunStart, Session, StepGeometry, StepMetrics,
 };
 
 fn start(run: u32, parent: Option<u32>, fork_step: Option<u64>) -> RunEvent {
@@ -48,6 +48,8 @@ fn start(run: u32, parent: Option<u32>, fork_step: Option<u64>) -> RunEvent {
         device: "cpu".into(),
         threads: 1,
         config: serde_json::json!({"steps": 100, "schedule": {"kind": "wsd"}}),
+        param_groups: vec!["embedding".into(), "hidden".into(), "norm".into()],
+        tracked_tensors: vec!["model.embed_tokens.weight".into()],
     }))
 }
 
@@ -71,6 +73,14 @@ fn step(run: u32, s: u64) -> RunEvent {
         tokens_per_s: 1234.5,
         step_ms: 51.9,
         grad_norm_per_layer: vec![0.1 * s as f64, 0.2, 0.3],
+        grad_norm_per_group: vec![0.5, 0.25 * s as f64, 0.125],
+        geometry: (s > 1).then_some(StepGeometry {
+            cos: 0.9 - 0.001 * s as f64,
+            d1: -0.01,
+            d2: 3.0,
+            curvature: 2.99,
+        }),
+        max_update: vec![1e-3 * s as f64],
     })
 }
 
@@ -146,8 +156,25 @@ fn replays_exactly_the_recorded_stream() {
     let events = session_events();
     record(&path, &events);
     let s = Session::open(&path).unwrap();
-    assert_eq!(s.format_version(), 1);
+    assert_eq!(s.format_version(), 2);
     assert_eq!(s.events().unwrap(), events);
+    // Probe scalars are also datasets under runs/<id>/probes/<probe>.
+    assert_eq!(
+        s.series(1, "probe.sharpness.lambda_max").unwrap(),
+        (vec![70], vec![12.5])
+    );
+    assert_eq!(
+        s.probe_scalars(1).unwrap(),
+        vec![("sharpness".to_string(), vec!["lambda_max".to_string()])]
+    );
+    let e = s
+        .series(0, "probe.sharpness.lambda_max")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("recorded: none"), "{e}");
+    let (steps, cos) = s.series(0, "grad_cos").unwrap();
+    assert_eq!(steps.len(), 70);
+    assert!(cos[0].is_nan() && (cos[1] - (0.9 - 0.002)).abs() < 1e-12);
     let runs = s.runs();
     assert_eq!(runs.len(), 2);
     assert_eq!(
@@ -161,6 +188,54 @@ fn replays_exactly_the_recorded_stream() {
     assert_eq!(runs[1].end, Some((EndReason::Completed, None)));
     assert_eq!(runs[0].final_val_loss, Some(2.4));
     assert!(s.root_attr("config").unwrap().contains("\"steps\":100"));
+}
+
+/// A format-1 file (no geometry columns, per-group norms, max updates or probe datasets)
+/// still reads: the newer fields come back empty.
+#[test]
+fn format_1_files_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.h5");
+    let events = session_events();
+    record(&path, &events);
+    {
+        let f = hdf5::File::open_rw(&path).unwrap();
+        for run in ["runs/0", "runs/1"] {
+            let g = f.group(run).unwrap();
+            for name in [
+                "grad_cos",
+                "d1",
+                "d2",
+                "curvature",
+                "grad_norm_per_group",
+                "max_update",
+            ] {
+                g.unlink(name).unwrap();
+            }
+        }
+        f.group("runs/1").unwrap().unlink("probes").unwrap();
+        f.attr("format_version")
+            .unwrap()
+            .write_scalar(&1u32)
+            .unwrap();
+    }
+    let s = Session::open(&path).unwrap();
+    assert_eq!(s.format_version(), 1);
+    let back = s.events().unwrap();
+    assert_eq!(back.len(), events.len());
+    for (b, e) in back.iter().zip(&events) {
+        match (b, e) {
+            (RunEvent::Step(b), RunEvent::Step(e)) => {
+                assert_eq!((b.step, b.loss), (e.step, e.loss));
+                assert!(b.geometry.is_none() && b.max_update.is_empty());
+                assert!(b.grad_norm_per_group.is_empty());
+                assert_eq!(b.grad_norm_per_layer, e.grad_norm_per_layer);
+            }
+            _ => assert_eq!(b, e),
+        }
+    }
+    let e = s.series(0, "d1").unwrap_err().to_string();
+    assert!(e.contains("came with format 2"), "{e}");
 }
 
 #[test]

@@ -12,15 +12,18 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use wsdscope_sessions::{EVENT_SCHEMA_VERSION, EndReason, RunEvent, RunId, RunStart, StepMetrics};
+use wsdscope_sessions::{
+    EVENT_SCHEMA_VERSION, EndReason, ProbeResult, RunEvent, RunId, RunStart, StepMetrics,
+};
 
 use crate::checkpoint::{self, CHECKPOINT_FORMAT, TrainerState};
 use crate::config::{ForkLength, ForkPlan, Policy, RunConfig};
 use crate::data::rng::{SplitMix64, hash};
 use crate::data::{Batch, Dataset};
 use crate::error::{Error, Result};
-use crate::model::MiniCpm;
+use crate::model::{MiniCpm, ParamGroup};
 use crate::optim::AdamW;
+use crate::probe::{self, Measurement, ProbeInput, ProbeKind, StepTracker};
 use crate::schedule::{DecayShape, Schedule};
 
 /// Resolves a `--device` value. CUDA needs a build with the `cuda` feature.
@@ -61,6 +64,22 @@ pub struct Trainer {
     tokens: u64,
     rng: SplitMix64,
     last_val: Option<f64>,
+    /// Previous gradient and update, for the per-step geometry.
+    tracker: StepTracker,
+    /// Running mean of step wall time, to state probe costs in steps.
+    mean_step_s: f64,
+    /// Sums of the noise-scale estimates so far (tr Σ, |G|²): their ratio is the run's
+    /// averaged B_simple (McCandlish et al. average numerator and denominator apart).
+    noise_sums: (f64, f64),
+}
+
+/// Indices (in parameter order) of the tracked tensors of `cfg`.
+fn tracked_indices(model: &MiniCpm, cfg: &RunConfig) -> Vec<usize> {
+    let names = cfg.probes.tracked(cfg.model.layers);
+    names
+        .iter()
+        .filter_map(|t| model.named_vars().iter().position(|(n, _)| n == t))
+        .collect()
 }
 
 impl Trainer {
@@ -95,6 +114,9 @@ impl Trainer {
         )?;
         Ok(Trainer {
             rng: SplitMix64::new(hash(&[cfg.seed, 0x7261_6e64])),
+            tracker: StepTracker::new(tracked_indices(&model, &cfg)),
+            mean_step_s: 0.0,
+            noise_sums: (0.0, 0.0),
             cfg,
             run: 0,
             name: "trunk".into(),
@@ -180,6 +202,9 @@ impl Trainer {
         cfg.forks.clear();
         cfg.checkpoint_every = 0;
         Ok(Trainer {
+            tracker: StepTracker::new(tracked_indices(&model, &cfg)),
+            mean_step_s: self.mean_step_s,
+            noise_sums: (0.0, 0.0),
             cfg,
             run: id,
             name,
@@ -196,10 +221,10 @@ impl Trainer {
         })
     }
 
-    /// Bytes this run keeps while it lives: f32 parameters, two AdamW moments and the
-    /// gradients of a step.
+    /// Bytes this run keeps while it lives: f32 parameters, two AdamW moments, and the
+    /// gradient and update of the last step (kept for the per-step geometry).
     pub fn resident_bytes(&self) -> u64 {
-        16 * self.cfg.model.total_params()
+        20 * self.cfg.model.total_params()
     }
 
     /// Transient bytes of one training step's activations (shared: runs step one at a time).
@@ -265,17 +290,47 @@ impl Trainer {
             return Err(non_finite("loss"));
         }
         let grads = loss.backward()?;
-        let (grad_norm, grad_norm_per_layer) =
-            self.opt.grad_norms(&grads, self.cfg.model.layers)?;
-        if !grad_norm.is_finite() {
+        let norms = self.opt.grad_norms(&grads, self.cfg.model.layers)?;
+        if !norms.total.is_finite() {
             return Err(non_finite("gradient"));
         }
-        let Some(stats) = self.opt.step(&grads, lr, grad_norm)? else {
+        // This step's gradients in parameter order: the geometry of the previous update needs
+        // them, and they are kept for the next step's.
+        let g: Vec<Tensor> = self
+            .opt
+            .params()
+            .iter()
+            .map(|p| {
+                grads.get(&p.var).cloned().ok_or_else(|| {
+                    Error::Config(format!("parameter {} received no gradient", p.name))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let per_step = self.cfg.probes.per_step;
+        let geometry = if per_step {
+            self.tracker.geometry(&g, norms.total * norms.total)?
+        } else {
+            None
+        };
+        let Some((stats, deltas)) = self.opt.step(&grads, lr, norms.total)? else {
             return Err(non_finite("parameters after the update"));
+        };
+        drop(grads);
+        let max_update = if per_step {
+            self.tracker.record(
+                g,
+                deltas,
+                norms.total * norms.total,
+                stats.update_norm * stats.update_norm,
+            )?
+        } else {
+            Vec::new()
         };
         self.step = s;
         self.tokens += self.cfg.tokens_per_step();
         let secs = t0.elapsed().as_secs_f64();
+        let n = (s - self.fork_step.unwrap_or(0)).min(50) as f64;
+        self.mean_step_s += (secs - self.mean_step_s) / n.max(1.0);
         Ok(StepMetrics {
             run: self.run,
             step: s,
@@ -288,8 +343,83 @@ impl Trainer {
             tokens: self.tokens,
             tokens_per_s: self.cfg.tokens_per_step() as f64 / secs,
             step_ms: secs * 1e3,
-            grad_norm_per_layer,
+            grad_norm_per_layer: norms.per_layer,
+            grad_norm_per_group: norms.per_group,
+            geometry,
+            max_update,
         })
+    }
+
+    /// Mean wall time of this run's recent steps, in seconds.
+    pub fn mean_step_s(&self) -> f64 {
+        self.mean_step_s
+    }
+
+    /// Runs one periodic measurement at the current step (which must have been taken) and
+    /// wraps it as a probe result, with its wall time and its cost in training steps.
+    pub fn probe(&mut self, kind: ProbeKind) -> Result<ProbeResult> {
+        if self.step == 0 {
+            return Err(Error::Config(format!(
+                "run {} has not taken a step yet; nothing to probe",
+                self.run
+            )));
+        }
+        let t0 = Instant::now();
+        let batch = self.data.train_batch(self.step);
+        let input = ProbeInput {
+            model: &self.model,
+            opt: &self.opt,
+            batch: &batch,
+            cfg: &self.cfg.probes,
+            lr: self.cfg.schedule.lr(self.step),
+            last_update: self.tracker.last_update(),
+            seed: hash(&[self.cfg.seed, self.run as u64, self.step]),
+        };
+        let mut m = probe::measure(kind, &input)?;
+        if kind == ProbeKind::Noise {
+            self.noise_sums.0 += m.scalars["trace"];
+            self.noise_sums.1 += m.scalars["g_sq"];
+            let (t, g) = self.noise_sums;
+            m.scalars.insert(
+                "b_simple_avg".into(),
+                if g > 0.0 { t / g } else { f64::NAN },
+            );
+        }
+        Ok(self.result(kind, m, t0))
+    }
+
+    /// L((1 − α)·θ_parent + α·θ_branch) between this run and `other`, one of which is the
+    /// other's parent, on the batch of this run's current step; reported as this run's.
+    pub fn interpolate_with(&self, other: &Trainer) -> Result<ProbeResult> {
+        let t0 = Instant::now();
+        let (parent, branch) = if other.parent == Some(self.run) {
+            (self, other)
+        } else {
+            (other, self)
+        };
+        let batch = self.data.train_batch(self.step.max(1));
+        let mut m = probe::interpolation(&parent.model, &branch.model, &batch, &self.cfg.probes)?;
+        m.scalars.insert("from_run".into(), parent.run as f64);
+        m.scalars.insert("from_step".into(), parent.step as f64);
+        m.scalars.insert("to_run".into(), branch.run as f64);
+        m.scalars.insert("to_step".into(), branch.step as f64);
+        Ok(self.result(ProbeKind::Interp, m, t0))
+    }
+
+    fn result(&self, kind: ProbeKind, mut m: Measurement, t0: Instant) -> ProbeResult {
+        let secs = t0.elapsed().as_secs_f64();
+        m.scalars.insert("seconds".into(), secs);
+        if self.mean_step_s > 0.0 {
+            m.scalars
+                .insert("cost_steps".into(), secs / self.mean_step_s);
+        }
+        ProbeResult {
+            run: self.run,
+            step: self.step,
+            probe: kind.name().into(),
+            scalars: m.scalars,
+            series: m.series,
+        }
     }
 
     /// Mean loss over the fixed validation batches.
@@ -361,6 +491,15 @@ impl Trainer {
             device: self.cfg.device.clone(),
             threads: self.cfg.threads,
             config: serde_json::to_value(&self.cfg).expect("config serialises"),
+            param_groups: ParamGroup::ALL.iter().map(|g| g.name().into()).collect(),
+            tracked_tensors: self
+                .cfg
+                .probes
+                .tracked(self.cfg.model.layers)
+                .into_iter()
+                .filter(|_| self.cfg.probes.per_step)
+                .filter(|t| self.model.named_vars().iter().any(|(n, _)| n == t))
+                .collect(),
         }))
     }
 }
@@ -386,6 +525,11 @@ pub enum Command {
     /// learning rate until the trunk's last step (WSD-S, Wen et al. 2024).
     ForkResume {
         parent: RunId,
+    },
+    /// Run every periodic probe on a run now (and the interpolation to its parent or its
+    /// newest branch, if one is running), outside the budget.
+    Probe {
+        run: RunId,
     },
 }
 
@@ -457,9 +601,100 @@ struct Runs {
     /// Steps at which the trunk also evaluates: where branches end, for the comparison.
     trunk_evals: BTreeSet<u64>,
     started: BTreeMap<RunId, Instant>,
+    probes: ProbeClock,
+    /// Runs asked to be probed before their first step: probed right after it.
+    probe_pending: BTreeSet<RunId>,
+}
+
+/// Keeps periodic probes within their share of training time.
+#[derive(Default)]
+struct ProbeClock {
+    /// Wall time of training steps and of periodic probes so far, in seconds.
+    train_s: f64,
+    probe_s: f64,
+    /// Next entry of [`ProbeKind::PERIODIC`] for each run (each run cycles through all).
+    next: BTreeMap<RunId, usize>,
+    /// Last measured cost of each kind, in seconds.
+    cost: BTreeMap<ProbeKind, f64>,
+}
+
+impl ProbeClock {
+    /// The periodic probe due after run `tr` completed a step, if any.
+    fn due(&self, tr: &Trainer) -> Option<ProbeKind> {
+        let cfg = &tr.cfg.probes;
+        if !cfg.periodic() || tr.step == 0 {
+            return None;
+        }
+        if cfg.every > 0 && !tr.step.is_multiple_of(cfg.every) {
+            return None;
+        }
+        let next = self.next.get(&tr.run).copied().unwrap_or(0);
+        let kind = ProbeKind::PERIODIC[next % ProbeKind::PERIODIC.len()];
+        if let Some(pct) = cfg.budget() {
+            // Spend only what the budget has accrued, counting the probe about to run at its
+            // last measured cost (or a few steps' worth before it was ever measured).
+            let expected = self
+                .cost
+                .get(&kind)
+                .copied()
+                .unwrap_or(5.0 * tr.mean_step_s);
+            if self.probe_s + expected > pct / 100.0 * self.train_s {
+                return None;
+            }
+        }
+        Some(kind)
+    }
 }
 
 impl Runs {
+    /// Runs `kind` on active run `i` and emits its result (or a note saying why it failed);
+    /// returns the seconds it took.
+    fn probe(&mut self, i: usize, kind: ProbeKind, emit: &mut impl FnMut(RunEvent)) -> f64 {
+        let t0 = Instant::now();
+        let result = if kind == ProbeKind::Interp {
+            let tr = &self.active[i];
+            // A branch against its parent, or the trunk against its newest branch.
+            let other = match tr.parent {
+                Some(p) => self.active.iter().find(|r| r.run == p),
+                None => self.active.iter().rev().find(|r| r.parent == Some(tr.run)),
+            };
+            other.map(|o| tr.interpolate_with(o))
+        } else {
+            Some(self.active[i].probe(kind))
+        };
+        let tr = &self.active[i];
+        match result {
+            Some(Ok(r)) => emit(RunEvent::Probe(r)),
+            Some(Err(e)) => emit(RunEvent::Note {
+                run: tr.run,
+                step: tr.step,
+                message: format!("probe {} failed: {e}", kind.name()),
+            }),
+            None => {}
+        }
+        t0.elapsed().as_secs_f64()
+    }
+
+    /// Every probe on run `id` now, outside the budget (after its first step if it has
+    /// not taken one yet).
+    fn probe_all(
+        &mut self,
+        id: RunId,
+        emit: &mut impl FnMut(RunEvent),
+    ) -> std::result::Result<(), String> {
+        let Some(i) = self.active.iter().position(|r| r.run == id) else {
+            return Err(format!("probe refused: run {id} is not running"));
+        };
+        if self.active[i].step == 0 {
+            self.probe_pending.insert(id);
+            return Ok(());
+        }
+        for kind in ProbeKind::PERIODIC.into_iter().chain([ProbeKind::Interp]) {
+            let secs = self.probe(i, kind, emit);
+            self.probes.cost.insert(kind, secs);
+        }
+        Ok(())
+    }
     fn pick(&mut self) -> usize {
         let branches: Vec<usize> = (0..self.active.len())
             .filter(|&i| self.active[i].run != 0)
@@ -660,6 +895,8 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
         rr: 0,
         trunk_evals: BTreeSet::new(),
         started: BTreeMap::from([(0, Instant::now())]),
+        probes: ProbeClock::default(),
+        probe_pending: BTreeSet::new(),
     };
     let mut trunk_outcome: Option<Outcome> = None;
     let mut paused = false;
@@ -708,6 +945,11 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
                         note(&mut emit, parent, step0, m);
                     }
                 }
+                Some(Command::Probe { run }) => {
+                    if let Err(m) = runs.probe_all(run, &mut emit) {
+                        note(&mut emit, run, step0, m);
+                    }
+                }
                 Some(_) => {}
             }
             if !paused {
@@ -724,6 +966,7 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
         let outcome = match step_result {
             Err(e) => Some((EndReason::Failed, Some(e.to_string()))),
             Ok(m) => {
+                runs.probes.train_s += m.step_ms / 1e3;
                 emit(RunEvent::Step(m));
                 let extra_eval = run == 0 && runs.trunk_evals.remove(&tr.step);
                 let mut failed = None;
@@ -756,6 +999,27 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
                 }
             }
         };
+        // Periodic probes within their budget; a branch that completes is also compared with
+        // its parent along the straight line between them.
+        if let Some(i) = runs.active.iter().position(|r| r.run == run) {
+            let done = outcome
+                .as_ref()
+                .is_some_and(|(r, _)| *r == EndReason::Completed);
+            if runs.probe_pending.remove(&run) {
+                let _ = runs.probe_all(run, &mut emit);
+            }
+            if outcome.is_none()
+                && let Some(kind) = runs.probes.due(&runs.active[i])
+            {
+                let secs = runs.probe(i, kind, &mut emit);
+                runs.probes.probe_s += secs;
+                runs.probes.cost.insert(kind, secs);
+                *runs.probes.next.entry(run).or_default() += 1;
+            } else if done && run != 0 && runs.active[i].cfg.probes.periodic() {
+                let secs = runs.probe(i, ProbeKind::Interp, &mut emit);
+                runs.probes.probe_s += secs;
+            }
+        }
         // Scripted forks from the trunk once it has completed their step.
         if run == 0
             && outcome

@@ -12,12 +12,15 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod objective;
 pub mod optim;
+pub mod probe;
+pub mod reduce;
 pub mod schedule;
 
 pub use config::{
-    DataSpec, ForkLength, ForkPlan, ModelConfig, OptimConfig, Policy, Preset, RunConfig, preset,
-    presets,
+    DataSpec, ForkLength, ForkPlan, ModelConfig, OptimConfig, Policy, Preset, ProbeConfig,
+    RunConfig, preset, presets,
 };
 pub use engine::{Command, Engine, ForkRequest, Outcome, Trainer};
 pub use error::{Error, Result};

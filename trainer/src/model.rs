@@ -37,6 +37,22 @@ pub enum ParamGroup {
 }
 
 impl ParamGroup {
+    /// Every group, in the order per-group metrics are reported.
+    pub const ALL: [ParamGroup; 3] = [ParamGroup::Embedding, ParamGroup::Hidden, ParamGroup::Norm];
+
+    /// Position in [`Self::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamGroup::Embedding => "embedding",
+            ParamGroup::Hidden => "hidden",
+            ParamGroup::Norm => "norm",
+        }
+    }
+
     pub fn of(name: &str, rank: usize) -> Self {
         if name.ends_with("embed_tokens.weight") {
             ParamGroup::Embedding
@@ -108,6 +124,13 @@ pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     }
     out.push(("model.norm.weight".to_string(), vec![h]));
     out
+}
+
+/// The HF names of every parameter of a model with `layers` layers, in checkpoint order.
+pub fn param_names(layers: usize) -> Vec<String> {
+    let mut cfg = ModelConfig::minicpm(2, 2, 1, 1, layers, 2);
+    cfg.dim_model_base = 2;
+    param_shapes(&cfg).into_iter().map(|(n, _)| n).collect()
 }
 
 /// FNV-1a of a name, to seed each tensor's init independently of the others.

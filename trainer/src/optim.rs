@@ -45,12 +45,16 @@ pub struct AdamW {
     t: u64,
 }
 
-/// Σ x² of a tensor, accumulated in f64 (an f32 sum of squares overflows at |x| ~ 1e19).
-fn sum_sq(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(candle_core::DType::F64)?
-        .sqr()?
-        .sum_all()?
-        .to_scalar::<f64>()?)
+use crate::reduce::sum_sq;
+
+/// Gradient norms before clipping: global, per decoder layer and per μP group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradNorms {
+    pub total: f64,
+    /// Index = decoder layer.
+    pub per_layer: Vec<f64>,
+    /// In [`ParamGroup::ALL`] order.
+    pub per_group: Vec<f64>,
 }
 
 /// The decoder layer a tensor belongs to, from its HF name (`model.layers.{i}.…`).
@@ -103,14 +107,15 @@ impl AdamW {
 
     /// Global norm of the gradients (before clipping). Missing gradients count as zero.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
-        Ok(self.grad_norms(grads, 0)?.0)
+        Ok(self.grad_norms(grads, 0)?.total)
     }
 
-    /// Global gradient norm and the norm of each of the first `layers` decoder layers'
-    /// tensors (`model.layers.{i}.*`), all before clipping.
-    pub fn grad_norms(&self, grads: &GradStore, layers: usize) -> Result<(f64, Vec<f64>)> {
+    /// Global gradient norm, the norm of each of the first `layers` decoder layers' tensors
+    /// (`model.layers.{i}.*`) and of each μP group, all before clipping.
+    pub fn grad_norms(&self, grads: &GradStore, layers: usize) -> Result<GradNorms> {
         let mut total = 0.0;
         let mut per_layer = vec![0.0; layers];
+        let mut per_group = vec![0.0; ParamGroup::ALL.len()];
         for p in &self.params {
             if let Some(g) = grads.get(&p.var) {
                 let s = sum_sq(g)?;
@@ -118,21 +123,54 @@ impl AdamW {
                 if let Some(i) = layer_index(&p.name).filter(|&i| i < layers) {
                     per_layer[i] += s;
                 }
+                per_group[p.group.index()] += s;
             }
         }
-        Ok((total.sqrt(), per_layer.into_iter().map(f64::sqrt).collect()))
+        Ok(GradNorms {
+            total: total.sqrt(),
+            per_layer: per_layer.into_iter().map(f64::sqrt).collect(),
+            per_group: per_group.into_iter().map(f64::sqrt).collect(),
+        })
+    }
+
+    /// The learning-rate multiplier of a parameter's group (1/width_mult for hidden
+    /// matrices under μP, 1 otherwise).
+    pub fn lr_mult(&self, group: ParamGroup) -> f64 {
+        self.group_hparams(group).0
+    }
+
+    /// Adam's diagonal preconditioner as the update sees it, per parameter in order:
+    /// Δθ ≈ −lr·(lr_mult/((1 − β₁ᵗ)(√v̂ + ε)))·m, i.e. P⁻¹ relative to the base lr. Used for
+    /// the preconditioned sharpness (Cohen et al. 2022), whose stability line is
+    /// (2 + 2β₁)/((1 − β₁)·lr) = 38/lr for β₁ = 0.9.
+    pub fn preconditioner_inv(&self) -> Result<Vec<Tensor>> {
+        let t = self.t.max(1) as i32;
+        let bc1 = 1.0 - self.cfg.beta1.powi(t);
+        let bc2_sqrt = (1.0 - self.cfg.beta2.powi(t)).sqrt();
+        self.params
+            .iter()
+            .map(|p| {
+                let denom = ((p.exp_avg_sq.sqrt()? / bc2_sqrt)? + self.cfg.eps)?;
+                Ok(denom.recip()?.affine(self.lr_mult(p.group) / bc1, 0.0)?)
+            })
+            .collect()
+    }
+
+    pub fn beta1(&self) -> f64 {
+        self.cfg.beta1
     }
 
     /// One AdamW step at base learning rate `lr`. `grad_norm` is [`Self::grad_norm`] of the
     /// same gradients (the caller checks it is finite before stepping). The new parameters
     /// and moments are computed first and committed only if every parameter is finite;
-    /// otherwise nothing changes and `Ok(None)` is returned.
+    /// otherwise nothing changes and `Ok(None)` is returned. On success also returns each
+    /// parameter's update θ(t+1) − θ(t), in parameter order.
     pub fn step(
         &mut self,
         grads: &GradStore,
         lr: f64,
         grad_norm: f64,
-    ) -> Result<Option<StepStats>> {
+    ) -> Result<Option<(StepStats, Vec<Tensor>)>> {
         let t = (self.t + 1) as i32;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t);
@@ -168,24 +206,30 @@ impl AdamW {
             let v = ((&p.exp_avg_sq * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let denom = ((v.sqrt()? / bc2_sqrt)? + self.cfg.eps)?;
             let new = (decayed - (m.div(&denom)? * (lr_p / bc1))?)?;
-            upd_sq += sum_sq(&(&new - theta)?)?;
+            let delta = (&new - theta)?;
+            upd_sq += sum_sq(&delta)?;
             par_sq += sum_sq(&new)?;
-            staged.push((new, m, v));
+            staged.push((new, m, v, delta));
         }
         if !par_sq.is_finite() {
             return Ok(None);
         }
-        for (p, (new, m, v)) in self.params.iter_mut().zip(staged) {
+        let mut deltas = Vec::with_capacity(staged.len());
+        for (p, (new, m, v, delta)) in self.params.iter_mut().zip(staged) {
             p.var.set(&new)?;
             p.exp_avg = m;
             p.exp_avg_sq = v;
+            deltas.push(delta);
         }
         self.t += 1;
-        Ok(Some(StepStats {
-            grad_norm,
-            update_norm: upd_sq.sqrt(),
-            param_norm: par_sq.sqrt(),
-        }))
+        Ok(Some((
+            StepStats {
+                grad_norm,
+                update_norm: upd_sq.sqrt(),
+                param_norm: par_sq.sqrt(),
+            },
+            deltas,
+        )))
     }
 
     /// Moments by name, for checkpoints: `{name}.exp_avg`, `{name}.exp_avg_sq`.
@@ -259,7 +303,8 @@ mod tests {
         let grads = loss.backward().unwrap();
         let gn = opt.grad_norm(&grads).unwrap();
         let lr = 0.1;
-        let stats = opt.step(&grads, lr, gn).unwrap().unwrap();
+        let (stats, deltas) = opt.step(&grads, lr, gn).unwrap().unwrap();
+        assert_eq!(deltas.len(), 2);
         let got = theta.as_tensor().to_vec1::<f64>().unwrap();
         for (g, x0) in got.iter().zip([1.0f64, -2.0, 0.5]) {
             // Norm gains: no weight decay, full lr.

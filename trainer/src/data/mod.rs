@@ -340,6 +340,7 @@ mod tests {
             policy: Default::default(),
             memory_budget_mb: None,
             keep_branch_checkpoints: false,
+            probes: Default::default(),
         }
     }
 

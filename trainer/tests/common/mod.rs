@@ -28,5 +28,6 @@ pub fn small_run(steps: u64) -> RunConfig {
         policy: Default::default(),
         memory_budget_mb: None,
         keep_branch_checkpoints: false,
+        probes: Default::default(),
     }
 }

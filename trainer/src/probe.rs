@@ -1,0 +1,343 @@
+//! The probes of a run, on the model (DESIGN §5):
+//!
+//! - [`StepTracker`]: per step, nearly free — the geometry of the previous update (cos, D1,
+//!   D2, K of the MiniCPM paper §4.4) from the previous gradient and update, kept as one
+//!   buffer each, and max |Δθ| of chosen tensors (paper Fig. 7);
+//! - [`measure`]: the periodic measurements, each on a copy of the model through
+//!   [`ModelObjective`] — sharpness (top Hessian eigenvalue and Adam-preconditioned
+//!   sharpness against 38/η), 1-D slices (a filter-normalised random direction and the last
+//!   update), the 2-D slice, the gradient noise scale — and [`interpolation`] between two
+//!   runs.
+//!
+//! Each returns named scalars and series, which the engine wraps into a
+//! [`wsdscope_sessions::ProbeResult`].
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+use wsdscope_probes::{
+    NoiseScale, Objective, StepDots, filter_normalize, interpolate, minicpm_batch_rule, slice_1d,
+    slice_2d, top_eigenvalue, top_eigenvalue_preconditioned,
+};
+use wsdscope_sessions::StepGeometry;
+
+use crate::config::ProbeConfig;
+use crate::data::Batch;
+use crate::data::rng::{SplitMix64, hash};
+use crate::error::{Error, Result};
+use crate::model::MiniCpm;
+use crate::objective::{ModelObjective, flatten};
+use crate::optim::AdamW;
+use crate::reduce::{dot, max_abs};
+
+/// The periodic measurements, in the order the engine rotates through them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProbeKind {
+    /// Top Hessian eigenvalue and Adam-preconditioned sharpness.
+    Sharpness,
+    /// Gradient noise scale B_simple.
+    Noise,
+    /// 1-D slices along a random direction and along the last update.
+    Slice,
+    /// 2-D slice along two random directions.
+    Landscape,
+    /// Loss along the segment between a run and another (a branch and its parent).
+    Interp,
+}
+
+impl ProbeKind {
+    /// What the engine runs periodically, in turn.
+    pub const PERIODIC: [ProbeKind; 4] = [
+        ProbeKind::Sharpness,
+        ProbeKind::Noise,
+        ProbeKind::Slice,
+        ProbeKind::Landscape,
+    ];
+
+    /// The `probe` name of its results.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeKind::Sharpness => "sharpness",
+            ProbeKind::Noise => "noise",
+            ProbeKind::Slice => "slice",
+            ProbeKind::Landscape => "landscape",
+            ProbeKind::Interp => "interp",
+        }
+    }
+}
+
+/// Named scalars and series of one measurement.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Measurement {
+    pub scalars: BTreeMap<String, f64>,
+    pub series: BTreeMap<String, Vec<f64>>,
+}
+
+impl Measurement {
+    fn scalar(&mut self, k: &str, v: f64) {
+        self.scalars.insert(k.into(), v);
+    }
+    fn series(&mut self, k: &str, v: Vec<f64>) {
+        self.series.insert(k.into(), v);
+    }
+}
+
+/// The previous step's gradient and update, for the next step's geometry.
+struct Prev {
+    grads: Vec<Tensor>,
+    deltas: Vec<Tensor>,
+    g_sq: f64,
+    v_sq: f64,
+}
+
+/// Per-step probe state of one run.
+pub struct StepTracker {
+    prev: Option<Prev>,
+    /// Indices (in parameter order) of the tensors whose max |Δθ| is reported.
+    tracked: Vec<usize>,
+}
+
+impl StepTracker {
+    pub fn new(tracked: Vec<usize>) -> Self {
+        StepTracker {
+            prev: None,
+            tracked,
+        }
+    }
+
+    /// The geometry of the previous update, given this step's gradients (parameter order,
+    /// before clipping) and their squared norm; `None` without a previous step.
+    pub fn geometry(&self, grads: &[Tensor], g_sq: f64) -> Result<Option<StepGeometry>> {
+        let Some(p) = &self.prev else {
+            return Ok(None);
+        };
+        let mut d = StepDots {
+            g0g0: p.g_sq,
+            g1g1: g_sq,
+            vv: p.v_sq,
+            ..StepDots::default()
+        };
+        for ((g1, g0), v) in grads.iter().zip(&p.grads).zip(&p.deltas) {
+            d.g0g1 += dot(g0, g1)?;
+            d.g1v += dot(g1, v)?;
+            d.g0v += dot(g0, v)?;
+        }
+        let g = d.geometry();
+        Ok(Some(StepGeometry {
+            cos: g.cos,
+            d1: g.d1,
+            d2: g.d2,
+            curvature: g.k,
+        }))
+    }
+
+    /// Keeps this step's gradients and update for the next step; returns max |Δθ| of the
+    /// tracked tensors.
+    pub fn record(
+        &mut self,
+        grads: Vec<Tensor>,
+        deltas: Vec<Tensor>,
+        g_sq: f64,
+        v_sq: f64,
+    ) -> Result<Vec<f64>> {
+        let max = self
+            .tracked
+            .iter()
+            .map(|&i| max_abs(&deltas[i]))
+            .collect::<Result<_>>()?;
+        self.prev = Some(Prev {
+            grads,
+            deltas,
+            g_sq,
+            v_sq,
+        });
+        Ok(max)
+    }
+
+    /// The last update θ(t+1) − θ(t), per parameter.
+    pub fn last_update(&self) -> Option<&[Tensor]> {
+        self.prev.as_ref().map(|p| p.deltas.as_slice())
+    }
+}
+
+/// What a periodic measurement needs from a run.
+pub struct ProbeInput<'a> {
+    pub model: &'a MiniCpm,
+    pub opt: &'a AdamW,
+    /// The batch of the step just taken (all of it; most probes use the first sequences).
+    pub batch: &'a Batch,
+    pub cfg: &'a ProbeConfig,
+    /// The learning rate of the step just taken.
+    pub lr: f64,
+    pub last_update: Option<&'a [Tensor]>,
+    /// Seeds the random directions (with the step, so each probe differs).
+    pub seed: u64,
+}
+
+/// The first `n` sequences of a batch as (inputs, targets) tensors.
+fn head(model: &MiniCpm, b: &Batch, from: usize, n: usize) -> Result<(Tensor, Tensor)> {
+    let (lo, hi) = (from * b.seq, (from + n) * b.seq);
+    let x = Tensor::from_slice(&b.inputs[lo..hi], (n, b.seq), model.device())?;
+    let y = Tensor::from_slice(&b.targets[lo..hi], (n, b.seq), model.device())?;
+    Ok((x, y))
+}
+
+fn linspace(lo: f64, hi: f64, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| lo + (hi - lo) * i as f64 / (n - 1) as f64)
+        .collect()
+}
+
+/// A Gaussian direction with the gains zeroed and every filter scaled to its parameters'
+/// norm (Li et al. 2018).
+fn random_direction(f: &ModelObjective, theta: &[f64], seed: u64) -> Vec<f64> {
+    let mut rng = SplitMix64::new(seed);
+    let mut d: Vec<f64> = (0..theta.len()).map(|_| rng.normal()).collect();
+    for (off, len) in f.gain_spans() {
+        d[off..off + len].iter_mut().for_each(|x| *x = 0.0);
+    }
+    filter_normalize(&mut d, theta, &f.filters());
+    d
+}
+
+fn checked<T>(f: &mut ModelObjective, v: T) -> Result<T> {
+    match f.error() {
+        Some(e) => Err(e),
+        None => Ok(v),
+    }
+}
+
+/// Runs one periodic measurement on a copy of the run's model.
+pub fn measure(kind: ProbeKind, inp: &ProbeInput) -> Result<Measurement> {
+    let n = inp.cfg.batch_for(inp.batch.batch);
+    let mut m = Measurement::default();
+    match kind {
+        ProbeKind::Sharpness => {
+            let (x, y) = head(inp.model, inp.batch, 0, n)?;
+            let mut f = ModelObjective::new(inp.model, x, y)?;
+            let theta = f.params()?;
+            let mut rng = SplitMix64::new(hash(&[inp.seed, 0x5348]));
+            let v0: Vec<f64> = (0..theta.len()).map(|_| rng.normal()).collect();
+            // Central differences of f32 gradients: a step of 1e-2 along a unit direction
+            // keeps both rounding and third-order error far below the curvature measured.
+            let eps = 1e-2;
+            let iters = inp.cfg.power_iters;
+            let (lambda, _, used) = top_eigenvalue(&mut f, &theta, &v0, eps, 1e-2, iters);
+            let p_inv = flatten(&inp.opt.preconditioner_inv()?)?;
+            let s: Vec<f64> = p_inv.iter().map(|p| p.sqrt()).collect();
+            let rms = (s.iter().map(|x| x * x).sum::<f64>() / s.len() as f64).sqrt();
+            let (pre, used_pre) =
+                top_eigenvalue_preconditioned(&mut f, &theta, &s, &v0, eps / rms, 1e-2, iters);
+            let beta1 = inp.opt.beta1();
+            m.scalar("lambda_max", lambda);
+            m.scalar("precond_lambda_max", pre);
+            // Cohen et al. 2022: Adam with momentum β₁ is stable below (2 + 2β₁)/((1 − β₁)η).
+            m.scalar("threshold", (2.0 + 2.0 * beta1) / ((1.0 - beta1) * inp.lr));
+            m.scalar("gd_threshold", 2.0 / inp.lr);
+            m.scalar("lr", inp.lr);
+            m.scalar("products", (used + used_pre) as f64);
+            m.scalar("sequences", n as f64);
+            checked(&mut f, m)
+        }
+        ProbeKind::Slice => {
+            let (x, y) = head(inp.model, inp.batch, 0, n)?;
+            let mut f = ModelObjective::new(inp.model, x, y)?;
+            let theta = f.params()?;
+            let d = random_direction(&f, &theta, hash(&[inp.seed, 0x5331]));
+            let alphas = linspace(-inp.cfg.span, inp.cfg.span, inp.cfg.points);
+            let loss = slice_1d(&mut f, &theta, &d, &alphas);
+            m.series("alpha", alphas);
+            m.series("loss_random", loss);
+            if let Some(u) = inp.last_update {
+                let v = flatten(u)?;
+                let betas = linspace(-inp.cfg.update_span, inp.cfg.update_span, inp.cfg.points);
+                let loss = slice_1d(&mut f, &theta, &v, &betas);
+                m.series("beta", betas);
+                m.series("loss_update", loss);
+                m.scalar("update_norm", v.iter().map(|x| x * x).sum::<f64>().sqrt());
+            }
+            m.scalar("span", inp.cfg.span);
+            m.scalar("sequences", n as f64);
+            checked(&mut f, m)
+        }
+        ProbeKind::Landscape => {
+            let (x, y) = head(inp.model, inp.batch, 0, n)?;
+            let mut f = ModelObjective::new(inp.model, x, y)?;
+            let theta = f.params()?;
+            let d1 = random_direction(&f, &theta, hash(&[inp.seed, 0x4431]));
+            let d2 = random_direction(&f, &theta, hash(&[inp.seed, 0x4432]));
+            let xs = linspace(-inp.cfg.span, inp.cfg.span, inp.cfg.grid);
+            let loss = slice_2d(&mut f, &theta, &d1, &d2, &xs, &xs);
+            m.series("x", xs.clone());
+            m.series("y", xs);
+            m.series("loss", loss);
+            m.scalar("grid", inp.cfg.grid as f64);
+            m.scalar("span", inp.cfg.span);
+            m.scalar("sequences", n as f64);
+            checked(&mut f, m)
+        }
+        ProbeKind::Noise => {
+            let b = inp.batch;
+            let k = inp.cfg.micro_batches.min(b.batch);
+            let per = b.batch / k;
+            let mut grads = Vec::with_capacity(k);
+            let mut loss = 0.0;
+            for i in 0..k {
+                let (x, y) = head(inp.model, b, i * per, per)?;
+                let mut f = ModelObjective::new(inp.model, x, y)?;
+                let theta = f.params()?;
+                let (l, g) = f.loss_and_grad(&theta);
+                checked(&mut f, ())?;
+                loss += l / k as f64;
+                grads.push(g);
+            }
+            let b_small = (per * b.seq) as f64;
+            let est = NoiseScale::from_micro_batches(&grads, b_small);
+            m.scalar("b_simple", est.b_simple());
+            m.scalar("g_sq", est.g_sq);
+            m.scalar("trace", est.trace);
+            m.scalar("batch_tokens", (b.batch * b.seq) as f64);
+            m.scalar("rule_tokens", minicpm_batch_rule(loss));
+            m.scalar("loss", loss);
+            m.scalar("micro_batches", k as f64);
+            Ok(m)
+        }
+        ProbeKind::Interp => Err(Error::Config(
+            "interpolation needs two runs; use probe::interpolation".into(),
+        )),
+    }
+}
+
+/// L((1 − α)·θ_a + α·θ_b) on the first sequences of `batch`, for α from −0.2 to 1.2 (so
+/// both ends are seen from outside too).
+pub fn interpolation(
+    a: &MiniCpm,
+    b: &MiniCpm,
+    batch: &Batch,
+    cfg: &ProbeConfig,
+) -> Result<Measurement> {
+    let n = cfg.batch_for(batch.batch);
+    let (x, y) = head(a, batch, 0, n)?;
+    let mut f = ModelObjective::new(a, x, y)?;
+    let ta = f.params()?;
+    let tb = flatten(
+        &b.named_vars()
+            .iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .collect::<Vec<_>>(),
+    )?;
+    let alphas = linspace(-0.2, 1.2, cfg.points);
+    let loss = interpolate(&mut f, &ta, &tb, &alphas);
+    let dist = ta
+        .iter()
+        .zip(&tb)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
+        .sqrt();
+    let mut m = Measurement::default();
+    m.series("alpha", alphas);
+    m.series("loss", loss);
+    m.scalar("distance", dist);
+    m.scalar("sequences", n as f64);
+    checked(&mut f, m)
+}
