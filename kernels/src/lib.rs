@@ -1,5 +1,49 @@
-//! Fused training ops for wsdscope: each a candle `CustomOp` with forward and backward, a CPU
-//! and a CUDA implementation, and a `*_slow` twin built from plain tensor ops for tests.
+//! Fused training ops for wsdscope, each checked against a `*_slow` twin built from plain,
+//! differentiable candle ops (the formulations `trainer::model` and `trainer::optim` use).
 //!
-//! Nothing is here yet: the model currently uses plain candle ops (see `trainer::model`),
-//! which are the slow twins these kernels will be checked against.
+//! Differentiable ops (candle `CustomOp`s with forward and backward, f32 or f64, CPU):
+//! - [`rms_norm`]`(x (…, H), w (H), eps)`: gradients for x and w.
+//! - [`swiglu`]`(gate, up)`: silu(gate)·up, gradients for both.
+//! - [`cross_entropy`]`(logits (N, V), targets (N) u32)`: the scalar mean CE; keeps N
+//!   log-sum-exps, not an N×V softmax, for backward.
+//! - [`rope`]`(x (B, h, T, D), cos (T, D), sin (T, D))`: half-split RoPE, gradient for x.
+//! - [`attention`]`(q (B, H, T, D), k, v (B, Hkv, T, D), scale)`: causal grouped-query
+//!   attention, flash style (key tiles, online softmax, log-sum-exp saved for backward).
+//!
+//! Optimiser and statistics (no autograd):
+//! - [`adamw_step`]: one AdamW step for a parameter group, in place on parameters and both
+//!   moments (three in-place passes per tensor: candle's in-place API writes one tensor per
+//!   call), returning Σ(Δθ)², Σθ², max|Δθ| per tensor ([`AdamWStats`]). Not transactional.
+//! - [`sum_sq_many`], [`dot_many`]: per-tensor Σx² and ⟨a, b⟩ accumulated in f64.
+//!
+//! CPU kernels split work over rayon's current pool (never their own thread counts) and
+//! sum partial results in a fixed order, so results do not depend on the number of
+//! threads. Hot loops are compiled twice, for the x86-64 baseline and for AVX2 (chosen at
+//! run time), with identical arithmetic, so results do not depend on the CPU either. In
+//! f32 the kernels use their own vectorisable eˣ (within about one ulp of libm's); f64
+//! uses libm. Other dtypes and devices get a candle error wrapping [`Error`], never a panic.
+//!
+//! CUDA C sources for the same ops (f32 and bf16) are embedded as [`CUDA_SOURCES`] with
+//! their shared header [`CUDA_COMMON_HEADER`]; a test compiles them to PTX with NVRTC when
+//! the library is present. Nothing launches them from Rust yet, so they are unexecuted.
+
+mod adamw;
+mod attention;
+mod cpu;
+mod cross_entropy;
+mod cuda;
+mod error;
+mod reduce;
+mod rms_norm;
+mod rope;
+mod swiglu;
+
+pub use adamw::{AdamWHparams, AdamWSlowStep, AdamWStats, adamw_step, adamw_step_slow};
+pub use attention::{attention, attention_slow};
+pub use cross_entropy::{cross_entropy, cross_entropy_slow};
+pub use cuda::{CUDA_COMMON_HEADER, CUDA_SOURCES, cuda_kernel_names};
+pub use error::Error;
+pub use reduce::{dot_many, dot_many_slow, sum_sq_many, sum_sq_many_slow};
+pub use rms_norm::{rms_norm, rms_norm_slow};
+pub use rope::{rope, rope_slow};
+pub use swiglu::{swiglu, swiglu_slow};

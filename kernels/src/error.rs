@@ -1,0 +1,64 @@
+//! The crate's error type. Ops return candle's `Result`; their failures wrap an [`Error`]
+//! (through `candle_core::Error::wrap`) so messages name the op and the offending value.
+
+use candle_core::DType;
+
+/// What went wrong in a fused op, with the op's name for context.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op}: dtype {dtype:?} is not supported (the CPU kernels take f32 or f64)")]
+    UnsupportedDType { op: &'static str, dtype: DType },
+
+    #[error("{op}: only CPU tensors are supported here, {what} is on {device}")]
+    UnsupportedDevice {
+        op: &'static str,
+        what: &'static str,
+        device: String,
+    },
+
+    #[error("{op}: {what} must be contiguous")]
+    NonContiguous {
+        op: &'static str,
+        what: &'static str,
+    },
+
+    #[error("{op}: {msg}")]
+    Shape { op: &'static str, msg: String },
+
+    #[error("{op}: dtypes differ ({what}: {got:?}, expected {expected:?})")]
+    DTypeMismatch {
+        op: &'static str,
+        what: &'static str,
+        got: DType,
+        expected: DType,
+    },
+
+    #[error("{op}: target {target} of row {row} is out of range for {vocab} classes")]
+    TargetOutOfRange {
+        op: &'static str,
+        row: usize,
+        target: u32,
+        vocab: usize,
+    },
+
+    #[error("{op}: internal state missing ({what}); was the forward pass run?")]
+    MissingState {
+        op: &'static str,
+        what: &'static str,
+    },
+}
+
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        candle_core::Error::wrap(e)
+    }
+}
+
+/// Shorthand for a shape error.
+pub(crate) fn shape_err(op: &'static str, msg: impl Into<String>) -> candle_core::Error {
+    Error::Shape {
+        op,
+        msg: msg.into(),
+    }
+    .into()
+}

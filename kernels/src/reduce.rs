@@ -1,0 +1,119 @@
+//! Multi-tensor reductions accumulated in f64, one pass per tensor and no temporaries:
+//! Σx² of each tensor (norms of parameters, gradients, updates) and ⟨a, b⟩ of each pair
+//! (cosines between successive gradients, D1/D2 curvature probes).
+//!
+//! Contiguous f32/f64 CPU tensors are read straight from their storage, in fixed-size
+//! chunks whose partial sums are added in chunk order, so results do not depend on the
+//! rayon pool's size. Anything else falls back to plain candle ops in f64.
+
+use candle_core::{DType, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{self, GRAIN, Real};
+use crate::error::shape_err;
+
+/// Σ f(chunk) over fixed chunks, in chunk order.
+fn chunked<T: Real>(n: usize, f: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f64 {
+    if n <= GRAIN {
+        return f(0..n);
+    }
+    let parts: Vec<f64> = (0..n.div_ceil(GRAIN))
+        .into_par_iter()
+        .map(|c| f(c * GRAIN..((c + 1) * GRAIN).min(n)))
+        .collect();
+    parts.iter().sum()
+}
+
+/// The contiguous elements of an f32 or f64 CPU tensor.
+enum Elems<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+/// `f` of the contiguous f32/f64 CPU elements of `t`, or `None` if `t` is not such.
+fn with_elems<R>(t: &Tensor, f: impl FnOnce(Elems<'_>) -> R) -> Option<R> {
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cpu(c) = &*s else { return None };
+    let (a, b) = l.contiguous_offsets()?;
+    match t.dtype() {
+        DType::F32 => Some(f(Elems::F32(&c.as_slice::<f32>().ok()?[a..b]))),
+        DType::F64 => Some(f(Elems::F64(&c.as_slice::<f64>().ok()?[a..b]))),
+        _ => None,
+    }
+}
+
+fn sum_sq_fast<T: Real>(x: &[T]) -> f64 {
+    chunked::<T>(x.len(), |r| cpu::sum_sq_f64(&x[r]))
+}
+
+fn dot_fast<T: Real>(a: &[T], b: &[T]) -> f64 {
+    chunked::<T>(a.len(), |r| cpu::dot_f64(&a[r.clone()], &b[r]))
+}
+
+/// Σx² of one tensor from plain ops, in f64.
+fn sum_sq_plain(t: &Tensor) -> Result<f64> {
+    t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()
+}
+
+/// ⟨a, b⟩ of one pair from plain ops, in f64.
+fn dot_plain(a: &Tensor, b: &Tensor) -> Result<f64> {
+    (a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)?
+        .sum_all()?
+        .to_scalar::<f64>()
+}
+
+/// Σx² of each tensor, accumulated in f64.
+pub fn sum_sq_many(ts: &[&Tensor]) -> Result<Vec<f64>> {
+    ts.iter()
+        .map(|t| {
+            let fast = with_elems(t, |e| match e {
+                Elems::F32(x) => sum_sq_fast(x),
+                Elems::F64(x) => sum_sq_fast(x),
+            });
+            match fast {
+                Some(s) => Ok(s),
+                None => sum_sq_plain(t),
+            }
+        })
+        .collect()
+}
+
+/// ⟨a, b⟩ of each pair (same shapes), accumulated in f64.
+pub fn dot_many(pairs: &[(&Tensor, &Tensor)]) -> Result<Vec<f64>> {
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| {
+            if a.dims() != b.dims() {
+                return Err(shape_err(
+                    "dot_many",
+                    format!("pair {i} has shapes {:?} and {:?}", a.dims(), b.dims()),
+                ));
+            }
+            // Both storages are read-locked only for the duration of the pass.
+            let fast = with_elems(a, |ea| {
+                with_elems(b, |eb| match (ea, eb) {
+                    (Elems::F32(x), Elems::F32(y)) => Some(dot_fast(x, y)),
+                    (Elems::F64(x), Elems::F64(y)) => Some(dot_fast(x, y)),
+                    _ => None,
+                })
+            })
+            .flatten()
+            .flatten();
+            match fast {
+                Some(s) => Ok(s),
+                None => dot_plain(a, b),
+            }
+        })
+        .collect()
+}
+
+/// [`sum_sq_many`] from plain candle ops.
+pub fn sum_sq_many_slow(ts: &[&Tensor]) -> Result<Vec<f64>> {
+    ts.iter().map(|t| sum_sq_plain(t)).collect()
+}
+
+/// [`dot_many`] from plain candle ops.
+pub fn dot_many_slow(pairs: &[(&Tensor, &Tensor)]) -> Result<Vec<f64>> {
+    pairs.iter().map(|(a, b)| dot_plain(a, b)).collect()
+}

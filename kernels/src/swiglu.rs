@@ -1,0 +1,152 @@
+//! Fused SwiGLU activation: y = silu(gate) ⊙ up = gate·σ(gate)·up, with backward for both.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::cpu::{self, GRAIN, Real, check_cpu, check_float, simd_fn, unsupported};
+use crate::error::shape_err;
+
+const OP: &str = "swiglu";
+
+struct SwiGlu;
+
+#[inline(always)]
+fn sigmoid<T: Real>(x: T) -> T {
+    T::one() / (T::one() + (-x).exp_fast())
+}
+
+fn forward<T: Real>(g: &[T], u: &[T]) -> Vec<T> {
+    let mut y = vec![T::zero(); g.len()];
+    y.par_chunks_mut(GRAIN)
+        .zip(g.par_chunks(GRAIN).zip(u.par_chunks(GRAIN)))
+        .for_each(|(yc, (gc, uc))| forward_chunk(yc, gc, uc));
+    y
+}
+
+#[inline(always)]
+fn forward_chunk_body<T: Real>(y: &mut [T], g: &[T], u: &[T]) {
+    for ((yi, &gi), &ui) in y.iter_mut().zip(g).zip(u) {
+        *yi = gi * sigmoid(gi) * ui;
+    }
+}
+simd_fn!(fn forward_chunk<T: Real>(y: &mut [T], g: &[T], u: &[T]) => forward_chunk_body);
+
+/// dgate = dy·up·σ(g)·(1 + g·(1 − σ(g))); dup = dy·silu(g).
+fn backward<T: Real>(g: &[T], u: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
+    let mut dg = vec![T::zero(); g.len()];
+    let mut du = vec![T::zero(); g.len()];
+    dg.par_chunks_mut(GRAIN)
+        .zip(du.par_chunks_mut(GRAIN))
+        .zip(
+            g.par_chunks(GRAIN)
+                .zip(u.par_chunks(GRAIN))
+                .zip(dy.par_chunks(GRAIN)),
+        )
+        .for_each(|((dgc, duc), ((gc, uc), dyc))| backward_chunk(dgc, duc, gc, uc, dyc));
+    (dg, du)
+}
+
+#[inline(always)]
+fn backward_chunk_body<T: Real>(dg: &mut [T], du: &mut [T], g: &[T], u: &[T], dy: &[T]) {
+    for ((dgi, dui), ((&gi, &ui), &d)) in dg
+        .iter_mut()
+        .zip(du.iter_mut())
+        .zip(g.iter().zip(u).zip(dy))
+    {
+        let s = sigmoid(gi);
+        *dui = d * gi * s;
+        *dgi = d * ui * s * (T::one() + gi * (T::one() - s));
+    }
+}
+simd_fn!(fn backward_chunk<T: Real>(dg: &mut [T], du: &mut [T], g: &[T], u: &[T], dy: &[T]) => backward_chunk_body);
+
+impl SwiGlu {
+    fn fwd<T: Real>(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<CpuStorage> {
+        let g = cpu::slice::<T>(s1, l1, OP, "gate")?;
+        let u = cpu::slice::<T>(s2, l2, OP, "up")?;
+        Ok(T::to_cpu_storage_owned(forward(g, u)))
+    }
+
+    fn bwd_typed<T: Real>(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (gs, gl) = g.storage_and_layout();
+        let (us, ul) = u.storage_and_layout();
+        let (ds, dl) = dy.storage_and_layout();
+        let gv = cpu::slice::<T>(cpu::cpu(&gs, OP, "gate")?, gl, OP, "gate")?;
+        let uv = cpu::slice::<T>(cpu::cpu(&us, OP, "up")?, ul, OP, "up")?;
+        let dv = cpu::slice::<T>(cpu::cpu(&ds, OP, "grad")?, dl, OP, "grad")?;
+        let (dg, du) = backward(gv, uv, dv);
+        Ok((
+            cpu::tensor_from(dg, g.dims())?,
+            cpu::tensor_from(du, u.dims())?,
+        ))
+    }
+}
+
+impl CustomOp2 for SwiGlu {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match s1.dtype() {
+            DType::F32 => self.fwd::<f32>(s1, l1, s2, l2)?,
+            DType::F64 => self.fwd::<f64>(s1, l1, s2, l2)?,
+            dt => return Err(unsupported(OP, dt)),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let (dg, du) = match g.dtype() {
+            DType::F32 => self.bwd_typed::<f32>(g, u, &dy)?,
+            DType::F64 => self.bwd_typed::<f64>(g, u, &dy)?,
+            dt => return Err(unsupported(OP, dt)),
+        };
+        Ok((Some(dg), Some(du)))
+    }
+}
+
+/// `silu(gate) ⊙ up` elementwise; `gate` and `up` of one shape. Differentiable in both.
+/// f32 or f64, CPU.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    check_cpu(gate, OP, "gate")?;
+    check_cpu(up, OP, "up")?;
+    check_float(gate, OP)?;
+    cpu::check_same_dtype(up, gate, OP, "up")?;
+    if gate.dims() != up.dims() {
+        return Err(shape_err(
+            OP,
+            format!(
+                "gate {:?} and up {:?} differ in shape",
+                gate.dims(),
+                up.dims()
+            ),
+        ));
+    }
+    gate.contiguous()?.apply_op2(&up.contiguous()?, SwiGlu)
+}
+
+/// [`swiglu`] from plain candle ops.
+pub fn swiglu_slow(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()? * up
+}
