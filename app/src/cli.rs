@@ -134,6 +134,10 @@ pub struct BenchArgs {
     /// 0,1,3): total tokens/s of all runs and the latency of a fork.
     #[arg(long, value_name = "N,…", value_delimiter = ',')]
     pub branches: Option<Vec<usize>>,
+    /// Also measure the probes: the per-step geometry's overhead (steps with and without it,
+    /// in alternation) and the cost of each periodic probe in training steps.
+    #[arg(long)]
+    pub probes: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -155,16 +159,28 @@ pub struct PlotArgs {
     /// The figure to write: FIG.png or FIG.svg.
     #[arg(long, value_name = "FIG.png|FIG.svg")]
     pub out: PathBuf,
-    /// What to draw: loss (with val loss), val_loss, lr, grad_norm, update_norm, param_norm,
-    /// tokens_per_s, step_ms.
+    /// What to draw. A per-step metric: loss (with val loss), val_loss, lr, grad_norm,
+    /// update_norm, param_norm, tokens_per_s, step_ms, or the step geometry grad_cos, d1, d2,
+    /// curvature. A probe scalar over steps: probe.<probe>.<scalar> (e.g.
+    /// probe.sharpness.lambda_max). A probe figure: sharpness (λ_max against the 38/η
+    /// stability line), noise (gradient noise scale against the batch), landscape (2-D loss
+    /// slice at --step), slice (1-D slices at --step), interp (parent → branch interpolations).
     #[arg(long, default_value = "loss")]
     pub metric: String,
-    /// Runs to draw, e.g. 0,2 (default: all).
+    /// Runs to draw, e.g. 0,2 (default: all). For landscape and slice: the first one is drawn
+    /// (default: the trunk).
     #[arg(long, value_name = "IDS", value_delimiter = ',')]
     pub runs: Option<Vec<u32>>,
-    /// Logarithmic y axis.
-    #[arg(long)]
+    /// The step of the probe that --metric landscape or slice draws (default: the run's latest
+    /// one of that kind).
+    #[arg(long, value_name = "S")]
+    pub step: Option<u64>,
+    /// Logarithmic y axis (the default for --metric sharpness and noise).
+    #[arg(long, conflicts_with = "linear_y")]
     pub log_y: bool,
+    /// Linear y axis for --metric sharpness and noise (log-y by default).
+    #[arg(long)]
+    pub linear_y: bool,
     /// EMA smoothing factor in (0, 1]; 1 draws the raw curve only (default 0.1).
     #[arg(long, value_name = "ALPHA", default_value_t = 0.1)]
     pub smooth: f64,

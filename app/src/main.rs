@@ -4,6 +4,7 @@
 mod analysis;
 mod cli;
 mod modes;
+mod predict;
 mod progress;
 mod settings;
 mod threads;

@@ -192,7 +192,15 @@ impl<W: Write> Progress<W> {
                 self.clear();
                 let _ = writeln!(self.out, "fork  run {run} from run {parent} at step {step}");
             }
-            RunEvent::Probe(_) => {}
+            RunEvent::Probe(p) => {
+                self.clear();
+                let who = if p.run == 0 {
+                    String::new()
+                } else {
+                    format!("run {} ", p.run)
+                };
+                let _ = writeln!(self.out, "probe {who}step {}: {}", p.step, probe_summary(p));
+            }
             RunEvent::Note { step, message, .. } => {
                 self.clear();
                 let _ = writeln!(self.out, "note  step {step}: {message}");
@@ -236,4 +244,48 @@ impl<W: Write> Progress<W> {
         }
         let _ = self.out.flush();
     }
+}
+
+/// One line about a probe result: its headline numbers and what it cost.
+pub fn probe_summary(p: &wsdscope_sessions::ProbeResult) -> String {
+    let v = |k: &str| p.scalars.get(k).copied().unwrap_or(f64::NAN);
+    let head = match p.probe.as_str() {
+        "sharpness" => format!(
+            "sharpness λmax {:.4}, Adam-preconditioned {:.4} vs 38/η {:.4}",
+            v("lambda_max"),
+            v("precond_lambda_max"),
+            v("threshold")
+        ),
+        "noise" => format!(
+            "noise scale B_simple {:.0} tokens (run average {:.0}); batch {:.0}, MiniCPM rule {:.0}",
+            v("b_simple"),
+            v("b_simple_avg"),
+            v("batch_tokens"),
+            v("rule_tokens")
+        ),
+        "slice" | "landscape" | "interp" => {
+            let key = if p.probe == "slice" {
+                "loss_random"
+            } else {
+                "loss"
+            };
+            let (lo, hi) = p
+                .series
+                .get(key)
+                .map(|l| {
+                    l.iter()
+                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+                            (a.min(x), b.max(x))
+                        })
+                })
+                .unwrap_or((f64::NAN, f64::NAN));
+            format!("{} loss {lo:.4}..{hi:.4}", p.probe)
+        }
+        other => other.to_string(),
+    };
+    format!(
+        "{head} ({:.2} s = {:.1} steps)",
+        v("seconds"),
+        v("cost_steps")
+    )
 }

@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Deserialize;
 use wsdscope_trainer::{
-    DataSpec, DecayShape, ForkLength, ForkPlan, OptimConfig, Policy, RunConfig, Schedule, preset,
+    DataSpec, DecayShape, ForkLength, ForkPlan, OptimConfig, Policy, ProbeConfig, RunConfig,
+    Schedule, preset,
 };
 
 /// Defaults a run takes when neither flags nor the file set a value.
@@ -117,9 +118,33 @@ pub struct Settings {
     #[arg(long, value_name = "MB")]
     pub memory_budget: Option<u64>,
     /// Keep each branch's final checkpoint (under --checkpoint-dir/run-N).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(default)]
     pub keep_branch_checkpoints: Option<bool>,
+    /// Run a periodic probe (sharpness, noise scale, 1-D slices, 2-D slice, in turn) after
+    /// every N steps of each run; 0 (default): as often as --probe-budget allows.
+    #[arg(long, value_name = "N")]
+    pub probe_every: Option<u64>,
+    /// Share of training time periodic probes may take, in percent (default 5 without
+    /// --probe-every, unlimited with it; 0 turns periodic probes off).
+    #[arg(long, value_name = "PCT")]
+    pub probe_budget: Option<f64>,
+    /// Sequences of the step's batch that sharpness, slices and interpolation use
+    /// (default min(batch, 4)).
+    #[arg(long, value_name = "N")]
+    pub probe_batch: Option<usize>,
+    /// Points per side of the 2-D loss slice (default 9, i.e. 81 losses).
+    #[arg(long, value_name = "N")]
+    pub probe_grid: Option<usize>,
+    /// Tensors whose max |Δθ| each step reports (HF names, comma-separated; default: the
+    /// embedding, layer 0's q_proj and the last layer's down_proj).
+    #[arg(long, value_name = "NAME,…", value_delimiter = ',')]
+    pub track: Option<Vec<String>>,
+    /// Run the model's ops as plain candle ops instead of the fused kernels (for checking
+    /// the kernels; several times slower).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(default)]
+    pub reference_ops: Option<bool>,
 }
 
 /// `a.or(b)` for every field: values in `self` win over `base`.
@@ -203,7 +228,13 @@ impl Settings {
             branch_decay,
             policy,
             memory_budget,
-            keep_branch_checkpoints
+            keep_branch_checkpoints,
+            probe_every,
+            probe_budget,
+            probe_batch,
+            probe_grid,
+            track,
+            reference_ops
         )
     }
 
@@ -292,6 +323,15 @@ impl Settings {
             policy: self.policy_or_default()?,
             memory_budget_mb: self.memory_budget,
             keep_branch_checkpoints: self.keep_branch_checkpoints.unwrap_or(false),
+            probes: ProbeConfig {
+                every: self.probe_every.unwrap_or(0),
+                budget_pct: self.probe_budget,
+                batch: self.probe_batch.unwrap_or(0),
+                grid: self.probe_grid.unwrap_or(ProbeConfig::default().grid),
+                track: self.track.clone().unwrap_or_default(),
+                ..ProbeConfig::default()
+            },
+            reference_ops: self.reference_ops.unwrap_or(false),
         };
         if cfg.threads == 0 {
             bail!("--threads 0 is not allowed; it must be at least 1");

@@ -143,9 +143,13 @@ pub struct StepMetrics {
 /// d2 = (g(t+1) − g(t))·v(t)/‖v(t)‖², the curvature along it; curvature = |d2|/(1+d1²)^1.5.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepGeometry {
+    #[serde(deserialize_with = "nan::value")]
     pub cos: f64,
+    #[serde(deserialize_with = "nan::value")]
     pub d1: f64,
+    #[serde(deserialize_with = "nan::value")]
     pub d2: f64,
+    #[serde(deserialize_with = "nan::value")]
     pub curvature: f64,
 }
 
@@ -192,16 +196,43 @@ pub struct RunStart {
     pub tracked_tensors: Vec<String>,
 }
 
-/// The result of one probe: named scalars and named series (e.g. a 1-D loss slice).
+/// The result of one probe: named scalars and named series (e.g. a 1-D loss slice). A value
+/// that is not a number (NaN, ±∞: a loss far out on a slice, an undefined estimate) is
+/// written as JSON `null` and reads back as NaN.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeResult {
     pub run: RunId,
     pub step: u64,
     pub probe: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan::map")]
     pub scalars: BTreeMap<String, f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan::series")]
     pub series: BTreeMap<String, Vec<f64>>,
+}
+
+/// Reading JSON `null` (how serde_json writes NaN and ±∞) back as NaN.
+mod nan {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn value<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
+
+    pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+        let m = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+        Ok(m.into_iter()
+            .map(|(k, v)| (k, v.unwrap_or(f64::NAN)))
+            .collect())
+    }
+
+    pub fn series<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Vec<f64>>, D::Error> {
+        let m = BTreeMap::<String, Vec<Option<f64>>>::deserialize(d)?;
+        Ok(m.into_iter()
+            .map(|(k, v)| (k, v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect()))
+            .collect())
+    }
 }
 
 /// One event of a session.
@@ -325,6 +356,26 @@ mod tests {
         assert_eq!(v["run"], 0);
         assert_eq!(v["phase"], "stable");
         assert_eq!(v["loss"], 2.5);
+    }
+
+    #[test]
+    fn non_numbers_in_probes_read_back_as_nan() {
+        let p = RunEvent::Probe(ProbeResult {
+            run: 0,
+            step: 4,
+            probe: "noise".into(),
+            scalars: BTreeMap::from([("b_simple".into(), f64::NAN), ("x".into(), 1.5)]),
+            series: BTreeMap::from([("loss".into(), vec![1.0, f64::INFINITY])]),
+        });
+        let line = p.to_json_line();
+        assert!(line.contains("null"), "{line}");
+        let RunEvent::Probe(back) = serde_json::from_str::<RunEvent>(&line).unwrap() else {
+            panic!("not a probe")
+        };
+        assert!(back.scalars["b_simple"].is_nan());
+        assert_eq!(back.scalars["x"], 1.5);
+        assert_eq!(back.series["loss"][0], 1.0);
+        assert!(back.series["loss"][1].is_nan());
     }
 
     #[test]

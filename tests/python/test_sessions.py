@@ -31,14 +31,14 @@ def record(out, *extra):
 
 def test_h5py_reads_runs_metrics_and_attributes(tmp_path):
     f = tmp_path / "s.h5"
-    events = record(f, "--steps", "40", "--eval-every", "10")
+    events = record(f, "--steps", "40", "--eval-every", "10", "--probe-every", "5")
     steps = [e for e in events if e["type"] == "step"]
     evals = [e for e in events if e["type"] == "eval"]
     start = events[0]
     assert start["type"] == "run_start"
 
     with h5py.File(f, "r", swmr=True) as h:
-        assert h.attrs["format_version"] == 1
+        assert h.attrs["format_version"] == 2
         assert h.attrs["event_schema_version"] == 1
         assert str(h.attrs["producer"]).startswith("wsdscope ")
         config = json.loads(h.attrs["config"])
@@ -61,6 +61,27 @@ def test_h5py_reads_runs_metrics_and_attributes(tmp_path):
         np.testing.assert_array_equal(per_layer, [s["grad_norm_per_layer"] for s in steps])
         # Each layer's norm is part of the global norm.
         assert np.all((per_layer ** 2).sum(axis=1) <= r["grad_norm"][:] ** 2 * (1 + 1e-12))
+        # Step geometry (NaN where a step has none: the first), per-group norms, max |Δθ|.
+        for name, key in [("grad_cos", "cos"), ("d1", "d1"), ("d2", "d2"), ("curvature", "curvature")]:
+            want = [s["geometry"][key] if s["geometry"] else np.nan for s in steps]
+            np.testing.assert_array_equal(r[name][:], want, err_msg=name)
+        assert np.isnan(r["grad_cos"][0]) and np.all(np.abs(r["grad_cos"][1:]) <= 1)
+        assert json.loads(r.attrs["param_groups"]) == ["embedding", "hidden", "norm"]
+        groups = r["grad_norm_per_group"][:]
+        np.testing.assert_allclose(np.sqrt((groups ** 2).sum(axis=1)), r["grad_norm"][:], rtol=1e-12)
+        tracked = json.loads(r.attrs["tracked_tensors"])
+        assert tracked[0] == "model.embed_tokens.weight"
+        np.testing.assert_array_equal(r["max_update"][:], [s["max_update"] for s in steps])
+        # Periodic probes: scalars in runs/0/probes/<probe>, the same as the streamed events.
+        probes = [e for e in events if e["type"] == "probe"]
+        assert {p["probe"] for p in probes} == {"sharpness", "noise", "slice", "landscape"}
+        sharp = [p for p in probes if p["probe"] == "sharpness"]
+        g = r["probes/sharpness"]
+        np.testing.assert_array_equal(g["step"][:], [p["step"] for p in sharp])
+        np.testing.assert_array_equal(g["lambda_max"][:], [p["scalars"]["lambda_max"] for p in sharp])
+        np.testing.assert_allclose(g["threshold"][:] * g["lr"][:], 38.0)
+        land = next(p for p in probes if p["probe"] == "landscape")
+        assert len(land["series"]["loss"]) == len(land["series"]["x"]) ** 2
         np.testing.assert_array_equal(r["eval/step"][:], [e["step"] for e in evals])
         np.testing.assert_array_equal(r["eval/val_loss"][:], [e["val_loss"] for e in evals])
         # The event log holds every event that is not a step or an eval, in order, with seq.

@@ -31,7 +31,7 @@ fn record_inspect_and_plot() {
     let i = run(&["inspect", fs, "--json"]);
     assert!(i.ok(), "{}", i.stderr);
     let v: serde_json::Value = serde_json::from_str(&i.stdout).unwrap();
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["format_version"], 2);
     assert_eq!(v["config"]["steps"], 30);
     let run0 = &v["runs"][0];
     assert_eq!(

@@ -21,7 +21,7 @@ use crate::config::{ForkLength, ForkPlan, Policy, RunConfig};
 use crate::data::rng::{SplitMix64, hash};
 use crate::data::{Batch, Dataset};
 use crate::error::{Error, Result};
-use crate::model::{MiniCpm, ParamGroup};
+use crate::model::{MiniCpm, Ops, ParamGroup};
 use crate::optim::AdamW;
 use crate::probe::{self, Measurement, ProbeInput, ProbeKind, StepTracker};
 use crate::schedule::{DecayShape, Schedule};
@@ -106,7 +106,17 @@ impl Trainer {
     }
 
     /// The trunk (run 0) at step 0 with fresh AdamW moments.
-    fn trunk(cfg: RunConfig, model: MiniCpm, data: Arc<Dataset>, device: Device) -> Result<Self> {
+    fn trunk(
+        cfg: RunConfig,
+        mut model: MiniCpm,
+        data: Arc<Dataset>,
+        device: Device,
+    ) -> Result<Self> {
+        model.set_ops(if cfg.reference_ops {
+            Ops::Reference
+        } else {
+            Ops::Fused
+        });
         let opt = AdamW::new(
             model.named_vars(),
             cfg.optim.clone(),
@@ -177,13 +187,14 @@ impl Trainer {
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
         // from_tensors copies, so the branch never aliases its parent's storage.
-        let model = MiniCpm::from_tensors(
+        let mut model = MiniCpm::from_tensors(
             &self.cfg.model,
             self.cfg.seq,
             tensors,
             &self.device,
             self.model.dtype(),
         )?;
+        model.set_ops(self.model.ops());
         let mut opt = AdamW::new(
             model.named_vars(),
             self.cfg.optim.clone(),
@@ -619,8 +630,9 @@ struct ProbeClock {
 }
 
 impl ProbeClock {
-    /// The periodic probe due after run `tr` completed a step, if any.
-    fn due(&self, tr: &Trainer) -> Option<ProbeKind> {
+    /// The periodic probe due after run `tr` completed a step, if any, and its position in
+    /// the rotation.
+    fn due(&self, tr: &Trainer) -> Option<(ProbeKind, usize)> {
         let cfg = &tr.cfg.probes;
         if !cfg.periodic() || tr.step == 0 {
             return None;
@@ -628,7 +640,12 @@ impl ProbeClock {
         if cfg.every > 0 && !tr.step.is_multiple_of(cfg.every) {
             return None;
         }
-        let next = self.next.get(&tr.run).copied().unwrap_or(0);
+        let mut next = self.next.get(&tr.run).copied().unwrap_or(0);
+        if ProbeKind::PERIODIC[next % ProbeKind::PERIODIC.len()] == ProbeKind::Noise
+            && tr.cfg.batch < 2
+        {
+            next += 1; // no noise scale from a single sequence
+        }
         let kind = ProbeKind::PERIODIC[next % ProbeKind::PERIODIC.len()];
         if let Some(pct) = cfg.budget() {
             // Spend only what the budget has accrued, counting the probe about to run at its
@@ -642,7 +659,7 @@ impl ProbeClock {
                 return None;
             }
         }
-        Some(kind)
+        Some((kind, next))
     }
 }
 
@@ -689,7 +706,11 @@ impl Runs {
             self.probe_pending.insert(id);
             return Ok(());
         }
+        let single = self.active[i].cfg.batch < 2;
         for kind in ProbeKind::PERIODIC.into_iter().chain([ProbeKind::Interp]) {
+            if single && kind == ProbeKind::Noise {
+                continue;
+            }
             let secs = self.probe(i, kind, emit);
             self.probes.cost.insert(kind, secs);
         }
@@ -1009,12 +1030,12 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
                 let _ = runs.probe_all(run, &mut emit);
             }
             if outcome.is_none()
-                && let Some(kind) = runs.probes.due(&runs.active[i])
+                && let Some((kind, at)) = runs.probes.due(&runs.active[i])
             {
                 let secs = runs.probe(i, kind, &mut emit);
                 runs.probes.probe_s += secs;
                 runs.probes.cost.insert(kind, secs);
-                *runs.probes.next.entry(run).or_default() += 1;
+                runs.probes.next.insert(run, at + 1);
             } else if done && run != 0 && runs.active[i].cfg.probes.periodic() {
                 let secs = runs.probe(i, ProbeKind::Interp, &mut emit);
                 runs.probes.probe_s += secs;

@@ -13,9 +13,12 @@
 //! the embedding at N(0, init_std), RMSNorm gains at 1; per-tensor learning rates are set by
 //! the optimiser from [`ParamGroup`].
 //!
-//! Every op here is a plain candle op with a backward pass: candle-nn's fused `rms_norm`,
-//! `softmax_last_dim` and `rope` silently return no gradient, so they are not used.
-//! Tensor names are the HF MiniCPM checkpoint keys.
+//! By default RMSNorm, RoPE, attention, SwiGLU and the cross-entropy run as the fused ops of
+//! `wsdscope_kernels` (forward and backward; flash-style attention, a cross-entropy that
+//! keeps no B·T·V probabilities). [`Ops::Reference`] (`--reference-ops`) runs the same maths
+//! as plain candle ops instead — the kernels' slow twins — which the tests compare against.
+//! (candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope` silently return no gradient,
+//! so they are never used.) Tensor names are the HF MiniCPM checkpoint keys.
 
 use std::collections::HashMap;
 
@@ -64,6 +67,16 @@ impl ParamGroup {
     }
 }
 
+/// Which implementation of the model's ops runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ops {
+    /// The fused kernels (default).
+    #[default]
+    Fused,
+    /// Plain candle ops (the kernels' slow twins).
+    Reference,
+}
+
 /// One decoder block's weights.
 struct Block {
     input_layernorm: Var,          // (H)
@@ -90,6 +103,7 @@ pub struct MiniCpm {
     max_seq: usize,
     device: Device,
     dtype: DType,
+    ops: Ops,
 }
 
 /// The HF names and shapes of every parameter, in checkpoint order.
@@ -222,7 +236,17 @@ impl MiniCpm {
             max_seq,
             device: device.clone(),
             dtype,
+            ops: Ops::default(),
         })
+    }
+
+    /// Chooses the implementation of the ops (fused by default).
+    pub fn set_ops(&mut self, ops: Ops) {
+        self.ops = ops;
+    }
+
+    pub fn ops(&self) -> Ops {
+        self.ops
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -250,7 +274,11 @@ impl MiniCpm {
     /// With `grad` false the weights are detached, so no graph is kept for backward.
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor, grad: bool) -> Result<Tensor> {
         let logits = self.logits(inputs, grad)?; // (B·T, V)
-        cross_entropy(&logits, &targets.flatten_all()?)
+        let targets = targets.flatten_all()?; // (B·T)
+        match self.ops {
+            Ops::Fused => Ok(wsdscope_kernels::cross_entropy(&logits, &targets)?),
+            Ops::Reference => cross_entropy(&logits, &targets),
+        }
     }
 
     /// Next-token logits (B·T, V) of `inputs` (B, T) u32.
@@ -273,21 +301,26 @@ impl MiniCpm {
         let res = cfg.residual_scale();
         let cos = self.rope_cos.narrow(0, 0, t)?; // (T, hd)
         let sin = self.rope_sin.narrow(0, 0, t)?; // (T, hd)
-        let mask = causal_mask(t, &self.device, self.dtype)?; // (T, T)
+        let mask = match self.ops {
+            Ops::Fused => None,
+            Ops::Reference => Some(causal_mask(t, &self.device, self.dtype)?), // (T, T)
+        };
 
         let ids = inputs.flatten_all()?; // (B·T)
         let mut h = w(&self.embed_tokens)
             .index_select(&ids, 0)?
             .affine(cfg.scale_emb, 0.0)?; // (B·T, H)
         for l in &self.layers {
-            let x = rms_norm(&h, &w(&l.input_layernorm), cfg.rms_eps)?;
-            let a = self.attention(&x, l, b, t, &cos, &sin, &mask, grad)?; // (B·T, H)
+            let x = self.rms_norm(&h, &w(&l.input_layernorm))?;
+            let a = self.attention(&x, l, b, t, &cos, &sin, mask.as_ref(), grad)?; // (B·T, H)
             h = (h + a.affine(res, 0.0)?)?;
-            let x = rms_norm(&h, &w(&l.post_attention_layernorm), cfg.rms_eps)?;
-            let m = swiglu(&x, &w(&l.gate_proj), &w(&l.up_proj), &w(&l.down_proj))?; // (B·T, H)
+            let x = self.rms_norm(&h, &w(&l.post_attention_layernorm))?;
+            let m = self.swiglu(&x, &w(&l.gate_proj), &w(&l.up_proj), &w(&l.down_proj))?; // (B·T, H)
             h = (h + m.affine(res, 0.0)?)?;
         }
-        let h = rms_norm(&h, &w(&self.norm), cfg.rms_eps)?.affine(1.0 / cfg.width_mult(), 0.0)?; // (B·T, H)
+        let h = self
+            .rms_norm(&h, &w(&self.norm))?
+            .affine(1.0 / cfg.width_mult(), 0.0)?; // (B·T, H)
         Ok(h.matmul(&w(&self.embed_tokens).t()?)?) // (B·T, V)
     }
 
@@ -301,7 +334,7 @@ impl MiniCpm {
         t: usize,
         cos: &Tensor,
         sin: &Tensor,
-        mask: &Tensor,
+        mask: Option<&Tensor>,
         grad: bool,
     ) -> Result<Tensor> {
         let w = |v: &Var| {
@@ -315,15 +348,50 @@ impl MiniCpm {
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) // (B, n, T, hd)
         };
-        let q = rope(&heads(linear(x, &w(&l.q_proj))?, nh)?, cos, sin)?; // (B, nh, T, hd)
-        let k = rope(&heads(linear(x, &w(&l.k_proj))?, kv)?, cos, sin)?; // (B, kv, T, hd)
+        let q = self.rope(&heads(linear(x, &w(&l.q_proj))?, nh)?, cos, sin)?; // (B, nh, T, hd)
+        let k = self.rope(&heads(linear(x, &w(&l.k_proj))?, kv)?, cos, sin)?; // (B, kv, T, hd)
         let v = heads(linear(x, &w(&l.v_proj))?, kv)?; // (B, kv, T, hd)
-        let (k, v) = (repeat_kv(k, nh / kv)?, repeat_kv(v, nh / kv)?); // (B, nh, T, hd)
-        let scores = q.matmul(&k.t()?)?.affine(1.0 / (hd as f64).sqrt(), 0.0)?; // (B, nh, T, T)
-        let p = softmax_last(&scores.broadcast_add(mask)?)?; // (B, nh, T, T)
-        let o = p.matmul(&v)?; // (B, nh, T, hd)
+        let scale = 1.0 / (hd as f64).sqrt();
+        let o = match mask {
+            // Flash-style: query head h reads KV head h / (nh/kv); no T×T scores kept.
+            None => wsdscope_kernels::attention(&q, &k, &v, scale)?, // (B, nh, T, hd)
+            Some(mask) => {
+                let (k, v) = (repeat_kv(k, nh / kv)?, repeat_kv(v, nh / kv)?); // (B, nh, T, hd)
+                let scores = q.matmul(&k.t()?)?.affine(scale, 0.0)?; // (B, nh, T, T)
+                let p = softmax_last(&scores.broadcast_add(mask)?)?; // (B, nh, T, T)
+                p.matmul(&v)? // (B, nh, T, hd)
+            }
+        };
         let o = o.transpose(1, 2)?.reshape((b * t, nh * hd))?; // (B·T, nh·hd)
         linear(&o, &w(&l.o_proj))
+    }
+}
+
+impl MiniCpm {
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self.ops {
+            Ops::Fused => Ok(wsdscope_kernels::rms_norm(x, w, self.cfg.rms_eps)?),
+            Ops::Reference => rms_norm(x, w, self.cfg.rms_eps),
+        }
+    }
+
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        match self.ops {
+            Ops::Fused => Ok(wsdscope_kernels::rope(x, cos, sin)?),
+            Ops::Reference => rope(x, cos, sin),
+        }
+    }
+
+    /// down(silu(gate(x)) ⊙ up(x)).
+    fn swiglu(&self, x: &Tensor, gate: &Tensor, up: &Tensor, down: &Tensor) -> Result<Tensor> {
+        match self.ops {
+            Ops::Fused => {
+                let g = linear(x, gate)?; // (N, F)
+                let u = linear(x, up)?; // (N, F)
+                linear(&wsdscope_kernels::swiglu(&g, &u)?, down)
+            }
+            Ops::Reference => swiglu(x, gate, up, down),
+        }
     }
 }
 
@@ -552,6 +620,48 @@ mod tests {
             }
         }
         eprintln!("worst relative gradient error: {worst:e}");
+    }
+
+    /// The fused kernels and the plain-op reference compute the same loss and gradients.
+    #[test]
+    fn fused_ops_match_the_reference_ops() {
+        for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 2e-4)] {
+            let cfg = tiny_cfg();
+            let dev = Device::Cpu;
+            let fused = MiniCpm::init(&cfg, 8, 5, &dev, dtype).unwrap();
+            let mut reference = MiniCpm::init(&cfg, 8, 5, &dev, dtype).unwrap();
+            reference.set_ops(Ops::Reference);
+            let (x, y) = batch(&dev);
+            let lf = fused.loss(&x, &y, true).unwrap();
+            let lr = reference.loss(&x, &y, true).unwrap();
+            let scalar = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+            let (a, b) = (scalar(&lf), scalar(&lr));
+            assert!((a - b).abs() < tol * b.abs(), "{dtype:?} loss {a} vs {b}");
+            let (gf, gr) = (lf.backward().unwrap(), lr.backward().unwrap());
+            let mut worst = 0.0f64;
+            for ((name, vf), (_, vr)) in fused.named_vars().iter().zip(reference.named_vars()) {
+                let flat = |g: &Tensor| {
+                    g.to_dtype(DType::F64)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f64>()
+                        .unwrap()
+                };
+                let (f, r) = (flat(gf.get(vf).unwrap()), flat(gr.get(vr).unwrap()));
+                let scale = r.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-12);
+                let d = f
+                    .iter()
+                    .zip(&r)
+                    .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+                worst = worst.max(d / scale);
+                assert!(
+                    d <= tol * scale,
+                    "{dtype:?} {name}: max |Δ| {d} (scale {scale})"
+                );
+            }
+            eprintln!("{dtype:?}: fused vs reference, worst gradient |Δ|/max|g| {worst:.1e}");
+        }
     }
 
     #[test]

@@ -44,13 +44,14 @@ impl ModelObjective {
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect();
-        let copy = MiniCpm::from_tensors(
+        let mut copy = MiniCpm::from_tensors(
             model.config(),
             model.max_seq(),
             tensors,
             model.device(),
             model.dtype(),
         )?;
+        copy.set_ops(model.ops());
         let mut spans = Vec::new();
         let mut off = 0;
         for (_, v) in copy.named_vars() {

@@ -279,6 +279,12 @@ pub fn measure(kind: ProbeKind, inp: &ProbeInput) -> Result<Measurement> {
         ProbeKind::Noise => {
             let b = inp.batch;
             let k = inp.cfg.micro_batches.min(b.batch);
+            if k < 2 {
+                return Err(Error::Config(format!(
+                    "the noise scale needs at least 2 sequences per step; the batch has {}",
+                    b.batch
+                )));
+            }
             let per = b.batch / k;
             let mut grads = Vec::with_capacity(k);
             let mut loss = 0.0;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde_json::json;
 use wsdscope_trainer::engine::decay_branch;
+use wsdscope_trainer::probe::ProbeKind;
 use wsdscope_trainer::{DecayShape, Trainer};
 
 use crate::cli::BenchArgs;
@@ -97,6 +98,88 @@ fn bench_branches(
     }))
 }
 
+/// The probes' costs: per-step tracking as the ratio of paired step times with and without
+/// it (two identical runs stepped in alternation, so machine noise hits both), and each
+/// periodic probe's wall time in median training steps.
+fn bench_probes(
+    cfg: &wsdscope_trainer::RunConfig,
+    steps: u64,
+    warmup: u64,
+    json: bool,
+) -> Result<serde_json::Value> {
+    let mut with = Trainer::new(cfg.clone())?;
+    let mut off = cfg.clone();
+    off.probes.per_step = false;
+    let mut without = Trainer::new(off)?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..warmup + steps {
+        // Alternate which goes first, so neither always follows the other's cache state.
+        let order = [i % 2 == 0, i % 2 == 1];
+        for first in order {
+            let tr = if first { &mut with } else { &mut without };
+            let t = Instant::now();
+            tr.train_step()?;
+            let dt = t.elapsed().as_secs_f64() * 1e3;
+            if i >= warmup {
+                if first { &mut a } else { &mut b }.push(dt);
+            }
+        }
+    }
+    let mut ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+    let overhead = median(&mut ratios) - 1.0;
+    let step_ms = median(&mut b);
+    if !json {
+        println!(
+            "  per-step probes (cos, D1, D2, K, max|Δθ|): {:+.2}% step time (median of {} paired steps; {:.1} ms without)",
+            100.0 * overhead,
+            a.len(),
+            step_ms
+        );
+    }
+    let p = &cfg.probes;
+    let mut kinds = Vec::new();
+    for kind in ProbeKind::PERIODIC {
+        let mut secs = Vec::new();
+        for _ in 0..3 {
+            let r = with.probe(kind)?;
+            secs.push(r.scalars["seconds"]);
+        }
+        let s = median(&mut secs);
+        let what = match kind {
+            ProbeKind::Sharpness => format!(
+                "≤{} power iterations ×2 (raw and preconditioned), {} sequences",
+                p.power_iters,
+                p.batch_for(cfg.batch)
+            ),
+            ProbeKind::Noise => format!("{} micro-batch gradients", p.micro_batches),
+            ProbeKind::Slice => format!(
+                "2 × {} losses, {} sequences",
+                p.points,
+                p.batch_for(cfg.batch)
+            ),
+            ProbeKind::Landscape => format!(
+                "{0}×{0} grid = {1} losses, {2} sequences",
+                p.grid,
+                p.grid * p.grid,
+                p.batch_for(cfg.batch)
+            ),
+            ProbeKind::Interp => String::new(),
+        };
+        if !json {
+            println!(
+                "  {:>9}: {:.0} ms = {:.1} training steps ({what})",
+                kind.name(),
+                s * 1e3,
+                s * 1e3 / step_ms
+            );
+        }
+        kinds.push(
+            json!({"probe": kind.name(), "ms": s * 1e3, "steps": s * 1e3 / step_ms, "what": what}),
+        );
+    }
+    Ok(json!({"per_step_overhead": overhead, "step_ms": step_ms, "periodic": kinds}))
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     if a.steps == 0 {
         anyhow::bail!("--steps 0 is not allowed; bench needs at least 1 measured step");
@@ -168,6 +251,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if let Some(counts) = &a.branches {
             out["branches"] = bench_branches(&cfg, counts, a.steps, a.warmup_steps, med, true)?;
         }
+        if a.probes {
+            out["probes"] = bench_probes(&cfg, a.steps, a.warmup_steps, true)?;
+        }
         println!("{out}");
     } else {
         println!(
@@ -197,6 +283,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 a.steps
             );
             bench_branches(&cfg, counts, a.steps, a.warmup_steps, med, false)?;
+        }
+        if a.probes {
+            println!("  probes:");
+            bench_probes(&cfg, a.steps, a.warmup_steps, false)?;
         }
     }
     Ok(())

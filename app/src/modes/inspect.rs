@@ -83,6 +83,9 @@ pub fn run(a: InspectArgs) -> Result<()> {
         .unwrap_or(Value::Null);
     let rows = branches(&s)?;
     let fit = endpoint_fit(&rows);
+    let events = s.events()?;
+    let predictions = crate::predict::predictions(&events);
+    let probes = probe_counts(&events);
     if a.json {
         let fit_json = fit.as_ref().map(|f| {
             json!({
@@ -99,6 +102,15 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "created": s.root_attr("created"),
             "config": config,
             "runs": s.runs().iter().map(run_json).collect::<Vec<_>>(),
+            "predictions": predictions.iter().map(|p| json!({
+                "run": p.run, "fork_step": p.fork_step, "end_step": p.end_step,
+                "predicted_final_train_loss": p.before, "decay_fitted": p.decay_fitted,
+                "actual_final_train_loss": p.actual,
+                "error": p.actual.map(|a| p.before - a),
+            })).collect::<Vec<_>>(),
+            "probes": probes.iter().map(|(run, kind, n, secs)| json!({
+                "run": run, "probe": kind, "count": n, "seconds": secs,
+            })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -147,6 +159,35 @@ pub fn run(a: InspectArgs) -> Result<()> {
     if !rows.is_empty() {
         print_branches(&rows);
     }
+    if !predictions.is_empty() {
+        println!(
+            "decay predictions (multi-power law fitted on what was recorded before each fork):"
+        );
+        for p in &predictions {
+            let actual = p
+                .actual
+                .map(|a| format!("actual {a:.4}, error {:+.4}", p.before - a))
+                .unwrap_or_else(|| "not completed".into());
+            println!(
+                "  run {:>2} forked at {:>6}, ends {:>6}: predicted final train loss {:.4}{}; {actual}",
+                p.run,
+                p.fork_step,
+                p.end_step,
+                p.before,
+                if p.decay_fitted {
+                    ""
+                } else {
+                    " (decay term from the prior)"
+                }
+            );
+        }
+    }
+    if !probes.is_empty() {
+        println!("probes:");
+        for (run, kind, n, secs) in &probes {
+            println!("  run {run:>2} {kind:<10} ×{n:<4} {secs:.1} s");
+        }
+    }
     if let Some(f) = &fit {
         println!("fit: {}", describe_fit(f));
         let far = rows.iter().filter_map(|r| r.end_tokens).max().unwrap_or(0) as f64 * 10.0;
@@ -160,6 +201,25 @@ pub fn run(a: InspectArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// (run, probe, results, seconds) of every probe kind recorded per run.
+fn probe_counts(events: &[wsdscope_sessions::RunEvent]) -> Vec<(u32, String, usize, f64)> {
+    let mut out: Vec<(u32, String, usize, f64)> = Vec::new();
+    for e in events {
+        if let wsdscope_sessions::RunEvent::Probe(p) = e {
+            let secs = p.scalars.get("seconds").copied().unwrap_or(0.0);
+            match out.iter_mut().find(|x| x.0 == p.run && x.1 == p.probe) {
+                Some(x) => {
+                    x.2 += 1;
+                    x.3 += secs;
+                }
+                None => out.push((p.run, p.probe.clone(), 1, secs)),
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    out
 }
 
 fn print_branches(rows: &[BranchRow]) {

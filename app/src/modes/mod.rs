@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod inspect;
 pub mod plot;
+pub mod plot_probes;
 pub mod record;
 pub mod replay;
 pub mod run;

@@ -16,12 +16,12 @@ use wsdscope_sessions::{PhaseBounds, RunInfo, Session};
 
 use crate::cli::PlotArgs;
 
-const SIZE: (u32, u32) = (1280, 720);
+pub(crate) const SIZE: (u32, u32) = (1280, 720);
 /// Samples of the raw envelope and of the smoothed curve drawn per run.
 const DRAW_POINTS: usize = 2000;
 
 /// Line colours of runs 0, 1, 2, … (trunk first).
-const PALETTE: [RGBColor; 8] = [
+pub(crate) const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -33,7 +33,7 @@ const PALETTE: [RGBColor; 8] = [
 ];
 
 /// Phase band fills: warmup, stable, decay.
-const BANDS: [(RGBColor, &str); 3] = [
+pub(crate) const BANDS: [(RGBColor, &str); 3] = [
     (RGBColor(255, 236, 204), "warmup"),
     (RGBColor(232, 245, 233), "stable"),
     (RGBColor(227, 236, 250), "decay"),
@@ -41,16 +41,24 @@ const BANDS: [(RGBColor, &str); 3] = [
 
 /// Zero-lag smoothing: an EMA with factor `alpha` run forward, then backward over the result,
 /// so a fast drop (warmup, decay) is not drawn late. `alpha` 1 returns the series unchanged.
+/// Where the input is not finite (the geometry metrics at a run's first step) the result is
+/// NaN too, so nothing is drawn there.
 pub fn smooth(values: &[f64], alpha: f64) -> Vec<f64> {
     let mut fwd = ema(values, alpha);
     fwd.reverse();
     let mut back = ema(&fwd, alpha);
     back.reverse();
+    for (b, v) in back.iter_mut().zip(values) {
+        if !v.is_finite() {
+            *b = f64::NAN;
+        }
+    }
     back
 }
 
-/// Exponential moving average with factor `alpha` (1: the raw series); non-finite values
-/// are carried over.
+/// Exponential moving average with factor `alpha` (1: the raw series). A non-finite value
+/// carries the average over; leading non-finite values stay as they are and the average
+/// starts at the first finite one.
 pub fn ema(values: &[f64], alpha: f64) -> Vec<f64> {
     let mut out = Vec::with_capacity(values.len());
     let mut acc: Option<f64> = None;
@@ -60,7 +68,7 @@ pub fn ema(values: &[f64], alpha: f64) -> Vec<f64> {
             Some(a) => a,
             None => v,
         };
-        acc = Some(next);
+        acc = next.is_finite().then_some(next);
         out.push(next);
     }
     out
@@ -105,15 +113,26 @@ pub fn run(a: PlotArgs) -> Result<()> {
             a.smooth
         );
     }
-    let allowed = wsdscope_sessions::layout::metric_names();
-    if !allowed.contains(&a.metric.as_str()) {
+    let mut allowed = wsdscope_sessions::layout::metric_names();
+    allowed.extend(super::plot_probes::FIGURES);
+    let probe_scalar = a
+        .metric
+        .strip_prefix("probe.")
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(p, s)| !p.is_empty() && !s.is_empty());
+    if !allowed.contains(&a.metric.as_str()) && !probe_scalar {
         bail!(
-            "--metric {:?} is not allowed; use one of {}",
+            "--metric {:?} is not allowed; use one of {}, or probe.<probe>.<scalar> \
+             (e.g. probe.sharpness.lambda_max)",
             a.metric,
             allowed.join(", ")
         );
     }
+    super::plot_probes::check_args(&a)?;
     let session = Session::open(&a.file)?;
+    if probe_scalar || super::plot_probes::FIGURES.contains(&a.metric.as_str()) {
+        return super::plot_probes::run(&a, &session, ext == "png");
+    }
     let ids: Vec<u32> = match &a.runs {
         Some(ids) => ids.clone(),
         None => session.runs().iter().map(|r| r.id).collect(),
@@ -156,16 +175,8 @@ pub fn run(a: PlotArgs) -> Result<()> {
     } else {
         None
     };
-    let title = format!(
-        "{} — {}",
-        a.metric,
-        a.file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    );
-    register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
-        .map_err(|_| anyhow::anyhow!("the bundled font could not be loaded"))?;
+    let title = figure_title(&a.metric, &a.file);
+    load_font()?;
     let out = a.out.clone();
     // The same figure on either backend (their types differ, so a macro, not a closure).
     macro_rules! draw_on {
@@ -192,7 +203,23 @@ pub fn run(a: PlotArgs) -> Result<()> {
     Ok(())
 }
 
-fn check_written(p: &Path) -> Result<()> {
+/// Registers the bundled DejaVu Sans as "sans-serif".
+pub(crate) fn load_font() -> Result<()> {
+    register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+        .map_err(|_| anyhow::anyhow!("the bundled font could not be loaded"))
+}
+
+/// The title of a figure of `file`: "WHAT — FILE NAME".
+pub(crate) fn figure_title(what: &str, file: &Path) -> String {
+    format!(
+        "{what} — {}",
+        file.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    )
+}
+
+pub(crate) fn check_written(p: &Path) -> Result<()> {
     let m = std::fs::metadata(p)
         .with_context(|| format!("--out {}: the figure was not written", p.display()))?;
     if m.len() == 0 {
@@ -316,10 +343,10 @@ where
 
 /// A linear axis with caller-chosen ticks (used for log10 units with round-value ticks).
 #[derive(Clone)]
-struct TickedAxis {
-    lo: f64,
-    hi: f64,
-    ticks: Vec<f64>,
+pub(crate) struct TickedAxis {
+    pub(crate) lo: f64,
+    pub(crate) hi: f64,
+    pub(crate) ticks: Vec<f64>,
 }
 
 impl Ranged for TickedAxis {
@@ -342,7 +369,7 @@ impl Ranged for TickedAxis {
 
 /// Round values between `lo` and `hi` for a log axis: every mantissa 1–9 when the range is
 /// under two decades, 1, 2 and 5 under five, powers of ten beyond.
-fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+pub(crate) fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     let decades = (hi / lo).log10();
     let mantissas: &[f64] = if decades < 2.0 {
         &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
@@ -417,32 +444,15 @@ impl Frame<'_> {
             .draw()
             .map_err(err)?;
 
-        // Phase bands of the trunk's schedule, named above the plot.
-        let p = self.phases;
-        let bounds = [
-            (0.0, p.warmup_end as f64),
-            (p.warmup_end as f64, p.decay_start as f64),
-            (p.decay_start as f64, p.total as f64),
-        ];
-        for ((lo, hi), (color, label)) in bounds.into_iter().zip(BANDS) {
-            if hi > lo {
-                let lo = lo.max(x0);
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(lo, y0), (hi, y1)],
-                        color.filled(),
-                    )))
-                    .map_err(err)?;
-                let (px, top) = chart.backend_coord(&((lo + hi) / 2.0, y1));
-                let style = TextStyle::from(("sans-serif", 15).into_font())
-                    .color(&RGBColor(110, 110, 110))
-                    .pos(plotters::style::text_anchor::Pos::new(
-                        plotters::style::text_anchor::HPos::Center,
-                        plotters::style::text_anchor::VPos::Bottom,
-                    ));
-                root.draw(&Text::new(label, (px, top - 4), style))
-                    .map_err(err)?;
-            }
+        draw_phase_bands(root, &mut chart, self.phases, x0, (y0, y1))?;
+        // The geometry metrics change sign: a zero line reads where they do.
+        if !log_y && y0 < 0.0 && y1 > 0.0 && ["grad_cos", "d1", "d2"].contains(&self.metric) {
+            chart
+                .draw_series(LineSeries::new(
+                    [(x0, 0.0), (self.x.1, 0.0)],
+                    RGBColor(90, 90, 90).stroke_width(1),
+                ))
+                .map_err(err)?;
         }
 
         for c in self.curves {
@@ -582,8 +592,55 @@ impl Frame<'_> {
     }
 }
 
+/// Shades the warmup, stable and decay phases of `p` behind a chart whose x axis is steps
+/// (from `x0`) and names them above the plot; `y` is the y range in axis units.
+pub(crate) fn draw_phase_bands<'c, DB, Y>(
+    root: &DrawingArea<DB, Shift>,
+    chart: &mut ChartContext<'c, DB, Cartesian2d<RangedCoordf64, Y>>,
+    p: PhaseBounds,
+    x0: f64,
+    (y0, y1): (f64, f64),
+) -> Result<()>
+where
+    DB: DrawingBackend + 'c,
+    DB::ErrorType: 'static,
+    Y: Ranged<ValueType = f64>,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| {
+        anyhow::anyhow!("drawing the figure failed: {e:?}")
+    };
+    let bounds = [
+        (0.0, p.warmup_end as f64),
+        (p.warmup_end as f64, p.decay_start as f64),
+        (p.decay_start as f64, p.total as f64),
+    ];
+    for ((lo, hi), (color, label)) in bounds.into_iter().zip(BANDS) {
+        if hi > lo {
+            let lo = lo.max(x0);
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(lo, y0), (hi, y1)],
+                    color.filled(),
+                )))
+                .map_err(err)?;
+            let (px, top) = chart.backend_coord(&((lo + hi) / 2.0, y1));
+            let style = TextStyle::from(("sans-serif", 15).into_font())
+                .color(&RGBColor(110, 110, 110))
+                .pos(plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Bottom,
+                ));
+            root.draw(&Text::new(label, (px, top - 4), style))
+                .map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
 /// A tick label: short, without trailing zeros, scientific when very large or small.
-fn number(y: f64) -> String {
+/// Values below 1e-12 in size are taken for zero (tick positions carry rounding error).
+pub(crate) fn number(y: f64) -> String {
+    let y = if y.abs() < 1e-12 { 0.0 } else { y };
     if y != 0.0 && (y.abs() >= 1e4 || y.abs() < 1e-3) {
         return format!("{y:.1e}");
     }
@@ -613,6 +670,7 @@ mod tests {
         assert_eq!(number(2.5), "2.5");
         assert_eq!(number(9.0), "9");
         assert_eq!(number(0.0001), "1.0e-4");
+        assert_eq!(number(-1.1e-16), "0");
         assert_eq!(
             log_ticks(1.8, 10.5),
             vec![2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]

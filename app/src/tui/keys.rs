@@ -9,7 +9,7 @@ use ratatui::layout::{Position, Rect};
 use wsdscope_trainer::{DecayShape, ForkLength, ForkRequest, Schedule};
 
 use super::layout;
-use super::state::{ForkField, ForkForm, Level, Overlay, TuiState};
+use super::state::{ForkField, ForkForm, Level, Overlay, TuiState, View};
 
 /// What the user asked for that the main loop must carry out.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +20,8 @@ pub enum Action {
     Fork(ForkRequest),
     /// Fork a run into one that resumes the stable learning rate (WSD-S).
     ForkResume(wsdscope_sessions::RunId),
+    /// Run every periodic probe on a run now.
+    Probe(wsdscope_sessions::RunId),
     /// Stop training (if it runs), wait for the run to end, and leave.
     Quit,
     /// Leave now, without waiting for the engine to finish its step.
@@ -55,9 +57,17 @@ pub const KEYS: &[(&str, &str)] = &[
     ("0", "reset zoom (whole run)"),
     ("tab / shift-tab", "select next / previous run"),
     ("↑ ↓ / k j", "select previous / next run"),
-    ("g / y", "toggle log-y (loss and norms)"),
+    (
+        "g / y",
+        "toggle log-y (loss, norms, K) and log colours (landscape)",
+    ),
     ("s", "toggle EMA smoothing (raw curve faint behind)"),
     ("c", "compare branches: table, endpoint fit, memory"),
+    ("v", "views: main → probes → landscape → main"),
+    (
+        "p",
+        "probe the selected run now (sharpness, noise, slices, landscape)",
+    ),
     ("f", "fork a decay branch from the selected run"),
     (
         "R",
@@ -89,9 +99,13 @@ pub const REPLAY_KEYS: &[(&str, &str)] = &[
     ("0", "reset zoom (whole run)"),
     ("tab / shift-tab", "select next / previous run"),
     ("↑ ↓ / k j", "select previous / next run"),
-    ("g / y", "toggle log-y (loss and norms)"),
+    (
+        "g / y",
+        "toggle log-y (loss, norms, K) and log colours (landscape)",
+    ),
     ("s", "toggle EMA smoothing (raw curve faint behind)"),
     ("c", "compare branches: table, endpoint fit, memory"),
+    ("v", "views: main → probes → landscape → main"),
     ("q / ctrl-c", "quit"),
     ("?", "show / hide this help"),
     (
@@ -160,6 +174,10 @@ fn main_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
         KeyCode::Char('g' | 'y') => state.ui.log_y = !state.ui.log_y,
         KeyCode::Char('s') => state.ui.smooth = !state.ui.smooth,
         KeyCode::Char('c') => state.ui.compare = !state.ui.compare,
+        KeyCode::Char('v') => {
+            state.ui.compare = false;
+            state.ui.view = state.ui.view.next();
+        }
         KeyCode::Char('f') => open_fork_form(state),
         KeyCode::Char('R') => {
             if !state.ui.live {
@@ -170,6 +188,23 @@ fn main_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
                 state.set_status(
                     Level::Warn,
                     "the selected run is not training: select a live run to resume from",
+                );
+            }
+        }
+        KeyCode::Char('p') => {
+            if !state.ui.live {
+                state.set_status(Level::Warn, "probing needs a live run");
+            } else if let Some(run) = state.selected_run().filter(|r| r.is_active()) {
+                let id = run.id;
+                state.set_status(
+                    Level::Info,
+                    format!("probing run {id}: sharpness, noise scale, slices, landscape…"),
+                );
+                return Some(Action::Probe(id));
+            } else {
+                state.set_status(
+                    Level::Warn,
+                    "the selected run is not training: select a live run to probe",
                 );
             }
         }
@@ -399,14 +434,22 @@ pub fn handle_mouse(state: &mut TuiState, ev: MouseEvent) -> Option<Action> {
     // with a step axis, in the view that is showing.
     let (runs, charts) = if state.ui.compare {
         let l = layout::compare(state.ui.area, state.runs.len())?;
-        (l.table, vec![l.loss])
+        (Some(l.table), vec![l.loss])
     } else {
-        let l = layout::compute(state.ui.area, state.runs.len())?;
-        (l.runs, vec![l.loss, l.lr, l.norms])
+        match state.ui.view {
+            View::Main => {
+                let l = layout::compute(state.ui.area, state.runs.len())?;
+                (Some(l.runs), vec![l.loss, l.lr, l.norms])
+            }
+            View::Probes => (None, layout::probes(state.ui.area)?.charts.to_vec()),
+            // The landscape's axes are parameter space, not steps.
+            View::Landscape => return None,
+        }
     };
     let pos = Position::new(ev.column, ev.row);
     match ev.kind {
-        MouseEventKind::Down(MouseButton::Left) if runs.contains(pos) => {
+        MouseEventKind::Down(MouseButton::Left) if runs.is_some_and(|r| r.contains(pos)) => {
+            let runs = runs.unwrap_or_default();
             // Border and header row come before the first run.
             let row = ev.row.saturating_sub(runs.y + 2) as usize;
             if ev.row >= runs.y + 2

@@ -151,6 +151,79 @@ pub fn compare(area: Rect, n_rows: usize) -> Option<CompareLayout> {
     })
 }
 
+/// The three bands every full-screen view shares: the two-line header, the body, the footer.
+fn frame(area: Rect) -> Option<[Rect; 3]> {
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        return None;
+    }
+    Some(area.layout(&Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Fill(1),
+        Constraint::Length(1),
+    ])))
+}
+
+/// The rectangles of the probes view (key `v`): six step charts, two per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbesLayout {
+    pub header: Rect,
+    /// In the order of `views::probes_view::CHARTS`: cos, D1, D2, K, sharpness, noise.
+    pub charts: [Rect; 6],
+    pub footer: Rect,
+}
+
+/// The probes view for `area`, or `None` when the terminal is too small.
+pub fn probes(area: Rect) -> Option<ProbesLayout> {
+    let [header, body, footer] = frame(area)?;
+    let rows: [Rect; 3] = body.layout(&Layout::vertical([Constraint::Fill(1); 3]));
+    let mut charts = [Rect::default(); 6];
+    for (i, row) in rows.iter().enumerate() {
+        let [a, b] = row.layout(&Layout::horizontal([Constraint::Fill(1); 2]));
+        charts[2 * i] = a;
+        charts[2 * i + 1] = b;
+    }
+    Some(ProbesLayout {
+        header,
+        charts,
+        footer,
+    })
+}
+
+/// The rectangles of the landscape view (key `v` twice): the 2-D loss map on the left, the
+/// two 1-D slices and the interpolation stacked on the right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LandscapeLayout {
+    pub header: Rect,
+    pub map: Rect,
+    pub slice_random: Rect,
+    pub slice_update: Rect,
+    pub interp: Rect,
+    pub footer: Rect,
+}
+
+/// The landscape view for `area`, or `None` when the terminal is too small. The map gets
+/// about a square of half-block pixels plus room for its labels and colour bar, at most half
+/// the width.
+pub fn landscape(area: Rect) -> Option<LandscapeLayout> {
+    let [header, body, footer] = frame(area)?;
+    let square = 2 * body.height.saturating_sub(3) + 20;
+    let map_w = square.min(body.width / 2);
+    let [map, right] = body.layout(&Layout::horizontal([
+        Constraint::Length(map_w),
+        Constraint::Fill(1),
+    ]));
+    let [slice_random, slice_update, interp] =
+        right.layout(&Layout::vertical([Constraint::Fill(1); 3]));
+    Some(LandscapeLayout {
+        header,
+        map,
+        slice_random,
+        slice_update,
+        interp,
+        footer,
+    })
+}
+
 /// A `width`×`height` box centred in `area` (clipped to it).
 pub fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let w = width.min(area.width);
@@ -208,5 +281,38 @@ mod tests {
             }
         }
         assert!(compare(Rect::new(0, 0, 20, 6), 1).is_none());
+    }
+
+    #[test]
+    fn the_probe_and_landscape_views_tile_without_overlap() {
+        for (w, h) in [(60, 16), (80, 24), (120, 36), (400, 120)] {
+            let area = Rect::new(0, 0, w, h);
+            let p = probes(area).unwrap();
+            let l = landscape(area).unwrap();
+            let mut sets = vec![[p.header, p.footer].to_vec(), l_rects(&l)];
+            sets[0].extend(p.charts);
+            for all in sets {
+                for (i, a) in all.iter().enumerate() {
+                    assert!(a.width > 0 && a.height > 0, "{w}×{h}: panel {i} empty");
+                    assert!(a.right() <= w && a.bottom() <= h);
+                    for b in &all[i + 1..] {
+                        assert!(!a.intersects(*b), "{w}×{h}: {a:?} overlaps {b:?}");
+                    }
+                }
+            }
+        }
+        assert!(probes(Rect::new(0, 0, 20, 6)).is_none());
+        assert!(landscape(Rect::new(0, 0, 59, 40)).is_none());
+    }
+
+    fn l_rects(l: &LandscapeLayout) -> Vec<Rect> {
+        vec![
+            l.header,
+            l.map,
+            l.slice_random,
+            l.slice_update,
+            l.interp,
+            l.footer,
+        ]
     }
 }

@@ -233,6 +233,7 @@ impl Source for LiveSource {
             Action::Resume => self.send(Command::Resume, state),
             Action::Fork(req) => self.send(Command::Fork(req), state),
             Action::ForkResume(parent) => self.send(Command::ForkResume { parent }, state),
+            Action::Probe(run) => self.send(Command::Probe { run }, state),
             Action::Quit => {
                 if self.disconnected || !state.training_active() {
                     return Flow::Quit;

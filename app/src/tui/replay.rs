@@ -367,7 +367,11 @@ impl Source for ReplaySource {
                 self.credit_ms = 0.0;
             }
             Action::Seek(to) => self.seek(state, to),
-            Action::Pause | Action::Resume | Action::Fork(_) | Action::ForkResume(_) => {
+            Action::Pause
+            | Action::Resume
+            | Action::Fork(_)
+            | Action::ForkResume(_)
+            | Action::Probe(_) => {
                 state.set_status(Level::Warn, "this is a replay: no engine to command");
             }
         }

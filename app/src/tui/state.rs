@@ -76,8 +76,19 @@ pub struct RunData {
     pub phase: Vec<Phase>,
     /// Per-layer gradient norms of the latest step only (a history would cost layers × steps).
     pub grad_norm_per_layer: Vec<f64>,
-    ema: f64,
-    ema_weight: f64,
+    /// Per-group gradient norms of the latest step (names in `start.param_groups`).
+    pub grad_norm_per_group: Vec<f64>,
+    /// The geometry of each step's previous update (MiniCPM §4.4); NaN where undefined.
+    pub grad_cos: Column,
+    pub d1: Column,
+    pub d2: Column,
+    pub curvature: Column,
+    /// Debiased EMA of `curvature` (same weight as the loss's), for the probes view.
+    pub curvature_ema: Column,
+    /// max |Δθ| of each tracked tensor (names in `start.tracked_tensors`), per step.
+    pub max_update: Vec<Column>,
+    ema: Ema,
+    curvature_ema_state: Ema,
     pub eval_steps: Vec<u64>,
     pub val_loss: Column,
     pub notes: Vec<(u64, String)>,
@@ -185,23 +196,26 @@ impl RunData {
             &mut self.lr,
             &mut self.grad_norm,
             &mut self.update_norm,
+            &mut self.grad_cos,
+            &mut self.d1,
+            &mut self.d2,
+            &mut self.curvature,
+            &mut self.curvature_ema,
         ] {
             c.truncate(keep);
         }
+        for c in &mut self.max_update {
+            c.truncate(keep);
+        }
+        self.probes.retain(|p| p.step < step);
         self.param_norm.truncate(keep);
         self.tokens.truncate(keep);
         self.tokens_per_s.truncate(keep);
         self.step_ms.truncate(keep);
         self.phase.truncate(keep);
-        // Rebuild the EMA's running state from the kept prefix.
-        self.ema = 0.0;
-        self.ema_weight = 0.0;
-        for &v in self.loss.values() {
-            if v.is_finite() {
-                self.ema = (1.0 - EMA_ALPHA) * self.ema + EMA_ALPHA * v;
-                self.ema_weight = (1.0 - EMA_ALPHA) * self.ema_weight + EMA_ALPHA;
-            }
-        }
+        // Rebuild the EMAs' running state from the kept prefix.
+        self.ema = Ema::over(self.loss.values());
+        self.curvature_ema_state = Ema::over(self.curvature.values());
         let keep_evals = self.eval_steps.partition_point(|&s| s < step);
         self.eval_steps.truncate(keep_evals);
         self.val_loss.truncate(keep_evals);
@@ -213,15 +227,7 @@ impl RunData {
         }
         self.steps.push(m.step);
         self.loss.push(m.loss);
-        if m.loss.is_finite() {
-            self.ema = (1.0 - EMA_ALPHA) * self.ema + EMA_ALPHA * m.loss;
-            self.ema_weight = (1.0 - EMA_ALPHA) * self.ema_weight + EMA_ALPHA;
-        }
-        self.loss_ema.push(if self.ema_weight > 0.0 {
-            self.ema / self.ema_weight
-        } else {
-            f64::NAN
-        });
+        self.loss_ema.push(self.ema.push(m.loss));
         self.lr.push(m.lr);
         self.grad_norm.push(m.grad_norm);
         self.update_norm.push(m.update_norm);
@@ -231,6 +237,33 @@ impl RunData {
         self.step_ms.push(m.step_ms);
         self.phase.push(m.phase);
         self.grad_norm_per_layer.clone_from(&m.grad_norm_per_layer);
+        self.grad_norm_per_group.clone_from(&m.grad_norm_per_group);
+        let g = m.geometry;
+        self.grad_cos.push(g.map_or(f64::NAN, |g| g.cos));
+        self.d1.push(g.map_or(f64::NAN, |g| g.d1));
+        self.d2.push(g.map_or(f64::NAN, |g| g.d2));
+        let k = g.map_or(f64::NAN, |g| g.curvature);
+        self.curvature.push(k);
+        self.curvature_ema.push(self.curvature_ema_state.push(k));
+        let n = self.steps.len() - 1;
+        if self.max_update.len() < m.max_update.len() {
+            self.max_update.resize_with(m.max_update.len(), || {
+                let mut c = Column::new();
+                for _ in 0..n {
+                    c.push(f64::NAN);
+                }
+                c
+            });
+        }
+        for (i, c) in self.max_update.iter_mut().enumerate() {
+            c.push(m.max_update.get(i).copied().unwrap_or(f64::NAN));
+        }
+    }
+
+    /// The newest result of probe `kind` (`sharpness`, `noise`, `slice`, `landscape`,
+    /// `interp`) on this run, if any.
+    pub fn latest_probe(&self, kind: &str) -> Option<&ProbeResult> {
+        self.probes.iter().rev().find(|p| p.probe == kind)
     }
 
     fn push_eval(&mut self, step: u64, val_loss: f64) {
@@ -241,6 +274,38 @@ impl RunData {
         }
         self.eval_steps.push(step);
         self.val_loss.push(val_loss);
+    }
+}
+
+/// A debiased exponential moving average with weight [`EMA_ALPHA`] that skips non-finite
+/// samples (NaN until the first finite one).
+#[derive(Debug, Clone, Copy, Default)]
+struct Ema {
+    value: f64,
+    weight: f64,
+}
+
+impl Ema {
+    /// The state after `values`.
+    fn over(values: &[f64]) -> Self {
+        let mut e = Ema::default();
+        for &v in values {
+            e.push(v);
+        }
+        e
+    }
+
+    /// Adds a sample; returns the average so far.
+    fn push(&mut self, v: f64) -> f64 {
+        if v.is_finite() {
+            self.value = (1.0 - EMA_ALPHA) * self.value + EMA_ALPHA * v;
+            self.weight = (1.0 - EMA_ALPHA) * self.weight + EMA_ALPHA;
+        }
+        if self.weight > 0.0 {
+            self.value / self.weight
+        } else {
+            f64::NAN
+        }
     }
 }
 
@@ -299,6 +364,38 @@ pub enum Overlay {
     ConfirmQuit,
 }
 
+/// Which full-screen view shows (key `v` cycles them; the branches view of key `c` goes
+/// over any of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum View {
+    /// Loss, lr, norms, runs and the small probes panel.
+    #[default]
+    Main,
+    /// Per-step geometry (cos, D1, D2, K), sharpness and noise scale over steps.
+    Probes,
+    /// The selected run's latest 2-D landscape, 1-D slices and interpolation.
+    Landscape,
+}
+
+impl View {
+    /// The view after this one: Main → Probes → Landscape → Main.
+    pub fn next(self) -> View {
+        match self {
+            View::Main => View::Probes,
+            View::Probes => View::Landscape,
+            View::Landscape => View::Main,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            View::Main => "main",
+            View::Probes => "probes",
+            View::Landscape => "landscape",
+        }
+    }
+}
+
 /// What belongs to the UI alone.
 #[derive(Debug, Clone)]
 pub struct UiState {
@@ -310,6 +407,8 @@ pub struct UiState {
     /// The branches view: the comparison table and the endpoint fit in place of the other
     /// panels (key `c`).
     pub compare: bool,
+    /// The full-screen view under the branches view (key `v`).
+    pub view: View,
     pub overlay: Overlay,
     pub status: Option<Status>,
     /// Display samples the caller dropped because the UI fell behind (the recorder has them).
@@ -353,6 +452,7 @@ impl Default for UiState {
             log_y: false,
             smooth: true,
             compare: false,
+            view: View::Main,
             overlay: Overlay::None,
             status: None,
             dropped_display: 0,

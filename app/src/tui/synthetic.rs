@@ -1,10 +1,14 @@
 //! Synthetic, deterministic sessions for the TUI's snapshot tests and its render benchmark:
-//! a WSD trunk with a plausible loss curve and optional decay branches, as `RunEvent`s.
+//! a WSD trunk with a plausible loss curve and optional decay branches, as `RunEvent`s, and
+//! periodic probe results of every kind (sharpness, noise scale, slices, landscape,
+//! interpolation) shaped as the engine reports them.
+
+use std::collections::BTreeMap;
 
 use serde_json::json;
 use wsdscope_sessions::{
-    DataSummary, EVENT_SCHEMA_VERSION, EndReason, ModelSummary, RunEvent, RunId, RunStart,
-    StepMetrics,
+    DataSummary, EVENT_SCHEMA_VERSION, EndReason, ModelSummary, ProbeResult, RunEvent, RunId,
+    RunStart, StepGeometry, StepMetrics,
 };
 use wsdscope_trainer::{DecayShape, Schedule};
 
@@ -92,6 +96,11 @@ impl Synthetic {
             device: "cpu".into(),
             threads: 2,
             config,
+            param_groups: vec!["embedding".into(), "hidden".into(), "norm".into()],
+            tracked_tensors: vec![
+                "model.embed_tokens.weight".into(),
+                "model.layers.0.self_attn.q_proj.weight".into(),
+            ],
         }))
     }
 
@@ -116,6 +125,18 @@ impl Synthetic {
             tokens_per_s: 1840.0,
             step_ms: 1113.0,
             grad_norm_per_layer: (0..4).map(|l| grad_norm * (0.3 + 0.1 * l as f64)).collect(),
+            grad_norm_per_group: vec![grad_norm * 0.2, grad_norm * 0.9, grad_norm * 0.1],
+            geometry: (s > 1).then(|| {
+                let d1 = -0.02 * (1.0 - decayed) + 0.01 * noise;
+                let d2 = 20.0 + 60.0 * decayed + 5.0 * noise;
+                StepGeometry {
+                    cos: 0.1 + 0.5 * decayed + 0.05 * noise,
+                    d1,
+                    d2,
+                    curvature: d2.abs() / (1.0 + d1 * d1).powf(1.5),
+                }
+            }),
+            max_update: vec![lr * 1.1, lr * 0.6],
         })
     }
 
@@ -210,6 +231,155 @@ impl Synthetic {
         evs
     }
 
+    /// The smooth part of the loss at step `s` (what the probes measure around).
+    fn smooth_loss(schedule: &Schedule, s: u64) -> f64 {
+        let decayed = 1.0 - schedule.lr(s) / 0.01;
+        2.4 + 8.0 / (1.0 + s as f64 / 30.0).powf(0.6) - 0.35 * decayed
+    }
+
+    /// Every periodic probe of run `run` at step `s`: sharpness (the preconditioned one
+    /// crosses 38/η late in the stable phase, falls below it as the lr decays), noise scale,
+    /// both 1-D slices and a 21×21 landscape whose minimum is off the centre.
+    pub fn probes(&self, run: RunId, schedule: &Schedule, s: u64) -> Vec<RunEvent> {
+        let noise = hash_noise(s.wrapping_mul(7).wrapping_add(run as u64 * 1000 + 3));
+        let lr = schedule.lr(s).max(1e-9);
+        let loss = Self::smooth_loss(schedule, s);
+        let grow = 1.0 - (-(s as f64) / 250.0).exp();
+        let sharpness = probe(
+            run,
+            s,
+            "sharpness",
+            &[
+                ("lambda_max", 40.0 + 60.0 * grow * (1.0 + 0.05 * noise)),
+                (
+                    "precond_lambda_max",
+                    3800.0 * (0.55 + 0.5 * grow) * (1.0 + 0.03 * noise),
+                ),
+                ("threshold", 38.0 / lr),
+                ("gd_threshold", 2.0 / lr),
+                ("lr", lr),
+                ("products", 40.0),
+                ("sequences", 8.0),
+                ("seconds", 2.5),
+                ("cost_steps", 2.2),
+            ],
+            Vec::new(),
+        );
+        let b_avg = 2000.0 * (1.0 + s as f64 / 100.0).powf(0.8);
+        let noise_scale = probe(
+            run,
+            s,
+            "noise",
+            &[
+                ("b_simple", b_avg * (1.0 + 0.3 * noise)),
+                ("b_simple_avg", b_avg),
+                ("batch_tokens", TOKENS_PER_STEP as f64),
+                ("rule_tokens", 1.21e9 / loss.powf(6.24)),
+                ("g_sq", 0.4),
+                ("trace", 0.4 * b_avg / 256.0),
+                ("loss", loss),
+                ("seconds", 1.5),
+                ("cost_steps", 1.3),
+            ],
+            Vec::new(),
+        );
+        let alpha = linspace(-1.0, 1.0, 21);
+        let beta = linspace(-1.0, 3.0, 17);
+        let slice = probe(
+            run,
+            s,
+            "slice",
+            &[("seconds", 1.0)],
+            vec![
+                (
+                    "loss_random",
+                    alpha
+                        .iter()
+                        .map(|a| loss + 1.5 * a * a + 0.2 * a + 0.3 * a.powi(4))
+                        .collect(),
+                ),
+                ("alpha", alpha),
+                (
+                    "loss_update",
+                    beta.iter()
+                        .map(|b| loss + 0.004 * (b - 1.5) * (b - 1.5) - 0.009)
+                        .collect(),
+                ),
+                ("beta", beta),
+            ],
+        );
+        let grid = linspace(-1.0, 1.0, 21);
+        let mut surface = Vec::with_capacity(grid.len() * grid.len());
+        for &y in &grid {
+            for &x in &grid {
+                surface.push(
+                    loss + 1.2 * (x - 0.3) * (x - 0.3)
+                        + 0.8 * (y + 0.2) * (y + 0.2)
+                        + 0.3 * x * y
+                        + 0.1 * (3.0 * x).sin() * (2.0 * y).cos(),
+                );
+            }
+        }
+        let landscape = probe(
+            run,
+            s,
+            "landscape",
+            &[("grid", grid.len() as f64), ("span", 1.0)],
+            vec![("x", grid.clone()), ("y", grid), ("loss", surface)],
+        );
+        vec![sharpness, noise_scale, slice, landscape]
+    }
+
+    /// The interpolation L((1−α)θ_parent + αθ_branch) from `parent` at `from` to the end of
+    /// `branch` at `to` (reported on the branch), α from −0.2 to 1.2.
+    pub fn interp(
+        &self,
+        parent: RunId,
+        from: u64,
+        branch: RunId,
+        to: u64,
+        branch_schedule: &Schedule,
+    ) -> RunEvent {
+        let lp = Self::smooth_loss(&self.schedule(), from);
+        let lb = Self::smooth_loss(branch_schedule, to);
+        let alpha = linspace(-0.2, 1.2, 15);
+        let loss = alpha
+            .iter()
+            .map(|a| lp + (lb - lp) * a + 0.15 * a * (a - 1.0))
+            .collect();
+        probe(
+            branch,
+            to,
+            "interp",
+            &[
+                ("from_run", parent as f64),
+                ("from_step", from as f64),
+                ("to_run", branch as f64),
+                ("to_step", to as f64),
+                ("distance", 3.2),
+            ],
+            vec![("alpha", alpha), ("loss", loss)],
+        )
+    }
+
+    /// The trunk up to `upto` (evals every `eval_every`) with every probe every `probe_every`
+    /// steps.
+    pub fn trunk_with_probes(&self, upto: u64, eval_every: u64, probe_every: u64) -> Vec<RunEvent> {
+        let sched = self.schedule();
+        let mut evs = Vec::new();
+        for ev in self.trunk(upto, eval_every) {
+            let probe_at = match &ev {
+                RunEvent::Step(m) if m.step % probe_every == 0 => Some(m.step),
+                _ => None,
+            };
+            evs.push(ev);
+            if let Some(s) = probe_at {
+                evs.extend(self.probes(0, &sched, s));
+            }
+        }
+        evs
+    }
+
     pub fn end(run: RunId, step: u64, reason: EndReason, message: Option<&str>) -> RunEvent {
         RunEvent::End {
             run,
@@ -220,6 +390,33 @@ impl Synthetic {
             wall_s: 1.0,
         }
     }
+}
+
+/// A probe result event.
+fn probe(
+    run: RunId,
+    step: u64,
+    kind: &str,
+    scalars: &[(&str, f64)],
+    series: Vec<(&str, Vec<f64>)>,
+) -> RunEvent {
+    RunEvent::Probe(ProbeResult {
+        run,
+        step,
+        probe: kind.into(),
+        scalars: scalars.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+        series: series
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<BTreeMap<_, _>>(),
+    })
+}
+
+/// `n` evenly spaced values from `a` to `b`.
+fn linspace(a: f64, b: f64, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| a + (b - a) * i as f64 / (n - 1) as f64)
+        .collect()
 }
 
 /// Deterministic noise in [-1, 1] from an integer.

@@ -341,6 +341,7 @@ mod tests {
             memory_budget_mb: None,
             keep_branch_checkpoints: false,
             probes: Default::default(),
+            reference_ops: false,
         }
     }
 

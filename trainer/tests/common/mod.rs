@@ -29,5 +29,6 @@ pub fn small_run(steps: u64) -> RunConfig {
         memory_budget_mb: None,
         keep_branch_checkpoints: false,
         probes: Default::default(),
+        reference_ops: false,
     }
 }

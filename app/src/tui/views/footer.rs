@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Widget};
 
 use super::LABEL;
-use crate::tui::state::TuiState;
+use crate::tui::state::{TuiState, View};
 
 pub struct Footer<'a>(pub &'a TuiState);
 
@@ -41,6 +41,7 @@ impl Widget for Footer<'_> {
                 ("+/-", "zoom"),
                 ("g", "log-y"),
                 compare_hint(state),
+                view_hint(state),
                 ("?", "help"),
                 ("q", "quit"),
             ];
@@ -60,8 +61,10 @@ impl Widget for Footer<'_> {
             ("g", "log-y"),
             ("s", "smooth"),
             compare_hint(state),
+            view_hint(state),
         ]);
         if state.ui.live {
+            hints.push(("p", "probe"));
             hints.push(("f", "fork"));
         }
         hints.extend([("?", "help"), ("q", "quit")]);
@@ -69,21 +72,28 @@ impl Widget for Footer<'_> {
     }
 }
 
-/// `c` toggles the branches view.
+/// `c` toggles the branches view (back to the view under it).
 fn compare_hint(state: &TuiState) -> (&'static str, &'static str) {
-    (
-        "c",
-        if state.ui.compare {
-            "panels"
-        } else {
-            "compare"
-        },
-    )
+    let back = match state.ui.view {
+        View::Main => "panels",
+        v => v.as_str(),
+    };
+    ("c", if state.ui.compare { back } else { "compare" })
+}
+
+/// `v` goes to the next view (out of the branches view, to the probes view).
+fn view_hint(state: &TuiState) -> (&'static str, &'static str) {
+    let next = if state.ui.compare {
+        View::Probes
+    } else {
+        state.ui.view.next()
+    };
+    ("v", next.as_str())
 }
 
 /// Hints left out first, in this order, when the line is too narrow for all of them (the
 /// `?` overlay lists every key).
-const DROP_FIRST: [&str; 8] = ["0", "←→", "s", "{}", "[]", "g", "tab", "<>"];
+const DROP_FIRST: [&str; 9] = ["0", "←→", "p", "s", "{}", "[]", "g", "tab", "<>"];
 
 fn render_hints(hints: &[(&str, &str)], area: Rect, buf: &mut Buffer) {
     let width = |h: &[(&str, &str)]| -> usize {

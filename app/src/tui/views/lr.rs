@@ -8,8 +8,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Widget;
 use wsdscope_sessions::Phase;
 
-use super::plot::{Band, Plot, Series, XMarker};
-use super::{FAINT, buckets, draw_order, phase_bg, run_color};
+use super::plot::{Plot, Series};
+use super::{FAINT, buckets, draw_order, fork_markers, phase_bands, phase_bg, run_color};
 use crate::tui::series::envelope;
 use crate::tui::state::TuiState;
 
@@ -21,36 +21,10 @@ impl Widget for LrPanel<'_> {
         let (lo, hi) = state.x_view();
         let n = buckets(area);
         let mut series = Vec::new();
-        let mut bands = Vec::new();
-        if let Some(trunk) = state.trunk() {
-            if let (Some(sched), Some(total)) = (&trunk.schedule, trunk.total()) {
-                series.push(Series::line(planned(sched, lo, hi, n, total), FAINT));
-            }
-            if let Some(p) = trunk.phases() {
-                let edges = [
-                    (f64::NEG_INFINITY, p.warmup_end as f64 + 0.5, Phase::Warmup),
-                    (
-                        p.warmup_end as f64 + 0.5,
-                        p.decay_start as f64 + 0.5,
-                        Phase::Stable,
-                    ),
-                    (
-                        p.decay_start as f64 + 0.5,
-                        p.total as f64 + 0.5,
-                        Phase::Decay,
-                    ),
-                ];
-                for (from, to, phase) in edges {
-                    if to > from {
-                        bands.push(Band {
-                            from,
-                            to,
-                            color: phase_bg(phase),
-                            label: phase.as_str(),
-                        });
-                    }
-                }
-            }
+        if let Some(trunk) = state.trunk()
+            && let (Some(sched), Some(total)) = (&trunk.schedule, trunk.total())
+        {
+            series.push(Series::line(planned(sched, lo, hi, n, total), FAINT));
         }
         for r in draw_order(state) {
             series.push(Series::line(
@@ -58,18 +32,6 @@ impl Widget for LrPanel<'_> {
                 run_color(r.id),
             ));
         }
-        let markers = state
-            .runs
-            .values()
-            .filter_map(|r| {
-                r.fork_step.map(|s| XMarker {
-                    x: s as f64,
-                    color: run_color(r.id),
-                    label: format!("⑂{}", r.id),
-                })
-            })
-            .collect();
-
         let title = Line::from(vec![
             Span::styled(
                 " learning rate ",
@@ -86,8 +48,8 @@ impl Widget for LrPanel<'_> {
             x: (lo, hi),
             include_zero: true,
             series,
-            bands,
-            markers,
+            bands: phase_bands(state),
+            markers: fork_markers(state),
             empty: "no learning rate yet",
             ..Default::default()
         }

@@ -7,11 +7,13 @@ pub mod footer;
 pub mod fork_form;
 pub mod header;
 pub mod help;
+pub mod landscape;
 pub mod loss;
 pub mod lr;
 pub mod norms;
 pub mod plot;
 pub mod probes;
+pub mod probes_view;
 pub mod runs;
 
 use ratatui::buffer::Buffer;
@@ -20,9 +22,11 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::widgets::Widget;
 use wsdscope_sessions::{Phase, RunId};
 
+use self::plot::{Band, XMarker};
 use super::compare::Comparison;
 use super::layout::{self, MIN_HEIGHT, MIN_WIDTH};
-use super::state::{Overlay, RunData, TuiState};
+use super::series::Column;
+use super::state::{Overlay, RunData, TuiState, View};
 
 /// Axis lines and panel borders.
 pub const AXIS: Color = Color::DarkGray;
@@ -75,6 +79,81 @@ pub fn draw_order(state: &TuiState) -> Vec<&RunData> {
     runs
 }
 
+/// The trunk's warmup/stable/decay phases as background bands of a step chart.
+pub fn phase_bands(state: &TuiState) -> Vec<Band> {
+    let Some(p) = state.trunk().and_then(RunData::phases) else {
+        return Vec::new();
+    };
+    let edges = [
+        (f64::NEG_INFINITY, p.warmup_end as f64 + 0.5, Phase::Warmup),
+        (
+            p.warmup_end as f64 + 0.5,
+            p.decay_start as f64 + 0.5,
+            Phase::Stable,
+        ),
+        (
+            p.decay_start as f64 + 0.5,
+            p.total as f64 + 0.5,
+            Phase::Decay,
+        ),
+    ];
+    edges
+        .into_iter()
+        .filter(|(from, to, _)| to > from)
+        .map(|(from, to, phase)| Band {
+            from,
+            to,
+            color: phase_bg(phase),
+            label: phase.as_str(),
+        })
+        .collect()
+}
+
+/// A marker at every fork (`⑂id`, in the branch's colour) for a step chart.
+pub fn fork_markers(state: &TuiState) -> Vec<XMarker> {
+    state
+        .runs
+        .values()
+        .filter_map(|r| {
+            r.fork_step.map(|s| XMarker {
+                x: s as f64,
+                color: run_color(r.id),
+                label: format!("⑂{}", r.id),
+            })
+        })
+        .collect()
+}
+
+/// The newest finite sample of `col` among its last few (geometry is NaN on a run's first
+/// step); looks back a bounded distance so a frame never scans a whole run.
+pub fn latest_finite(col: &Column) -> Option<f64> {
+    col.values()
+        .iter()
+        .rev()
+        .take(64)
+        .copied()
+        .find(|v| v.is_finite())
+}
+
+/// "@300 (latest)" or "@300 (40 steps ago)": where a probe was measured, relative to the
+/// run's latest step.
+pub fn measured_at(step: u64, latest: u64) -> String {
+    match latest.saturating_sub(step) {
+        0 => format!("@{step} (latest)"),
+        1 => format!("@{step} (1 step ago)"),
+        n => format!("@{step} ({n} steps ago)"),
+    }
+}
+
+/// What a panel says when its probe has not reported: how to get one, where that is possible.
+pub fn no_probe_text(state: &TuiState) -> &'static str {
+    if state.ui.live && state.selected_run().is_some_and(RunData::is_active) {
+        "none yet: press p to probe now"
+    } else {
+        "no probe recorded"
+    }
+}
+
 /// Buckets for a chart panel of this outer width: one per column inside the border.
 pub fn buckets(area: Rect) -> usize {
     area.width.saturating_sub(2).max(1) as usize
@@ -100,6 +179,44 @@ impl Widget for App<'_> {
             footer::Footer(state).render(l.footer, buf);
             overlays(state, area, buf);
             return;
+        }
+        match state.ui.view {
+            View::Main => {}
+            View::Probes => {
+                let Some(l) = layout::probes(area) else {
+                    too_small(area, buf);
+                    return;
+                };
+                header::Header(state).render(l.header, buf);
+                for (chart, r) in probes_view::CHARTS.into_iter().zip(l.charts) {
+                    probes_view::ChartPanel { state, chart }.render(r, buf);
+                }
+                footer::Footer(state).render(l.footer, buf);
+                overlays(state, area, buf);
+                return;
+            }
+            View::Landscape => {
+                let Some(l) = layout::landscape(area) else {
+                    too_small(area, buf);
+                    return;
+                };
+                header::Header(state).render(l.header, buf);
+                landscape::HeatmapPanel(state).render(l.map, buf);
+                landscape::SlicePanel {
+                    state,
+                    along: landscape::Along::Random,
+                }
+                .render(l.slice_random, buf);
+                landscape::SlicePanel {
+                    state,
+                    along: landscape::Along::Update,
+                }
+                .render(l.slice_update, buf);
+                landscape::InterpPanel(state).render(l.interp, buf);
+                footer::Footer(state).render(l.footer, buf);
+                overlays(state, area, buf);
+                return;
+            }
         }
         let Some(l) = layout::compute(area, state.runs.len()) else {
             too_small(area, buf);

@@ -1,6 +1,7 @@
 //! A compact line chart on a braille canvas: y labels, a step axis, background bands (the
 //! schedule's phases) and vertical markers (fork points). The panels give it already
 //! reduced points (see `series::envelope`), so drawing costs O(width) whatever the run length.
+//! The x axis is a step range by default; with `x_values` it is any value range (loss slices).
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -20,6 +21,9 @@ pub enum Kind {
     Line,
     /// One `•` per point (sparse data such as evals).
     Dots,
+    /// A dotted braille line through consecutive points (a reference curve that must not be
+    /// mistaken for data).
+    Dotted,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +49,14 @@ impl Series {
             kind: Kind::Dots,
         }
     }
+
+    pub fn dotted(points: Vec<(f64, f64)>, color: Color) -> Self {
+        Series {
+            points,
+            color,
+            kind: Kind::Dotted,
+        }
+    }
 }
 
 /// A background band over the step range `from..to`.
@@ -68,8 +80,10 @@ pub struct XMarker {
 #[derive(Debug, Clone, Default)]
 pub struct Plot<'a> {
     pub title: Line<'a>,
-    /// The visible step range.
+    /// The visible step range (or value range with `x_values`).
     pub x: (f64, f64),
+    /// Label the x axis with values (`-0.5`, `0`, `1.2`) rather than step numbers.
+    pub x_values: bool,
     pub log_y: bool,
     /// Keep 0 inside the y range (linear axes only).
     pub include_zero: bool,
@@ -204,6 +218,9 @@ impl Widget for Plot<'_> {
             plot_h,
         );
         let (x0, x1) = self.x;
+        // Canvas dots per unit on each axis, to space the dots of dotted lines evenly.
+        let dots_x = 2.0 * plot.width as f64 / (x1 - x0).abs().max(f64::MIN_POSITIVE);
+        let dots_y = 4.0 * plot.height as f64 / (top - bottom).max(f64::MIN_POSITIVE);
 
         Canvas::default()
             .marker(Marker::Braille)
@@ -227,6 +244,10 @@ impl Widget for Plot<'_> {
                             ctx.marker(Marker::Dot);
                             ctx.draw(&Points::new(pts, *color));
                             ctx.marker(Marker::Braille);
+                        }
+                        Kind::Dotted => {
+                            let dotted = dotted_points(pts, x0, x1, dots_x, dots_y);
+                            ctx.draw(&Points::new(&dotted, *color));
                         }
                     }
                     ctx.layer();
@@ -292,8 +313,14 @@ impl Widget for Plot<'_> {
                     cell.set_symbol("┊").set_fg(m.color);
                 }
             }
+            // The label right of the line, or left of it where only that side has room.
             let room = plot.right().saturating_sub(x + 1) as usize;
-            if room > 0 {
+            let len = m.label.chars().count();
+            let left_room = x.saturating_sub(plot.x) as usize;
+            if room < len && left_room > len {
+                let lx = x - len as u16;
+                buf.set_stringn(lx, plot.y, &m.label, len, Style::default().fg(m.color));
+            } else if room > 0 {
                 buf.set_stringn(x + 1, plot.y, &m.label, room, Style::default().fg(m.color));
             }
         }
@@ -326,21 +353,65 @@ impl Widget for Plot<'_> {
                 .set_symbol("─")
                 .set_style(axis_style);
         }
-        let left = format::step(x0);
-        let right = format::step(x1);
-        let mid = format::step((x0 + x1) / 2.0);
+        let fmt_x = if self.x_values {
+            format::value
+        } else {
+            format::step
+        };
+        let left = fmt_x(x0);
+        let right = fmt_x(x1);
+        let mid = fmt_x((x0 + x1) / 2.0);
         let w = plot.width as usize;
         let label_style = Style::default().fg(LABEL);
-        if left.len() + right.len() + 2 <= w {
+        let (lw, rw, mw) = (
+            left.chars().count(),
+            right.chars().count(),
+            mid.chars().count(),
+        );
+        if lw + rw + 2 <= w {
             buf.set_stringn(plot.x, y_axis, &left, w, label_style);
-            let rx = plot.right() - right.len() as u16;
-            buf.set_stringn(rx, y_axis, &right, right.len(), label_style);
-            let mx = plot.x + (plot.width / 2).saturating_sub(mid.len() as u16 / 2);
-            if mx > plot.x + left.len() as u16 + 1 && mx + (mid.len() as u16) + 1 < rx {
-                buf.set_stringn(mx, y_axis, &mid, mid.len(), label_style);
+            let rx = plot.right() - rw as u16;
+            buf.set_stringn(rx, y_axis, &right, rw, label_style);
+            let mx = plot.x + (plot.width / 2).saturating_sub(mw as u16 / 2);
+            if mx > plot.x + lw as u16 + 1 && mx + (mw as u16) + 1 < rx {
+                buf.set_stringn(mx, y_axis, &mid, mw, label_style);
             }
         }
     }
+}
+
+/// Points every third canvas dot along the polyline `pts` (given `dots_x`/`dots_y` canvas
+/// dots per unit), drawn as a dotted line. At most a few points per column of the chart.
+fn dotted_points(
+    pts: &[(f64, f64)],
+    x0: f64,
+    x1: f64,
+    dots_x: f64,
+    dots_y: f64,
+) -> Vec<(f64, f64)> {
+    const GAP: f64 = 3.0;
+    let mut out = Vec::new();
+    let (lo, hi) = (x0.min(x1), x0.max(x1));
+    for w in pts.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        // Clip to the visible x range so an off-screen neighbour costs nothing.
+        let (xa, xb) = (a.0.max(lo), b.0.min(hi));
+        if xb < xa || b.0 == a.0 {
+            continue;
+        }
+        let at = |x: f64| a.1 + (b.1 - a.1) * (x - a.0) / (b.0 - a.0);
+        let (ya, yb) = (at(xa), at(xb));
+        let len = ((xb - xa) * dots_x).hypot((yb - ya) * dots_y);
+        let k = (len / GAP).floor().min(4096.0) as usize;
+        for i in 0..=k {
+            let t = if k == 0 { 0.0 } else { i as f64 / k as f64 };
+            out.push((xa + (xb - xa) * t, ya + (yb - ya) * t));
+        }
+    }
+    if pts.len() == 1 {
+        out.push(pts[0]);
+    }
+    out
 }
 
 /// Round tick values inside `lo..=hi`, at most about `max` of them: 1-2-2.5-5 steps, or

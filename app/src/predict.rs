@@ -1,0 +1,307 @@
+//! Predicting a decay branch before it runs: the multi-power law (Luo et al. 2025; see
+//! `wsdscope_probes::mpl`) fitted on every run's training-loss curve so far — the trunk's,
+//! and the branches' that already ran — then evaluated on a branch's schedule (its parent's lr
+//! history up to the fork, its own decay after).
+//!
+//! Until some run has decayed, the law's decay term (B, C, β, γ) cannot be fitted and comes
+//! from [`prior`]; predictions then say so (`decay_fitted` false). Shared by the TUI (live and
+//! replay) and `inspect`, over the plain [`RunCurve`] facts both have.
+
+use std::collections::BTreeMap;
+
+use wsdscope_probes::{Curve, MplFit, MultiPowerLaw, fit_multi_power_law};
+use wsdscope_sessions::{RunEvent, RunId};
+use wsdscope_trainer::Schedule;
+
+/// What the fit needs of one run.
+#[derive(Debug, Clone)]
+pub struct RunCurve {
+    pub id: RunId,
+    pub parent: Option<RunId>,
+    pub fork_step: Option<u64>,
+    pub schedule: Schedule,
+    /// The run's own training steps and losses (a branch's start after its fork).
+    pub steps: Vec<u64>,
+    pub loss: Vec<f64>,
+}
+
+/// The decay term's values before any decay has been seen. B is set so that a full decay of
+/// the peak lr η removes B·η ≈ 0.25 nats (what the default preset's own decay does); C, β, γ
+/// are mid-range values of the law. Once a run has decayed, all seven are fitted.
+pub fn prior(peak_lr: f64) -> MultiPowerLaw {
+    MultiPowerLaw {
+        l0: 1.0,
+        a: 1.0,
+        alpha: 0.5,
+        b: 0.25 / peak_lr.max(1e-12),
+        c: 2.0,
+        beta: 0.6,
+        gamma: 0.5,
+    }
+}
+
+/// The lr of every step 1..=total of run `id`: its ancestors' lrs up to each fork, then its own.
+pub fn lrs(curves: &[RunCurve], id: RunId) -> Option<Vec<f64>> {
+    let r = curves.iter().find(|c| c.id == id)?;
+    let total = r.schedule.total();
+    let mut out: Vec<f64> = match (r.parent, r.fork_step) {
+        (Some(p), Some(at)) if p != id => {
+            let mut h = lrs(curves, p)?;
+            h.truncate(at as usize);
+            h.resize(at as usize, *h.last().unwrap_or(&0.0));
+            h
+        }
+        _ => Vec::new(),
+    };
+    let from = out.len() as u64 + 1;
+    out.extend((from..=total).map(|s| r.schedule.lr(s)));
+    Some(out)
+}
+
+/// Steps that belong to the warmup of the trunk (the law starts after it).
+fn warmup_of(curves: &[RunCurve]) -> usize {
+    curves
+        .iter()
+        .find(|c| c.parent.is_none())
+        .map(|c| c.schedule.bounds().warmup_end as usize)
+        .unwrap_or(0)
+}
+
+/// Means of the losses over bins of about `len/128` consecutive steps: the noise averages out
+/// and, unlike an EMA, nothing lags behind a drop.
+fn binned(steps: &[u64], loss: &[f64]) -> Vec<(u64, f64)> {
+    let n = steps.len().min(loss.len());
+    let w = (n / 128).max(1);
+    let mut out = Vec::with_capacity(n / w + 1);
+    let mut i = 0;
+    while i < n {
+        let j = (i + w).min(n);
+        let fin: Vec<(u64, f64)> = (i..j)
+            .filter(|&k| loss[k].is_finite())
+            .map(|k| (steps[k], loss[k]))
+            .collect();
+        if !fin.is_empty() {
+            let step = fin.iter().map(|p| p.0).sum::<u64>() / fin.len() as u64;
+            let l = fin.iter().map(|p| p.1).sum::<f64>() / fin.len() as f64;
+            if out.last().is_none_or(|&(s, _)| step > s) {
+                out.push((step, l));
+            }
+        }
+        i = j;
+    }
+    out
+}
+
+/// Fits the law on every run with enough steps past the warmup.
+pub fn fit(curves: &[RunCurve]) -> Option<MplFit> {
+    let warmup = warmup_of(curves);
+    let peak = curves
+        .iter()
+        .find(|c| c.parent.is_none())
+        .map(|c| c.schedule.peak())?;
+    let mut data = Vec::new();
+    for c in curves {
+        let points: Vec<(u64, f64)> = binned(&c.steps, &c.loss)
+            .into_iter()
+            .filter(|&(s, _)| s as usize > warmup)
+            .collect();
+        if points.len() < 3 {
+            continue;
+        }
+        let lrs = lrs(curves, c.id)?;
+        data.push(Curve {
+            lrs,
+            warmup,
+            points,
+        });
+    }
+    if data.is_empty() {
+        return None;
+    }
+    fit_multi_power_law(&data, &prior(peak)).ok()
+}
+
+/// The law's loss for run `id` at `steps` (global steps).
+pub fn curve(fit: &MplFit, curves: &[RunCurve], id: RunId, steps: &[u64]) -> Option<Vec<f64>> {
+    let lrs = lrs(curves, id)?;
+    Some(fit.law.predict(&lrs, warmup_of(curves), steps))
+}
+
+/// The mean training loss over a run's last few steps (5% of its own steps, at least 3): what
+/// a predicted final loss is compared with.
+pub fn actual_final(c: &RunCurve) -> Option<f64> {
+    let n = c.steps.len().min(c.loss.len());
+    if n == 0 {
+        return None;
+    }
+    let k = (n / 20).max(3).min(n);
+    let tail: Vec<f64> = c.loss[n - k..n]
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .collect();
+    (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64)
+}
+
+/// A branch's final loss as predicted when it was forked, and as it turned out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BranchPrediction {
+    pub run: RunId,
+    pub fork_step: u64,
+    pub end_step: u64,
+    /// Predicted training loss at the branch's last step, from the runs seen before the fork.
+    pub before: f64,
+    /// Whether that fit had seen a decay (false: the decay term came from the prior).
+    pub decay_fitted: bool,
+    /// Mean training loss of its last steps, once it completed.
+    pub actual: Option<f64>,
+}
+
+/// Run curves rebuilt from an event stream (steps and `run_start`s only).
+#[derive(Default)]
+pub struct Curves {
+    pub runs: BTreeMap<RunId, RunCurve>,
+}
+
+impl Curves {
+    pub fn apply(&mut self, ev: &RunEvent) {
+        match ev {
+            RunEvent::RunStart(s) => {
+                let Some(schedule) = s
+                    .config
+                    .get("schedule")
+                    .and_then(|v| serde_json::from_value::<Schedule>(v.clone()).ok())
+                else {
+                    return;
+                };
+                let c = self.runs.entry(s.run).or_insert_with(|| RunCurve {
+                    id: s.run,
+                    parent: s.parent,
+                    fork_step: s.fork_step,
+                    schedule: schedule.clone(),
+                    steps: Vec::new(),
+                    loss: Vec::new(),
+                });
+                // A resume restarts the run after its start step.
+                let keep = c.steps.partition_point(|&x| x <= s.start_step);
+                c.steps.truncate(keep);
+                c.loss.truncate(keep);
+                c.schedule = schedule;
+            }
+            RunEvent::Step(m) => {
+                if let Some(c) = self.runs.get_mut(&m.run) {
+                    c.steps.push(m.step);
+                    c.loss.push(m.loss);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn list(&self) -> Vec<RunCurve> {
+        self.runs.values().cloned().collect()
+    }
+}
+
+/// Walks a session's events and, at each branch's fork, predicts its final loss from what had
+/// been recorded until then; at the end, pairs each prediction with what the branch did.
+pub fn predictions(events: &[RunEvent]) -> Vec<BranchPrediction> {
+    let mut curves = Curves::default();
+    let mut out: Vec<BranchPrediction> = Vec::new();
+    for ev in events {
+        if let RunEvent::RunStart(s) = ev
+            && let (Some(_), Some(at)) = (s.parent, s.fork_step)
+            && !curves.runs.contains_key(&s.run)
+        {
+            curves.apply(ev);
+            let list = curves.list();
+            let end = s.phases.total;
+            if let Some(f) = fit(&list)
+                && let Some(v) = curve(&f, &list, s.run, &[end])
+            {
+                out.push(BranchPrediction {
+                    run: s.run,
+                    fork_step: at,
+                    end_step: end,
+                    before: v[0],
+                    decay_fitted: f.decay_fitted,
+                    actual: None,
+                });
+            }
+            continue;
+        }
+        curves.apply(ev);
+        if let RunEvent::End {
+            run,
+            step,
+            reason: wsdscope_sessions::EndReason::Completed,
+            ..
+        } = ev
+            && let Some(p) = out
+                .iter_mut()
+                .find(|p| p.run == *run && p.end_step == *step)
+        {
+            p.actual = curves.runs.get(run).and_then(actual_final);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wsdscope_trainer::DecayShape;
+
+    fn trunk(steps: u64) -> Schedule {
+        Schedule::wsd(0.01, steps, steps / 10, steps / 10, DecayShape::Exp, 0.1).unwrap()
+    }
+
+    #[test]
+    fn a_branch_inherits_its_parents_lr_history() {
+        let t = trunk(100);
+        let branch = wsdscope_trainer::engine::decay_branch(0.01, 40, 20, DecayShape::Linear, 0.0);
+        let curves = vec![
+            RunCurve {
+                id: 0,
+                parent: None,
+                fork_step: None,
+                schedule: t.clone(),
+                steps: vec![],
+                loss: vec![],
+            },
+            RunCurve {
+                id: 1,
+                parent: Some(0),
+                fork_step: Some(40),
+                schedule: branch.clone(),
+                steps: vec![],
+                loss: vec![],
+            },
+        ];
+        let l = lrs(&curves, 1).unwrap();
+        assert_eq!(l.len(), 60);
+        for s in 1..=40 {
+            assert_eq!(l[s - 1], t.lr(s as u64), "trunk history at {s}");
+        }
+        for s in 41..=60 {
+            assert_eq!(l[s - 1], branch.lr(s as u64));
+        }
+        assert!(l[59] < 1e-3, "decayed to the floor");
+    }
+
+    #[test]
+    fn binning_averages_without_lag() {
+        let steps: Vec<u64> = (1..=1280).collect();
+        let loss: Vec<f64> = steps
+            .iter()
+            .map(|&s| if s <= 640 { 2.0 } else { 1.0 })
+            .collect();
+        let b = binned(&steps, &loss);
+        assert_eq!(b.len(), 128);
+        assert!(
+            b.iter().all(|&(s, l)| (s <= 640) == (l == 2.0)),
+            "no bin straddles the drop"
+        );
+        assert!(b.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+}
