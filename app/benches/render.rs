@@ -7,6 +7,10 @@
 #[allow(dead_code, unused_imports)]
 #[path = "../src/tui/mod.rs"]
 mod tui;
+// The TUI state keeps the multi-power-law forecasts.
+#[allow(dead_code)]
+#[path = "../src/predict.rs"]
+mod predict;
 
 use std::time::{Duration, Instant};
 
@@ -24,9 +28,10 @@ const BRANCH_STEPS: u64 = 100_000;
 const FRAMES: usize = 60;
 
 fn main() {
+    // Built as replay builds it before its first frame (no live refits of the forecasts).
     let syn = Synthetic::new(STEPS, 10_000, 100_000);
     let trunk = syn.schedule();
-    let mut state = TuiState::live(Some("session.h5".into()));
+    let mut state = TuiState::replay(Some("session.h5".into()), false);
     let t0 = Instant::now();
     let mut events = 0u64;
     let mut apply = |state: &mut TuiState, ev| {

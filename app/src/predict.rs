@@ -158,7 +158,7 @@ pub struct BranchPrediction {
 }
 
 /// Run curves rebuilt from an event stream (steps and `run_start`s only).
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Curves {
     pub runs: BTreeMap<RunId, RunCurve>,
 }
@@ -200,6 +200,164 @@ impl Curves {
 
     pub fn list(&self) -> Vec<RunCurve> {
         self.runs.values().cloned().collect()
+    }
+}
+
+/// What the TUI shows of a branch's prediction: the curve predicted at its fork, the one from
+/// the latest refit while it runs, and how its end compares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forecast {
+    pub fork_step: u64,
+    pub end_step: u64,
+    /// (step, loss) of the law from the fork to the end, made when the branch was forked.
+    pub before: Vec<(f64, f64)>,
+    pub decay_fitted: bool,
+    /// The same from a refit that includes the branch's own steps so far (live runs).
+    pub now: Option<Vec<(f64, f64)>>,
+    /// Mean training loss of the branch's last steps, once it completed.
+    pub actual: Option<f64>,
+}
+
+impl Forecast {
+    /// The final loss predicted at the fork.
+    pub fn before_final(&self) -> Option<f64> {
+        self.before.last().map(|p| p.1)
+    }
+}
+
+/// Points drawn per predicted curve.
+const CURVE_POINTS: u64 = 64;
+
+/// A fork whose prediction is still to be made: the branch and how many steps every run had
+/// recorded when it was forked (curves only grow, so these prefixes are the state then).
+#[derive(Debug, Clone)]
+struct PendingFork {
+    run: RunId,
+    lens: BTreeMap<RunId, usize>,
+    at: u64,
+    end: u64,
+}
+
+/// Keeps [`Forecast`]s up to date for a UI whose state holds the runs' curves. Recording is
+/// O(1) per event (a fork only queues its prediction with the curve lengths at that moment),
+/// so building a state from a long session stays cheap; [`Predictor::resolve`] makes the
+/// queued predictions — one fit each, on exactly what was recorded before the fork — and,
+/// when `refit` is set, refits every 5% more steps (at least 25) while a branch runs.
+#[derive(Debug, Clone, Default)]
+pub struct Predictor {
+    pending: Vec<PendingFork>,
+    seen: std::collections::BTreeSet<RunId>,
+    /// Completed branches: (end step, mean loss of their last steps).
+    actual: BTreeMap<RunId, (u64, Option<f64>)>,
+    steps: usize,
+    next_refit: usize,
+}
+
+impl Predictor {
+    fn sample(fit: &MplFit, list: &[RunCurve], id: RunId, from: u64, to: u64) -> Vec<(f64, f64)> {
+        let n = (to - from).clamp(1, CURVE_POINTS);
+        let steps: Vec<u64> = (0..=n)
+            .map(|k| from + (to - from) * k / n)
+            .filter(|&s| s > 0)
+            .collect();
+        match curve(fit, list, id, &steps) {
+            Some(v) => steps
+                .iter()
+                .zip(v)
+                .filter(|(_, l)| l.is_finite())
+                .map(|(&s, l)| (s as f64, l))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Records a branch's fork, given how many steps each run has recorded now.
+    pub fn fork(&mut self, run: RunId, at: u64, end: u64, lens: BTreeMap<RunId, usize>) {
+        if self.seen.insert(run) {
+            self.pending.push(PendingFork { run, lens, at, end });
+        }
+    }
+
+    pub fn step(&mut self) {
+        self.steps += 1;
+    }
+
+    /// Records that run `run` completed at `end` with `actual` as its final loss.
+    pub fn completed(&mut self, run: RunId, end: u64, actual: Option<f64>) {
+        self.actual.insert(run, (end, actual));
+    }
+
+    /// Whether [`Self::resolve`] has anything to do.
+    pub fn due(&self, refit: bool) -> bool {
+        !self.pending.is_empty()
+            || (refit && self.steps >= self.next_refit && self.actual.len() < self.seen.len())
+    }
+
+    /// Makes the queued predictions and (with `refit`) the periodic refit from `curves`, the
+    /// runs as recorded now; returns whether `out` changed.
+    pub fn resolve(
+        &mut self,
+        curves: &[RunCurve],
+        out: &mut BTreeMap<RunId, Forecast>,
+        refit: bool,
+    ) -> bool {
+        let mut changed = false;
+        for p in std::mem::take(&mut self.pending) {
+            let list: Vec<RunCurve> = curves
+                .iter()
+                .filter_map(|c| {
+                    let n = *p.lens.get(&c.id)?;
+                    Some(RunCurve {
+                        steps: c.steps[..n.min(c.steps.len())].to_vec(),
+                        loss: c.loss[..n.min(c.loss.len())].to_vec(),
+                        ..c.clone()
+                    })
+                })
+                .collect();
+            if let Some(f) = fit(&list) {
+                let before = Self::sample(&f, &list, p.run, p.at, p.end);
+                if !before.is_empty() {
+                    out.insert(
+                        p.run,
+                        Forecast {
+                            fork_step: p.at,
+                            end_step: p.end,
+                            before,
+                            decay_fitted: f.decay_fitted,
+                            now: None,
+                            actual: None,
+                        },
+                    );
+                    changed = true;
+                }
+            }
+        }
+        for (id, fc) in out.iter_mut() {
+            if fc.actual.is_none()
+                && let Some(&(end, a)) = self.actual.get(id)
+                && end == fc.end_step
+                && a.is_some()
+            {
+                fc.actual = a;
+                changed = true;
+            }
+        }
+        let running: Vec<RunId> = out
+            .keys()
+            .filter(|id| !self.actual.contains_key(id))
+            .copied()
+            .collect();
+        if refit && !running.is_empty() && self.steps >= self.next_refit {
+            self.next_refit = self.steps + (self.steps / 20).max(25);
+            if let Some(f) = fit(curves) {
+                for id in running {
+                    let fc = out.get_mut(&id).expect("listed");
+                    fc.now = Some(Self::sample(&f, curves, id, fc.fork_step, fc.end_step));
+                }
+                changed = true;
+            }
+        }
+        changed
     }
 }
 

@@ -6,8 +6,9 @@
 //! - [`hvp`]: a Hessian-vector product by central differences of gradients (candle has no
 //!   double backward);
 //! - [`top_eigenvalue`]: power iteration on [`hvp`] (the sharpness);
-//! - [`top_eigenvalue_preconditioned`]: the same for P⁻¹H with a diagonal preconditioner
-//!   (Adam's, for the preconditioned sharpness of Cohen et al. 2022 against 38/η);
+//! - [`sharpness`], [`preconditioned_sharpness`]: the largest (algebraic) eigenvalue of H and
+//!   of P⁻¹H for a diagonal preconditioner P (Adam's, for the preconditioned sharpness of
+//!   Cohen et al. 2022 against 38/η) by [`lanczos_extremes`] on [`hvp`];
 //! - [`filter_normalize`]: a random direction scaled filter by filter to the parameters'
 //!   norms (Li et al. 2018), for loss slices;
 //! - [`slice_1d`], [`slice_2d`], [`interpolate`]: losses along directions and segments;
@@ -169,10 +170,115 @@ pub fn top_eigenvalue(
     (lambda, v, max_iter)
 }
 
-/// The top eigenvalue of P⁻¹H for a diagonal preconditioner P, given as `p_inv_sqrt` =
-/// P^(−1/2): power iteration on the symmetric P^(−1/2) H P^(−1/2), which has the same
-/// spectrum. Returns (λ, products used).
-pub fn top_eigenvalue_preconditioned(
+/// The extreme eigenvalues of a symmetric operator by the Lanczos iteration from `v0`: after
+/// each product the tridiagonal matrix's largest and smallest eigenvalues (Sturm bisection)
+/// are the estimates; it stops once the largest moves by less than `rel_tol` (relative) or
+/// after `max_iter` products. Unlike power iteration, it returns the largest *algebraic*
+/// eigenvalue even when a negative one has a larger magnitude (as early in training).
+/// Returns (λ_max, λ_min, products).
+pub fn lanczos_extremes(
+    mut op: impl FnMut(&[f64]) -> Vec<f64>,
+    v0: &[f64],
+    rel_tol: f64,
+    max_iter: usize,
+) -> (f64, f64, usize) {
+    let n0 = norm(v0);
+    if n0 == 0.0 || max_iter == 0 {
+        return (0.0, 0.0, 0);
+    }
+    let mut q: Vec<f64> = v0.iter().map(|x| x / n0).collect();
+    let mut q_prev = vec![0.0; q.len()];
+    let (mut alphas, mut betas) = (Vec::new(), Vec::new());
+    let mut beta = 0.0;
+    let mut last = f64::NAN;
+    let mut est = (0.0, 0.0);
+    for it in 1..=max_iter {
+        let mut w = op(&q);
+        let alpha = dot(&w, &q);
+        for ((w, q), p) in w.iter_mut().zip(&q).zip(&q_prev) {
+            *w -= alpha * q + beta * p;
+        }
+        alphas.push(alpha);
+        est = tridiagonal_extremes(&alphas, &betas);
+        if it > 2 && (est.0 - last).abs() <= rel_tol * est.0.abs() {
+            return (est.0, est.1, it);
+        }
+        last = est.0;
+        let b = norm(&w);
+        if b <= 1e-12 * alpha.abs().max(1e-300) {
+            return (est.0, est.1, it); // an invariant subspace: the estimates are exact
+        }
+        betas.push(b);
+        q_prev = std::mem::replace(&mut q, w.iter().map(|x| x / b).collect());
+        beta = b;
+    }
+    (est.0, est.1, max_iter)
+}
+
+/// The largest and smallest eigenvalues of the symmetric tridiagonal matrix with diagonal `a`
+/// and off-diagonal `b` (|b| = |a| − 1), by bisection on Sturm counts.
+fn tridiagonal_extremes(a: &[f64], b: &[f64]) -> (f64, f64) {
+    let n = a.len();
+    // Gershgorin bounds.
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for i in 0..n {
+        let r = if i > 0 { b[i - 1].abs() } else { 0.0 } + b.get(i).map_or(0.0, |x| x.abs());
+        lo = lo.min(a[i] - r);
+        hi = hi.max(a[i] + r);
+    }
+    // Eigenvalues below x.
+    let below = |x: f64| {
+        let mut count = 0;
+        let mut d = 1.0;
+        for i in 0..n {
+            let off = if i > 0 { b[i - 1] * b[i - 1] / d } else { 0.0 };
+            d = a[i] - x - off;
+            if d == 0.0 {
+                d = -f64::EPSILON * (x.abs() + 1.0);
+            }
+            if d < 0.0 {
+                count += 1;
+            }
+        }
+        count
+    };
+    let bisect = |k: usize| {
+        // The smallest x with at least k eigenvalues below it: λ_k (1-based).
+        let (mut l, mut h) = (lo, hi);
+        for _ in 0..200 {
+            let m = 0.5 * (l + h);
+            if below(m) >= k {
+                h = m;
+            } else {
+                l = m;
+            }
+            if h - l <= 1e-14 * (l.abs() + h.abs()).max(1e-300) {
+                break;
+            }
+        }
+        0.5 * (l + h)
+    };
+    (bisect(n), bisect(1))
+}
+
+/// The top (algebraic) Hessian eigenvalue at `theta` by Lanczos on finite-difference
+/// Hessian-vector products (each costs two gradients). Returns (λ_max, λ_min, products).
+pub fn sharpness(
+    f: &mut impl Objective,
+    theta: &[f64],
+    v0: &[f64],
+    eps: f64,
+    rel_tol: f64,
+    max_iter: usize,
+) -> (f64, f64, usize) {
+    lanczos_extremes(|v| hvp(f, theta, v, eps), v0, rel_tol, max_iter)
+}
+
+/// The top eigenvalue of P⁻¹H for a diagonal preconditioner P given as `p_inv_sqrt` =
+/// P^(−1/2), by Lanczos on the symmetric P^(−1/2) H P^(−1/2) (same spectrum). Each product
+/// steps `eps` in parameter space along P^(−1/2)u, so a widely spread P does not stretch
+/// the finite difference. Returns (λ_max, λ_min, products).
+pub fn preconditioned_sharpness(
     f: &mut impl Objective,
     theta: &[f64],
     p_inv_sqrt: &[f64],
@@ -180,48 +286,13 @@ pub fn top_eigenvalue_preconditioned(
     eps: f64,
     rel_tol: f64,
     max_iter: usize,
-) -> (f64, usize) {
-    let mut scaled = Preconditioned {
-        inner: f,
-        theta0: theta,
-        s: p_inv_sqrt,
+) -> (f64, f64, usize) {
+    let op = |u: &[f64]| {
+        let z: Vec<f64> = u.iter().zip(p_inv_sqrt).map(|(u, s)| u * s).collect();
+        let hz = hvp(f, theta, &z, eps);
+        hz.iter().zip(p_inv_sqrt).map(|(h, s)| h * s).collect()
     };
-    let zero = vec![0.0; theta.len()];
-    let (lambda, _, it) = top_eigenvalue(&mut scaled, &zero, v0, eps, rel_tol, max_iter);
-    (lambda, it)
-}
-
-/// f̃(u) = f(θ₀ + S u) with S diagonal: ∇f̃ = S ∇f and ∇²f̃ = S H S.
-struct Preconditioned<'a, F: Objective> {
-    inner: &'a mut F,
-    theta0: &'a [f64],
-    s: &'a [f64],
-}
-
-impl<F: Objective> Preconditioned<'_, F> {
-    fn map(&self, u: &[f64]) -> Vec<f64> {
-        self.theta0
-            .iter()
-            .zip(self.s)
-            .zip(u)
-            .map(|((t, s), u)| t + s * u)
-            .collect()
-    }
-}
-
-impl<F: Objective> Objective for Preconditioned<'_, F> {
-    fn dim(&self) -> usize {
-        self.theta0.len()
-    }
-    fn loss(&mut self, u: &[f64]) -> f64 {
-        let th = self.map(u);
-        self.inner.loss(&th)
-    }
-    fn loss_and_grad(&mut self, u: &[f64]) -> (f64, Vec<f64>) {
-        let th = self.map(u);
-        let (l, g) = self.inner.loss_and_grad(&th);
-        (l, g.iter().zip(self.s).map(|(g, s)| g * s).collect())
-    }
+    lanczos_extremes(op, v0, rel_tol, max_iter)
 }
 
 /// L(θ + α·d) for each α.
@@ -442,29 +513,56 @@ mod tests {
         ];
         let p = [2.0, 0.5, 1.0];
         let s: Vec<f64> = p.iter().map(|p: &f64| 1.0 / p.sqrt()).collect();
-        let (lambda, _) = top_eigenvalue_preconditioned(
-            &mut f,
-            &[0.1, 0.2, 0.3],
-            &s,
-            &[1.0; 3],
-            1e-3,
-            1e-10,
-            500,
-        );
+        let (lambda, _, _) =
+            preconditioned_sharpness(&mut f, &[0.1, 0.2, 0.3], &s, &[1.0; 3], 1e-3, 1e-10, 50);
         assert!((lambda - 12.0).abs() / 12.0 < 1e-3, "{lambda}");
         // A rotated H with P = c·I: every eigenvalue is divided by c.
         let mut g = Quadratic::with_spectrum(&[8.0, 3.0, -1.0, 0.5]);
         let s = vec![0.5; 4]; // P = 4·I
-        let (lambda, _) = top_eigenvalue_preconditioned(
+        let (lambda, _, _) = preconditioned_sharpness(
             &mut g,
             &[0.0; 4],
             &s,
             &[1.0, 0.3, -0.2, 0.9],
             1e-3,
             1e-10,
-            500,
+            50,
         );
         assert!((lambda - 2.0).abs() / 2.0 < 1e-3, "{lambda}");
+    }
+
+    #[test]
+    fn lanczos_finds_the_top_algebraic_eigenvalue_past_a_larger_negative_one() {
+        // Power iteration would return −20 (largest magnitude); the sharpness is 7.
+        let spectrum = [7.0, 3.0, 1.0, -2.0, -20.0];
+        let mut f = Quadratic::with_spectrum(&spectrum);
+        let theta = vec![0.1, 0.2, -0.3, 0.4, 0.5];
+        let v0 = vec![1.0, -0.5, 0.25, 0.8, 0.3];
+        let (top, bottom, it) = sharpness(&mut f, &theta, &v0, 1e-3, 1e-12, 50);
+        assert!((top - 7.0).abs() / 7.0 < 1e-3, "{top} after {it}");
+        assert!((bottom + 20.0).abs() / 20.0 < 1e-3, "{bottom}");
+        assert!(
+            it <= 6,
+            "five dimensions: exact after at most five products, got {it}"
+        );
+        let (pow, _, _) = top_eigenvalue(&mut f, &theta, &v0, 1e-3, 1e-12, 500);
+        assert!(
+            (pow + 20.0).abs() < 1e-2,
+            "power iteration gives the magnitude: {pow}"
+        );
+        // Preconditioned, P = diag: eigenvalues of P⁻¹H = h_i/p_i for a diagonal H.
+        let mut g = Quadratic::with_spectrum(&[1.0; 3]);
+        g.a = vec![
+            vec![9.0, 0.0, 0.0],
+            vec![0.0, 6.0, 0.0],
+            vec![0.0, 0.0, -30.0],
+        ];
+        let p: [f64; 3] = [2.0, 0.5, 1.0];
+        let s: Vec<f64> = p.iter().map(|p| 1.0 / p.sqrt()).collect();
+        let (top, bottom, _) =
+            preconditioned_sharpness(&mut g, &[0.0; 3], &s, &[1.0, 1.0, 1.0], 1e-3, 1e-12, 20);
+        assert!((top - 12.0).abs() / 12.0 < 1e-3, "{top}");
+        assert!((bottom + 30.0).abs() / 30.0 < 1e-3, "{bottom}");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //!
 //! Today: [`fit`], the loss-versus-data power law that decay-branch endpoints trace, [`mpl`],
 //! the multi-power law that predicts a whole loss curve from its lr schedule, and
-//! [`landscape`], the estimators of the probes feature over an [`Objective`] trait (tested on
-//! quadratics, not yet wired into the engine). The per-step norms the engine reports
+//! [`landscape`], the landscape estimators over an [`Objective`] trait (tested on closed-form
+//! quadratics; the trainer implements the trait for its model). The per-step norms the engine reports
 //! (gradient, update, parameter) are computed by the optimiser in `trainer::optim`.
 
 pub mod fit;
@@ -14,7 +14,7 @@ pub mod mpl;
 pub use fit::{FitError, PowerLawFit, fit_power_law};
 pub use landscape::{
     NoiseScale, Objective, StepDots, StepGeometry, filter_normalize, hvp, interpolate,
-    minicpm_batch_rule, slice_1d, slice_2d, step_geometry, top_eigenvalue,
-    top_eigenvalue_preconditioned,
+    lanczos_extremes, minicpm_batch_rule, preconditioned_sharpness, sharpness, slice_1d, slice_2d,
+    step_geometry, top_eigenvalue,
 };
 pub use mpl::{Curve, MplError, MplFit, MultiPowerLaw, fit_multi_power_law};

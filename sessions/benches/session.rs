@@ -117,6 +117,16 @@ fn main() {
     );
 
     // What `wsdscope replay` reads before its first frame: the whole event stream.
+    {
+        let t = Instant::now();
+        let s = Session::open(&path).expect("open");
+        let (_, v) = s.series(0, "loss").expect("series");
+        println!(
+            "(one f64 column of {} rows: {:.1} ms)",
+            v.len(),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
     let t = Instant::now();
     let s = Session::open(&path).expect("open");
     let events = s.events().expect("events");

@@ -286,7 +286,9 @@ impl Session {
 
     /// Every event in the order the live run produced it.
     pub fn events(&self) -> Result<Vec<RunEvent>> {
-        let mut all: Vec<(u64, RunEvent)> = self.log.clone();
+        // Each source (the log, every run's steps, every run's evals) is already in seq order;
+        // merging them is much cheaper than sorting a million large events.
+        let mut sources: Vec<Vec<(u64, RunEvent)>> = vec![self.log.clone()];
         for r in &self.runs {
             let id = r.id;
             let u64col = |name: &str| -> Result<Vec<u64>> { self.read_all(id, name) };
@@ -307,6 +309,7 @@ impl Session {
                 })
                 .collect::<Result<_>>()?;
             let n = cols.iter().fold(n, |n, c| n.min(c.len()));
+            let mut all = Vec::with_capacity(n);
             let wide: Vec<(usize, Vec<f64>)> = WIDE
                 .iter()
                 .map(|name| self.read_wide(id, name, n))
@@ -350,6 +353,8 @@ impl Session {
                     }),
                 ));
             }
+            sources.push(all);
+            let mut all = Vec::new();
             let (eseq, estep, etok): (Vec<u64>, Vec<u64>, Vec<u64>) = (
                 self.read_all(id, &format!("{EVAL}/seq"))?,
                 self.read_all(id, &format!("{EVAL}/step"))?,
@@ -368,9 +373,9 @@ impl Session {
                     },
                 ));
             }
+            sources.push(all);
         }
-        all.sort_by_key(|(seq, _)| *seq);
-        Ok(all.into_iter().map(|(_, e)| e).collect())
+        Ok(merge_by_seq(sources))
     }
 
     /// Whether run `run` has a dataset `name` (format-1 files lack the newer ones).
@@ -527,6 +532,49 @@ impl Session {
         }
         Ok(lo)
     }
+}
+
+/// Merges lists that are each sorted by seq into one event list in seq order.
+fn merge_by_seq(sources: Vec<Vec<(u64, RunEvent)>>) -> Vec<RunEvent> {
+    let total = sources.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total);
+    let mut iters: Vec<std::iter::Peekable<std::vec::IntoIter<(u64, RunEvent)>>> = sources
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.into_iter().peekable())
+        .collect();
+    while !iters.is_empty() {
+        // Few sources (3 per run at most): a linear scan for the smallest head is cheapest.
+        let mut best = 0;
+        let mut best_seq = u64::MAX;
+        for (i, it) in iters.iter_mut().enumerate() {
+            if let Some((seq, _)) = it.peek()
+                && *seq < best_seq
+            {
+                best_seq = *seq;
+                best = i;
+            }
+        }
+        // Take the whole run of events from that source that precede every other head.
+        let next_other = iters
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| *i != best)
+            .filter_map(|(_, it)| it.peek().map(|(s, _)| *s))
+            .min()
+            .unwrap_or(u64::MAX);
+        let it = &mut iters[best];
+        while let Some((seq, _)) = it.peek() {
+            if *seq > next_other {
+                break;
+            }
+            out.push(it.next().expect("peeked").1);
+        }
+        if it.peek().is_none() {
+            drop(iters.swap_remove(best));
+        }
+    }
+    out
 }
 
 /// Opens for SWMR reading with a bounded number of metadata read retries: HDF5's default

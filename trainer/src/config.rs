@@ -512,7 +512,7 @@ pub struct ProbeConfig {
     pub span: f64,
     /// Half-width of the update-direction slice, in multiples of the last update.
     pub update_span: f64,
-    /// Most Hessian-vector products per power iteration.
+    /// Most Hessian-vector products per Lanczos run (two runs per sharpness probe: H and P⁻¹H).
     pub power_iters: usize,
     /// Micro-batches the step's batch is split into for the gradient noise scale (at most
     /// one per sequence; a batch of one sequence has no noise scale).

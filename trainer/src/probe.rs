@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 use wsdscope_probes::{
-    NoiseScale, Objective, StepDots, filter_normalize, interpolate, minicpm_batch_rule, slice_1d,
-    slice_2d, top_eigenvalue, top_eigenvalue_preconditioned,
+    NoiseScale, Objective, StepDots, filter_normalize, interpolate, minicpm_batch_rule,
+    preconditioned_sharpness, sharpness, slice_1d, slice_2d,
 };
 use wsdscope_sessions::StepGeometry;
 
@@ -33,7 +33,7 @@ use crate::reduce::{dot, max_abs};
 /// The periodic measurements, in the order the engine rotates through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProbeKind {
-    /// Top Hessian eigenvalue and Adam-preconditioned sharpness.
+    /// Top Hessian eigenvalue and Adam-preconditioned sharpness (Lanczos on FD HVPs).
     Sharpness,
     /// Gradient noise scale B_simple.
     Noise,
@@ -222,15 +222,16 @@ pub fn measure(kind: ProbeKind, inp: &ProbeInput) -> Result<Measurement> {
             // keeps both rounding and third-order error far below the curvature measured.
             let eps = 1e-2;
             let iters = inp.cfg.power_iters;
-            let (lambda, _, used) = top_eigenvalue(&mut f, &theta, &v0, eps, 1e-2, iters);
+            let (top, bottom, used) = sharpness(&mut f, &theta, &v0, eps, 1e-2, iters);
             let p_inv = flatten(&inp.opt.preconditioner_inv()?)?;
             let s: Vec<f64> = p_inv.iter().map(|p| p.sqrt()).collect();
-            let rms = (s.iter().map(|x| x * x).sum::<f64>() / s.len() as f64).sqrt();
-            let (pre, used_pre) =
-                top_eigenvalue_preconditioned(&mut f, &theta, &s, &v0, eps / rms, 1e-2, iters);
+            let (pre, pre_bottom, used_pre) =
+                preconditioned_sharpness(&mut f, &theta, &s, &v0, eps, 1e-2, iters);
             let beta1 = inp.opt.beta1();
-            m.scalar("lambda_max", lambda);
+            m.scalar("lambda_max", top);
+            m.scalar("lambda_min", bottom);
             m.scalar("precond_lambda_max", pre);
+            m.scalar("precond_lambda_min", pre_bottom);
             // Cohen et al. 2022: Adam with momentum β₁ is stable below (2 + 2β₁)/((1 − β₁)η).
             m.scalar("threshold", (2.0 + 2.0 * beta1) / ((1.0 - beta1) * inp.lr));
             m.scalar("gd_threshold", 2.0 / inp.lr);

@@ -188,3 +188,49 @@ fn the_default_budget_bounds_probe_time_and_probe_now_runs_everything() {
     off.probes.budget_pct = Some(0.0);
     assert!(probes(&events_of(off, |_| {})).is_empty());
 }
+
+/// Lanczos brackets the Hessian's spectrum: every Rayleigh quotient vᵀHv/vᵀv (from second
+/// differences of the loss, no gradients) lies between the reported λ_min and λ_max.
+#[test]
+fn sharpness_brackets_rayleigh_quotients_of_the_loss() {
+    use wsdscope_trainer::probe::ProbeKind;
+    let mut cfg = common::small_run(30);
+    cfg.probes.power_iters = 30;
+    let mut tr = Trainer::new(cfg).unwrap();
+    for _ in 0..10 {
+        tr.train_step().unwrap();
+    }
+    let p = tr.probe(ProbeKind::Sharpness).unwrap();
+    let (top, bottom) = (p.scalars["lambda_max"], p.scalars["lambda_min"]);
+    let b = tr.data().train_batch(tr.step_count());
+    let n = 4.min(b.batch);
+    let dev = tr.model().device();
+    let x = Tensor::from_slice(&b.inputs[..n * b.seq], (n, b.seq), dev).unwrap();
+    let y = Tensor::from_slice(&b.targets[..n * b.seq], (n, b.seq), dev).unwrap();
+    let mut f = ModelObjective::new(tr.model(), x, y).unwrap();
+    let theta = f.params().unwrap();
+    let h = 3e-2;
+    for seed in 0..4u64 {
+        let mut s = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(seed + 1);
+        let v: Vec<f64> = (0..theta.len())
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+            })
+            .collect();
+        let nv = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let mut at = |t: f64| {
+            let th: Vec<f64> = theta.iter().zip(&v).map(|(a, d)| a + t * d / nv).collect();
+            f.loss(&th)
+        };
+        let q = (at(h) - 2.0 * at(0.0) + at(-h)) / (h * h);
+        eprintln!("Rayleigh quotient {q:.4} within [{bottom:.4}, {top:.4}]");
+        assert!(
+            q <= top * 1.05 + 1e-3 && q >= bottom * 1.05 - 1e-3,
+            "{q} outside [{bottom}, {top}]"
+        );
+    }
+    assert!(top > 0.0 && top.is_finite(), "{top}");
+}

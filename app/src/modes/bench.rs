@@ -147,7 +147,7 @@ fn bench_probes(
         let s = median(&mut secs);
         let what = match kind {
             ProbeKind::Sharpness => format!(
-                "≤{} power iterations ×2 (raw and preconditioned), {} sequences",
+                "≤{} Lanczos products ×2 (H and P⁻¹H), {} sequences",
                 p.power_iters,
                 p.batch_for(cfg.batch)
             ),

@@ -126,6 +126,8 @@ where
                 terminal.draw(|f| draw(f, state))?;
                 last_draw = Some(Instant::now());
                 dirty = false;
+                // Branch predictions are fitted after a frame is on screen.
+                dirty |= state.refresh_forecasts();
             }
             let wait = last_draw
                 .map(|t| FRAME.saturating_sub(t.elapsed()))

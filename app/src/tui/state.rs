@@ -471,6 +471,10 @@ impl Default for UiState {
 #[derive(Debug, Clone, Default)]
 pub struct TuiState {
     pub runs: BTreeMap<RunId, RunData>,
+    /// Each branch's multi-power-law prediction (made at its fork; refitted while it runs
+    /// when live).
+    pub forecasts: BTreeMap<RunId, crate::predict::Forecast>,
+    predictor: crate::predict::Predictor,
     /// Number of events applied so far (a replay's cursor position).
     pub events: u64,
     pub ui: UiState,
@@ -503,6 +507,7 @@ impl TuiState {
     /// Applies one event. Unknown events (a newer vocabulary) are counted and ignored.
     pub fn apply(&mut self, ev: &RunEvent) {
         self.events += 1;
+        self.record_for_forecasts(ev);
         let first_run = self.runs.is_empty();
         match ev {
             RunEvent::RunStart(s) => {
@@ -642,9 +647,74 @@ impl TuiState {
         }
     }
 
+    /// What the branch predictions need to know of an event, before it is applied.
+    fn record_for_forecasts(&mut self, ev: &RunEvent) {
+        match ev {
+            RunEvent::RunStart(s) if s.parent.is_some() => {
+                let lens = self
+                    .runs
+                    .iter()
+                    .filter(|(id, _)| **id != s.run)
+                    .map(|(&id, r)| (id, r.steps.len()))
+                    .chain([(s.run, 0)])
+                    .collect();
+                let at = s.fork_step.unwrap_or(s.start_step);
+                self.predictor.fork(s.run, at, s.phases.total, lens);
+            }
+            RunEvent::Step(_) => self.predictor.step(),
+            RunEvent::End {
+                run,
+                step,
+                reason: EndReason::Completed,
+                ..
+            } => {
+                let actual = self.runs.get(run).and_then(|r| {
+                    crate::predict::actual_final(&crate::predict::RunCurve {
+                        id: r.id,
+                        parent: r.parent,
+                        fork_step: r.fork_step,
+                        schedule: r.schedule.clone()?,
+                        steps: r.steps.clone(),
+                        loss: r.loss.values().to_vec(),
+                    })
+                });
+                self.predictor.completed(*run, *step, actual);
+            }
+            _ => {}
+        }
+    }
+
+    /// Makes the branch predictions queued by [`Self::apply`] (one fit per fork, on what was
+    /// recorded before it; live runs also refit while a branch runs). The UI loop calls it
+    /// after drawing, so a long replay shows its first frame before any fit. Returns whether
+    /// anything changed.
+    pub fn refresh_forecasts(&mut self) -> bool {
+        let live = self.ui.live;
+        if !self.predictor.due(live) {
+            return false;
+        }
+        let curves: Vec<crate::predict::RunCurve> = self
+            .runs
+            .values()
+            .filter_map(|r| {
+                Some(crate::predict::RunCurve {
+                    id: r.id,
+                    parent: r.parent,
+                    fork_step: r.fork_step,
+                    schedule: r.schedule.clone()?,
+                    steps: r.steps.clone(),
+                    loss: r.loss.values().to_vec(),
+                })
+            })
+            .collect();
+        self.predictor.resolve(&curves, &mut self.forecasts, live)
+    }
+
     /// Forgets every run (a replay scrubbing backwards re-applies from the start).
     pub fn clear_runs(&mut self) {
         self.runs.clear();
+        self.forecasts.clear();
+        self.predictor = Default::default();
         self.events = 0;
         self.ui.status = None;
     }

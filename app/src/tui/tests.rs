@@ -35,8 +35,11 @@ fn state_at(upto: u64) -> TuiState {
 }
 
 fn screen(state: &TuiState, w: u16, h: u16) -> String {
+    // As the UI loop does after its first frame: make the queued branch predictions.
+    let mut state = state.clone();
+    state.refresh_forecasts();
     let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-    t.draw(|f| draw(f, state)).unwrap();
+    t.draw(|f| draw(f, &state)).unwrap();
     t.backend().to_string()
 }
 

@@ -1,7 +1,8 @@
 //! The branches table (key `c`): one row per run, the trunk first, then every branch with its
 //! fork step, tokens at the fork, decay (shape, length, floor), its last step, final val loss
 //! (or `running`), the trunk's val loss at that step, the drop versus the trunk (trunk −
-//! branch; green when the decay helped) and the memory the run holds. Below the rows: the
+//! branch; green when the decay helped), the final training loss the multi-power law predicted
+//! at the fork (and its error once the branch ends) and the memory the run holds. Below the rows: the
 //! endpoint fit's parameters with their standard errors, or what the fit still needs.
 
 use ratatui::buffer::Buffer;
@@ -20,10 +21,10 @@ pub struct BranchesPanel<'a> {
     pub cmp: &'a Comparison,
 }
 
-const HEADER: [&str; 9] = [
-    "run", "fork", "tok@fork", "decay", "step", "val", "trunk", "drop", "mem",
+const HEADER: [&str; 10] = [
+    "run", "fork", "tok@fork", "decay", "step", "val", "trunk", "drop", "pred", "mem",
 ];
-const WIDTHS: [Constraint; 9] = [
+const WIDTHS: [Constraint; 10] = [
     Constraint::Length(3),
     Constraint::Length(6),
     Constraint::Length(8),
@@ -32,6 +33,7 @@ const WIDTHS: [Constraint; 9] = [
     Constraint::Length(7),
     Constraint::Length(6),
     Constraint::Length(7),
+    Constraint::Length(15),
     Constraint::Length(7),
 ];
 
@@ -82,11 +84,42 @@ fn trunk_row(r: &RunData) -> Row<'static> {
         loss(r.last_val()),
         dash(),
         dash(),
+        dash(),
         mem_cell(r),
     ])
 }
 
-fn branch_row(r: &RunData, b: &BranchRow) -> Row<'static> {
+/// The final training loss the multi-power law predicted at the fork, and once the branch
+/// completed, its error against the mean of the branch's last steps (`1.612 Δ+0.004`); a
+/// `~` marks a prediction whose decay term was still the prior's.
+fn pred_cell(state: &TuiState, id: u32) -> Cell<'static> {
+    let Some(f) = state.forecasts.get(&id) else {
+        return dash();
+    };
+    let Some(p) = f.before_final() else {
+        return dash();
+    };
+    let mark = if f.decay_fitted { "" } else { "~" };
+    match f.actual {
+        Some(a) => {
+            let d = p - a;
+            Cell::from(Line::from(vec![
+                Span::raw(format!("{mark}{}", format::value(p))),
+                Span::styled(
+                    format!(" Δ{d:+.3}"),
+                    Style::default().fg(if d.abs() < 0.02 {
+                        Color::Green
+                    } else {
+                        Color::Yellow
+                    }),
+                ),
+            ]))
+        }
+        None => Cell::from(format!("{mark}{}", format::value(p))),
+    }
+}
+
+fn branch_row(state: &TuiState, r: &RunData, b: &BranchRow) -> Row<'static> {
     let val = if r.is_active() {
         Cell::from(Span::styled("running", Style::default().fg(Color::Green)))
     } else if r.status() == RunStatus::Completed {
@@ -122,6 +155,7 @@ fn branch_row(r: &RunData, b: &BranchRow) -> Row<'static> {
         val,
         loss(b.trunk_val_loss),
         drop,
+        pred_cell(state, r.id),
         mem_cell(r),
     ])
 }
@@ -235,7 +269,7 @@ impl Widget for BranchesPanel<'_> {
             .map(|r| {
                 if r.parent.is_some() {
                     match by_id.find(|b| b.id == r.id) {
-                        Some(b) => branch_row(r, b),
+                        Some(b) => branch_row(self.state, r, b),
                         None => trunk_row(r),
                     }
                 } else {

@@ -1,5 +1,6 @@
 //! The loss panel: train loss (smoothed over its faint raw curve, or raw) and validation
-//! loss for every run overlaid, with the data's entropy floor as a reference line.
+//! loss for every run overlaid, with the data's entropy floor as a reference line, and each
+//! decay branch's training loss as the multi-power law predicted it at its fork (dotted).
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -44,6 +45,18 @@ impl Widget for LossPanel<'_> {
                 run_color(r.id),
             ));
         }
+        // Each branch's predicted training loss (multi-power law), as made at its fork.
+        for r in &runs {
+            if let Some(f) = state.forecasts.get(&r.id) {
+                let pts: Vec<(f64, f64)> = f
+                    .before
+                    .iter()
+                    .copied()
+                    .filter(|&(x, _)| x >= lo && x <= hi)
+                    .collect();
+                series.push(Series::dotted(pts, run_color(r.id)));
+            }
+        }
         let floor = state
             .trunk()
             .and_then(|t| t.start.as_ref())
@@ -65,6 +78,12 @@ impl Widget for LossPanel<'_> {
             title.push(Span::styled(" ── raw", Style::default().fg(FAINT)));
         }
         title.push(Span::styled(" • val", Style::default().fg(sel)));
+        if !state.forecasts.is_empty() {
+            title.push(Span::styled(
+                " ┈ predicted at fork",
+                Style::default().fg(sel),
+            ));
+        }
         if let Some(f) = floor {
             title.push(Span::styled(
                 format!(" ── floor {}", format::value(f)),
