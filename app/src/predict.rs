@@ -251,6 +251,8 @@ pub struct Predictor {
     actual: BTreeMap<RunId, (u64, Option<f64>)>,
     steps: usize,
     next_refit: usize,
+    /// A branch completed since the last [`Self::resolve`].
+    unscored: bool,
 }
 
 impl Predictor {
@@ -285,11 +287,13 @@ impl Predictor {
     /// Records that run `run` completed at `end` with `actual` as its final loss.
     pub fn completed(&mut self, run: RunId, end: u64, actual: Option<f64>) {
         self.actual.insert(run, (end, actual));
+        self.unscored = true;
     }
 
     /// Whether [`Self::resolve`] has anything to do.
     pub fn due(&self, refit: bool) -> bool {
         !self.pending.is_empty()
+            || self.unscored
             || (refit && self.steps >= self.next_refit && self.actual.len() < self.seen.len())
     }
 
@@ -302,6 +306,11 @@ impl Predictor {
         refit: bool,
     ) -> bool {
         let mut changed = false;
+        self.unscored = false;
+        if !self.pending.is_empty() {
+            // A refit is worth it only once the new branches have run a while.
+            self.next_refit = self.steps + (self.steps / 20).max(25);
+        }
         for p in std::mem::take(&mut self.pending) {
             let list: Vec<RunCurve> = curves
                 .iter()

@@ -1072,3 +1072,52 @@ fn the_probes_panel_shows_the_latest_readings() {
     assert!(!text.contains("probes feature"));
     assert_snapshot!("probes_panel", text);
 }
+
+/// A branch's prediction is made from what came before its fork (not from its own steps),
+/// refitted while it runs in a live session, and compared with its end once it completes.
+#[test]
+fn forecasts_are_made_at_the_fork_refitted_live_and_scored_at_the_end() {
+    let syn = syn();
+    let mut live = state_at(400);
+    for ev in syn.branch(1, 400, 150, 400) {
+        live.apply(&ev);
+    }
+    live.refresh_forecasts();
+    let at_fork = live.forecasts[&1].clone();
+    assert_eq!((at_fork.fork_step, at_fork.end_step), (400, 550));
+    assert!(at_fork.now.is_none() && at_fork.actual.is_none());
+    // A replay that already holds the branch's steps predicts the same (the fit only sees
+    // the curves as they were at the fork).
+    let mut replay = TuiState::replay(None, false);
+    for ev in syn
+        .trunk(400, 100)
+        .into_iter()
+        .chain(syn.branch(1, 400, 150, 500))
+    {
+        replay.apply(&ev);
+    }
+    replay.refresh_forecasts();
+    assert_eq!(replay.forecasts[&1].before, at_fork.before);
+    assert!(replay.forecasts[&1].now.is_none(), "no refits in a replay");
+    // Live: the branch's steps arrive; a refit follows.
+    for ev in syn.branch(1, 400, 150, 550).into_iter().skip(1) {
+        live.apply(&ev);
+    }
+    live.refresh_forecasts();
+    assert!(live.forecasts[&1].now.is_some(), "refitted while running");
+    live.apply(&Synthetic::end(1, 550, EndReason::Completed, None));
+    live.refresh_forecasts();
+    let actual = live.forecasts[&1].actual.expect("scored at the end");
+    let last: Vec<f64> = live.runs[&1]
+        .loss
+        .values()
+        .iter()
+        .rev()
+        .take(7)
+        .copied()
+        .collect();
+    assert!(
+        (actual - last.iter().sum::<f64>() / 7.0).abs() < 1e-12,
+        "mean of the last 5% (7 steps)"
+    );
+}

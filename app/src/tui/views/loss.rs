@@ -45,16 +45,20 @@ impl Widget for LossPanel<'_> {
                 run_color(r.id),
             ));
         }
-        // Each branch's predicted training loss (multi-power law), as made at its fork.
+        // Each branch's predicted training loss (multi-power law): as made at its fork, and
+        // (faint) as refitted with the branch's own steps while it runs.
+        let visible = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
+            pts.iter()
+                .copied()
+                .filter(|&(x, _)| x >= lo && x <= hi)
+                .collect()
+        };
         for r in &runs {
             if let Some(f) = state.forecasts.get(&r.id) {
-                let pts: Vec<(f64, f64)> = f
-                    .before
-                    .iter()
-                    .copied()
-                    .filter(|&(x, _)| x >= lo && x <= hi)
-                    .collect();
-                series.push(Series::dotted(pts, run_color(r.id)));
+                if let Some(now) = f.now.as_ref().filter(|_| f.actual.is_none()) {
+                    series.push(Series::dotted(visible(now), FAINT));
+                }
+                series.push(Series::dotted(visible(&f.before), run_color(r.id)));
             }
         }
         let floor = state
@@ -83,6 +87,13 @@ impl Widget for LossPanel<'_> {
                 " ┈ predicted at fork",
                 Style::default().fg(sel),
             ));
+            if state
+                .forecasts
+                .values()
+                .any(|f| f.now.is_some() && f.actual.is_none())
+            {
+                title.push(Span::styled(" ┈ refit", Style::default().fg(FAINT)));
+            }
         }
         if let Some(f) = floor {
             title.push(Span::styled(
