@@ -117,11 +117,12 @@ impl Trainer {
         } else {
             Ops::Fused
         });
-        let opt = AdamW::new(
+        let mut opt = AdamW::new(
             model.named_vars(),
             cfg.optim.clone(),
             cfg.model.width_mult(),
         )?;
+        opt.set_fused(!cfg.reference_ops);
         Ok(Trainer {
             rng: SplitMix64::new(hash(&[cfg.seed, 0x7261_6e64])),
             tracker: StepTracker::new(tracked_indices(&model, &cfg)),
@@ -200,6 +201,7 @@ impl Trainer {
             self.cfg.optim.clone(),
             self.cfg.model.width_mult(),
         )?;
+        opt.set_fused(!self.cfg.reference_ops);
         let moments = self
             .opt
             .state_tensors()
@@ -318,22 +320,37 @@ impl Trainer {
             })
             .collect::<Result<_>>()?;
         let per_step = self.cfg.probes.per_step;
-        let geometry = if per_step {
-            self.tracker.geometry(&g, norms.total * norms.total)?
+        let (geometry, theta_before) = if per_step {
+            let theta: Vec<Tensor> = self
+                .opt
+                .params()
+                .iter()
+                .map(|p| p.var.as_tensor().clone())
+                .collect();
+            let geometry = self
+                .tracker
+                .geometry(&g, norms.total * norms.total, &theta)?;
+            // The update is about to overwrite the parameters (in place): keep a copy.
+            let before = theta
+                .iter()
+                .map(|t| Ok(t.copy()?))
+                .collect::<Result<Vec<_>>>()?;
+            (geometry, before)
         } else {
-            None
+            (None, Vec::new())
         };
-        let Some((stats, deltas)) = self.opt.step(&grads, lr, norms.total)? else {
+        let Some((stats, max_abs)) = self.opt.step(&grads, lr, norms.total)? else {
             return Err(non_finite("parameters after the update"));
         };
         drop(grads);
         let max_update = if per_step {
             self.tracker.record(
                 g,
-                deltas,
+                theta_before,
                 norms.total * norms.total,
                 stats.update_norm * stats.update_norm,
-            )?
+                &max_abs,
+            )
         } else {
             Vec::new()
         };
@@ -383,7 +400,14 @@ impl Trainer {
             batch: &batch,
             cfg: &self.cfg.probes,
             lr: self.cfg.schedule.lr(self.step),
-            last_update: self.tracker.last_update(),
+            last_update: self.tracker.last_update(
+                &self
+                    .opt
+                    .params()
+                    .iter()
+                    .map(|p| p.var.as_tensor().clone())
+                    .collect::<Vec<_>>(),
+            )?,
             seed: hash(&[self.cfg.seed, self.run as u64, self.step]),
         };
         let mut m = probe::measure(kind, &input)?;

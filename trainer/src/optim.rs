@@ -39,6 +39,8 @@ pub struct StepStats {
 
 pub struct AdamW {
     cfg: OptimConfig,
+    /// Update in place with the fused kernel (see [`AdamW::step`]).
+    fused: bool,
     width_mult: f64,
     params: Vec<ParamState>,
     /// Number of steps taken (the t of the bias corrections).
@@ -81,6 +83,7 @@ impl AdamW {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(AdamW {
+            fused: true,
             cfg,
             width_mult,
             params,
@@ -160,36 +163,125 @@ impl AdamW {
         self.cfg.beta1
     }
 
+    /// Whether [`Self::step`] updates in place with the fused kernel (default) or stages the
+    /// update with plain tensor ops (the kernel's slow twin, `--reference-ops`).
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
+    }
+
     /// One AdamW step at base learning rate `lr`. `grad_norm` is [`Self::grad_norm`] of the
-    /// same gradients (the caller checks it is finite before stepping). The new parameters
-    /// and moments are computed first and committed only if every parameter is finite;
-    /// otherwise nothing changes and `Ok(None)` is returned. On success also returns each
-    /// parameter's update θ(t+1) − θ(t), in parameter order.
+    /// same gradients, which the caller has checked is finite. On success returns the step's
+    /// statistics and max |Δθ| of every parameter, in parameter order; `Ok(None)` if the new
+    /// parameters are not all finite.
+    ///
+    /// The staged path computes everything first and commits only finite parameters, so
+    /// `None` leaves the state untouched. The fused path updates in place (three passes per
+    /// tensor, no allocation); with finite gradients, parameters and learning rate its
+    /// update is bounded (|Δθ| ≤ lr·(1 + wd·|θ|)·O(1/(1−β₂)^½)), so `None` there means
+    /// parameters near the f32 limit, and the run is stopped without a checkpoint after it.
     pub fn step(
         &mut self,
         grads: &GradStore,
         lr: f64,
         grad_norm: f64,
-    ) -> Result<Option<(StepStats, Vec<Tensor>)>> {
+    ) -> Result<Option<(StepStats, Vec<f64>)>> {
+        if self.fused {
+            self.step_fused(grads, lr, grad_norm)
+        } else {
+            self.step_staged(grads, lr, grad_norm)
+        }
+    }
+
+    fn clip_scale(&self, grad_norm: f64) -> f64 {
+        if self.cfg.clip > 0.0 {
+            (self.cfg.clip / (grad_norm + 1e-6)).min(1.0)
+        } else {
+            1.0
+        }
+    }
+
+    fn grad_of<'g>(&self, grads: &'g GradStore, p: &ParamState) -> Result<&'g Tensor> {
+        grads
+            .get(&p.var)
+            .ok_or_else(|| Error::Config(format!("parameter {} received no gradient", p.name)))
+    }
+
+    fn step_fused(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        grad_norm: f64,
+    ) -> Result<Option<(StepStats, Vec<f64>)>> {
+        let t = (self.t + 1) as i32;
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let clip = self.clip_scale(grad_norm);
+        let mut max_abs = vec![0.0; self.params.len()];
+        let (mut upd_sq, mut par_sq) = (0.0, 0.0);
+        for group in ParamGroup::ALL {
+            let idx: Vec<usize> = (0..self.params.len())
+                .filter(|&i| self.params[i].group == group)
+                .collect();
+            if idx.is_empty() {
+                continue;
+            }
+            let (lr_mult, wd) = self.group_hparams(group);
+            let hp = wsdscope_kernels::AdamWHparams {
+                lr: lr * lr_mult,
+                beta1: b1,
+                beta2: b2,
+                eps: self.cfg.eps,
+                weight_decay: wd,
+                bias_correction1: 1.0 - b1.powi(t),
+                bias_correction2_sqrt: (1.0 - b2.powi(t)).sqrt(),
+                grad_scale: clip,
+            };
+            let params: Vec<&Tensor> = idx
+                .iter()
+                .map(|&i| self.params[i].var.as_tensor())
+                .collect();
+            let g: Vec<&Tensor> = idx
+                .iter()
+                .map(|&i| self.grad_of(grads, &self.params[i]))
+                .collect::<Result<_>>()?;
+            let m: Vec<&Tensor> = idx.iter().map(|&i| &self.params[i].exp_avg).collect();
+            let v: Vec<&Tensor> = idx.iter().map(|&i| &self.params[i].exp_avg_sq).collect();
+            let stats = wsdscope_kernels::adamw_step(&params, &g, &m, &v, &hp)?;
+            for (&i, s) in idx.iter().zip(stats) {
+                upd_sq += s.update_sq;
+                par_sq += s.param_sq;
+                max_abs[i] = s.max_abs_update;
+            }
+        }
+        self.t += 1;
+        if !par_sq.is_finite() {
+            return Ok(None);
+        }
+        Ok(Some((
+            StepStats {
+                grad_norm,
+                update_norm: upd_sq.sqrt(),
+                param_norm: par_sq.sqrt(),
+            },
+            max_abs,
+        )))
+    }
+
+    fn step_staged(
+        &mut self,
+        grads: &GradStore,
+        lr: f64,
+        grad_norm: f64,
+    ) -> Result<Option<(StepStats, Vec<f64>)>> {
         let t = (self.t + 1) as i32;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t);
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
-        let clip = if self.cfg.clip > 0.0 {
-            (self.cfg.clip / (grad_norm + 1e-6)).min(1.0)
-        } else {
-            1.0
-        };
+        let clip = self.clip_scale(grad_norm);
         let (mut upd_sq, mut par_sq) = (0.0, 0.0);
         let mut staged = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let (lr_mult, wd) = self.group_hparams(p.group);
-            let Some(g) = grads.get(&p.var) else {
-                return Err(Error::Config(format!(
-                    "parameter {} received no gradient",
-                    p.name
-                )));
-            };
+            let g = self.grad_of(grads, p)?;
             let g = if clip < 1.0 {
                 g.affine(clip, 0.0)?
             } else {
@@ -209,17 +301,18 @@ impl AdamW {
             let delta = (&new - theta)?;
             upd_sq += sum_sq(&delta)?;
             par_sq += sum_sq(&new)?;
-            staged.push((new, m, v, delta));
+            let max = crate::reduce::max_abs(&delta)?;
+            staged.push((new, m, v, max));
         }
         if !par_sq.is_finite() {
             return Ok(None);
         }
-        let mut deltas = Vec::with_capacity(staged.len());
-        for (p, (new, m, v, delta)) in self.params.iter_mut().zip(staged) {
+        let mut max_abs = Vec::with_capacity(staged.len());
+        for (p, (new, m, v, max)) in self.params.iter_mut().zip(staged) {
             p.var.set(&new)?;
             p.exp_avg = m;
             p.exp_avg_sq = v;
-            deltas.push(delta);
+            max_abs.push(max);
         }
         self.t += 1;
         Ok(Some((
@@ -228,7 +321,7 @@ impl AdamW {
                 update_norm: upd_sq.sqrt(),
                 param_norm: par_sq.sqrt(),
             },
-            deltas,
+            max_abs,
         )))
     }
 
@@ -303,8 +396,8 @@ mod tests {
         let grads = loss.backward().unwrap();
         let gn = opt.grad_norm(&grads).unwrap();
         let lr = 0.1;
-        let (stats, deltas) = opt.step(&grads, lr, gn).unwrap().unwrap();
-        assert_eq!(deltas.len(), 2);
+        let (stats, max_abs) = opt.step(&grads, lr, gn).unwrap().unwrap();
+        assert_eq!(max_abs.len(), 2);
         let got = theta.as_tensor().to_vec1::<f64>().unwrap();
         for (g, x0) in got.iter().zip([1.0f64, -2.0, 0.5]) {
             // Norm gains: no weight decay, full lr.
@@ -326,6 +419,74 @@ mod tests {
         assert!((gn - (1.0f64 + 4.0 + 0.25 + 0.09 + 0.01 + 0.04 + 0.16).sqrt()).abs() < 1e-12);
         assert!(stats.update_norm > 0.0 && stats.param_norm > 0.0);
         let _ = DType::F64;
+    }
+
+    /// The fused in-place update and the staged plain-op update agree over several steps
+    /// (with clipping and every group), in f32.
+    #[test]
+    fn fused_and_staged_updates_agree() {
+        let dev = Device::Cpu;
+        let mk = |seed: u64| {
+            let mut x = seed;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
+            };
+            let emb = Var::from_vec((0..60).map(|_| next()).collect(), (6, 10), &dev).unwrap();
+            let hid = Var::from_vec((0..40).map(|_| next()).collect(), (4, 10), &dev).unwrap();
+            let gain = Var::from_vec((0..10).map(|_| 1.0 + next()).collect(), 10, &dev).unwrap();
+            vec![
+                ("model.embed_tokens.weight".to_string(), emb),
+                ("model.layers.0.mlp.up_proj.weight".to_string(), hid),
+                ("model.norm.weight".to_string(), gain),
+            ]
+        };
+        let (a, b) = (mk(7), mk(7));
+        let mut fused = AdamW::new(&a, OptimConfig::default(), 2.0).unwrap();
+        let mut staged = AdamW::new(&b, OptimConfig::default(), 2.0).unwrap();
+        staged.set_fused(false);
+        for step in 0..5 {
+            let loss = |named: &[(String, Var)]| {
+                let t = |i: usize| named[i].1.as_tensor();
+                // Different scales per step so clipping engages on some steps.
+                let k = 0.5 + step as f64;
+                ((t(0).sqr().unwrap().sum_all().unwrap() * k).unwrap()
+                    + t(1).sin().unwrap().sum_all().unwrap()
+                    + (t(2).sqr().unwrap().sum_all().unwrap() * 0.3).unwrap())
+                .unwrap()
+            };
+            let (ga, gb) = (loss(&a).backward().unwrap(), loss(&b).backward().unwrap());
+            let (na, nb) = (
+                fused.grad_norm(&ga).unwrap(),
+                staged.grad_norm(&gb).unwrap(),
+            );
+            let (sa, ma) = fused.step(&ga, 0.01, na).unwrap().unwrap();
+            let (sb, mb) = staged.step(&gb, 0.01, nb).unwrap().unwrap();
+            assert!((sa.update_norm - sb.update_norm).abs() < 1e-5 * sb.update_norm);
+            assert!((sa.param_norm - sb.param_norm).abs() < 1e-5 * sb.param_norm);
+            for (x, y) in ma.iter().zip(&mb) {
+                assert!((x - y).abs() < 1e-6 + 1e-4 * y, "max |Δθ| {x} vs {y}");
+            }
+        }
+        for ((_, va), (_, vb)) in a.iter().zip(&b) {
+            let (x, y) = (
+                va.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+                vb.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            );
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() < 1e-6, "{p} vs {q}");
+            }
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::model::MiniCpm;
 use crate::objective::{ModelObjective, flatten};
 use crate::optim::AdamW;
-use crate::reduce::{dot, max_abs};
+use crate::reduce::{dot, dot_diff};
 
 /// The periodic measurements, in the order the engine rotates through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,10 +82,11 @@ impl Measurement {
     }
 }
 
-/// The previous step's gradient and update, for the next step's geometry.
+/// The previous step's gradient and the parameters before its update, for the next step's
+/// geometry (the update itself is the current parameters minus these).
 struct Prev {
     grads: Vec<Tensor>,
-    deltas: Vec<Tensor>,
+    theta: Vec<Tensor>,
     g_sq: f64,
     v_sq: f64,
 }
@@ -105,9 +106,15 @@ impl StepTracker {
         }
     }
 
-    /// The geometry of the previous update, given this step's gradients (parameter order,
-    /// before clipping) and their squared norm; `None` without a previous step.
-    pub fn geometry(&self, grads: &[Tensor], g_sq: f64) -> Result<Option<StepGeometry>> {
+    /// The geometry of the previous update v = θ − θ_prev, given this step's gradients and
+    /// their squared norm and the current parameters `theta` (all in parameter order,
+    /// gradients before clipping); `None` without a previous step.
+    pub fn geometry(
+        &self,
+        grads: &[Tensor],
+        g_sq: f64,
+        theta: &[Tensor],
+    ) -> Result<Option<StepGeometry>> {
         let Some(p) = &self.prev else {
             return Ok(None);
         };
@@ -117,10 +124,10 @@ impl StepTracker {
             vv: p.v_sq,
             ..StepDots::default()
         };
-        for ((g1, g0), v) in grads.iter().zip(&p.grads).zip(&p.deltas) {
+        for (((g1, g0), now), before) in grads.iter().zip(&p.grads).zip(theta).zip(&p.theta) {
             d.g0g1 += dot(g0, g1)?;
-            d.g1v += dot(g1, v)?;
-            d.g0v += dot(g0, v)?;
+            d.g1v += dot_diff(g1, now, before)?;
+            d.g0v += dot_diff(g0, now, before)?;
         }
         let g = d.geometry();
         Ok(Some(StepGeometry {
@@ -131,32 +138,37 @@ impl StepTracker {
         }))
     }
 
-    /// Keeps this step's gradients and update for the next step; returns max |Δθ| of the
-    /// tracked tensors.
+    /// Keeps this step's gradients and the parameters before its update for the next step;
+    /// returns max |Δθ| of the tracked tensors from the optimiser's per-tensor maxima.
     pub fn record(
         &mut self,
         grads: Vec<Tensor>,
-        deltas: Vec<Tensor>,
+        theta_before: Vec<Tensor>,
         g_sq: f64,
         v_sq: f64,
-    ) -> Result<Vec<f64>> {
-        let max = self
-            .tracked
-            .iter()
-            .map(|&i| max_abs(&deltas[i]))
-            .collect::<Result<_>>()?;
+        max_abs: &[f64],
+    ) -> Vec<f64> {
         self.prev = Some(Prev {
             grads,
-            deltas,
+            theta: theta_before,
             g_sq,
             v_sq,
         });
-        Ok(max)
+        self.tracked.iter().map(|&i| max_abs[i]).collect()
     }
 
-    /// The last update θ(t+1) − θ(t), per parameter.
-    pub fn last_update(&self) -> Option<&[Tensor]> {
-        self.prev.as_ref().map(|p| p.deltas.as_slice())
+    /// The last update θ − θ_prev per parameter, given the current parameters.
+    pub fn last_update(&self, theta: &[Tensor]) -> Result<Option<Vec<Tensor>>> {
+        let Some(p) = &self.prev else {
+            return Ok(None);
+        };
+        Ok(Some(
+            theta
+                .iter()
+                .zip(&p.theta)
+                .map(|(a, b)| Ok((a - b)?))
+                .collect::<Result<_>>()?,
+        ))
     }
 }
 
@@ -169,7 +181,7 @@ pub struct ProbeInput<'a> {
     pub cfg: &'a ProbeConfig,
     /// The learning rate of the step just taken.
     pub lr: f64,
-    pub last_update: Option<&'a [Tensor]>,
+    pub last_update: Option<Vec<Tensor>>,
     /// Seeds the random directions (with the step, so each probe differs).
     pub seed: u64,
 }
@@ -249,7 +261,7 @@ pub fn measure(kind: ProbeKind, inp: &ProbeInput) -> Result<Measurement> {
             let loss = slice_1d(&mut f, &theta, &d, &alphas);
             m.series("alpha", alphas);
             m.series("loss_random", loss);
-            if let Some(u) = inp.last_update {
+            if let Some(u) = &inp.last_update {
                 let v = flatten(u)?;
                 let betas = linspace(-inp.cfg.update_span, inp.cfg.update_span, inp.cfg.points);
                 let loss = slice_1d(&mut f, &theta, &v, &betas);

@@ -52,6 +52,24 @@ pub fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
         .to_scalar::<f64>()?)
 }
 
+/// Σ g·(a − b) of three tensors of the same shape, in f64, each difference formed exactly
+/// in f64 (so a small update a − b between two large parameter tensors loses nothing).
+pub fn dot_diff(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<f64> {
+    if let Some(v) = with_f32(&[g, a, b], |s| {
+        s[0].iter()
+            .zip(s[1])
+            .zip(s[2])
+            .map(|((&g, &a), &b)| f64::from(g) * (f64::from(a) - f64::from(b)))
+            .sum::<f64>()
+    }) {
+        return Ok(v);
+    }
+    let d = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?;
+    Ok((g.to_dtype(DType::F64)? * d)?
+        .sum_all()?
+        .to_scalar::<f64>()?)
+}
+
 /// max |x| of a tensor.
 pub fn max_abs(t: &Tensor) -> Result<f64> {
     if let Some(v) = with_f32(&[t], |s| {
@@ -96,5 +114,14 @@ mod tests {
         assert_eq!(max_abs(&at).unwrap(), m);
         let x = Tensor::new(&[3.0f64, 4.0], &dev).unwrap();
         assert_eq!(sum_sq(&x).unwrap(), 25.0);
+        let c = Tensor::randn(0f32, 1.0, (37, 41), &dev).unwrap();
+        let want = dot(&a, &(&b - &c).unwrap()).unwrap();
+        let got = dot_diff(&a, &b, &c).unwrap();
+        assert!(
+            (got - want).abs() < 1e-5 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
+        let strided = dot_diff(&at, &bt, &c.t().unwrap()).unwrap();
+        assert!((strided - want).abs() < 1e-5 * want.abs().max(1.0));
     }
 }
