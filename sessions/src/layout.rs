@@ -21,7 +21,10 @@
 //! ```
 //! Probe series (loss slices, interpolation curves) live in the event log's `probe` events.
 //! A format-1 file lacks the datasets marked format 2; the reader fills them with NaN/empty.
-//! Every dataset is chunked, extendable along its first axis and deflate-compressed. `seq` is
+//! Every dataset is chunked and extendable along its first axis; the integer ones are
+//! shuffle+deflate compressed, the 2-D ones deflate compressed, the 1-D float64 ones not
+//! (noisy floats barely compress and inflating them dominated the time to open a long
+//! session). `seq` is
 //! the position of each event in the stream a live run produced, so the reader can merge
 //! steps, evals and logged events back into exactly that stream.
 
@@ -66,8 +69,9 @@ pub const PROBES: &str = "probes";
 pub const CHUNK: usize = 4096;
 /// Rows per chunk of per-layer 2-D datasets.
 pub const CHUNK_2D: usize = 512;
-/// Deflate level: cheap, and per-step series compress well.
-pub const DEFLATE: u8 = 4;
+/// Deflate level of the integer columns (after byte shuffling; they compress very well).
+/// Float64 columns are stored uncompressed (see the recorder).
+pub const DEFLATE: u8 = 1;
 
 /// Metric names a reader can query per run: the float64 step metrics and `val_loss`.
 pub fn metric_names() -> Vec<&'static str> {

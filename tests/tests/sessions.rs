@@ -301,8 +301,10 @@ fn a_failing_disk_stops_training_and_keeps_what_was_written() {
     unsafe {
         cmd.pre_exec(|| {
             let lim = libc::rlimit {
-                rlim_cur: 96 * 1024,
-                rlim_max: 96 * 1024,
+                // Room for the first chunks of every dataset (uncompressed float columns take
+                // whole 32 KiB chunks) and a few hundred steps.
+                rlim_cur: 640 * 1024,
+                rlim_max: 640 * 1024,
             };
             libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
