@@ -577,6 +577,18 @@ impl TuiState {
                     .or_insert_with(|| RunData::new(p.run))
                     .probes
                     .push(p.clone());
+                // `p` said "probing…": the results arriving say it is over.
+                if self
+                    .ui
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.text.starts_with("probing run"))
+                {
+                    self.set_status(
+                        Level::Info,
+                        format!("run {} probed at step {} (v: probes and landscape views)", p.run, p.step),
+                    );
+                }
             }
             RunEvent::Checkpoint { run, step, path } => {
                 if let Some(r) = self.runs.get_mut(run) {
