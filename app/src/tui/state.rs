@@ -586,7 +586,10 @@ impl TuiState {
                 {
                     self.set_status(
                         Level::Info,
-                        format!("run {} probed at step {} (v: probes and landscape views)", p.run, p.step),
+                        format!(
+                            "run {} probed at step {} (v: probes and landscape views)",
+                            p.run, p.step
+                        ),
                     );
                 }
             }
