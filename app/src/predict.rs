@@ -127,14 +127,39 @@ pub fn curve(fit: &MplFit, curves: &[RunCurve], id: RunId, steps: &[u64]) -> Opt
     Some(fit.law.predict(&lrs, warmup_of(curves), steps))
 }
 
-/// The mean training loss over a run's last few steps (5% of its own steps, at least 3): what
-/// a predicted final loss is compared with.
+/// Steps of a branch of `len` steps over which its end is compared: the last fifth, at least
+/// 5 (single training losses are noisy; a window mean of predicted against observed is not).
+pub fn tail_len(len: u64) -> u64 {
+    (len / 5).max(5).min(len)
+}
+
+/// The predicted mean training loss over the last [`tail_len`] steps of a branch that runs
+/// from after `at` to `end`.
+pub fn predicted_tail(
+    fit: &MplFit,
+    curves: &[RunCurve],
+    id: RunId,
+    at: u64,
+    end: u64,
+) -> Option<f64> {
+    let k = tail_len(end.saturating_sub(at));
+    if k == 0 {
+        return None;
+    }
+    let steps: Vec<u64> = (end + 1 - k..=end).collect();
+    let v = curve(fit, curves, id, &steps)?;
+    let fin: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
+    (!fin.is_empty()).then(|| fin.iter().sum::<f64>() / fin.len() as f64)
+}
+
+/// The observed mean training loss over a run's last [`tail_len`] steps: what a predicted
+/// end is compared with.
 pub fn actual_final(c: &RunCurve) -> Option<f64> {
     let n = c.steps.len().min(c.loss.len());
     if n == 0 {
         return None;
     }
-    let k = (n / 20).max(3).min(n);
+    let k = tail_len(n as u64) as usize;
     let tail: Vec<f64> = c.loss[n - k..n]
         .iter()
         .copied()
@@ -149,11 +174,12 @@ pub struct BranchPrediction {
     pub run: RunId,
     pub fork_step: u64,
     pub end_step: u64,
-    /// Predicted training loss at the branch's last step, from the runs seen before the fork.
+    /// Predicted mean training loss over the branch's last [`tail_len`] steps, from the runs
+    /// seen before the fork.
     pub before: f64,
     /// Whether that fit had seen a decay (false: the decay term came from the prior).
     pub decay_fitted: bool,
-    /// Mean training loss of its last steps, once it completed.
+    /// Observed mean training loss over the same steps, once it completed.
     pub actual: Option<f64>,
 }
 
@@ -211,18 +237,15 @@ pub struct Forecast {
     pub end_step: u64,
     /// (step, loss) of the law from the fork to the end, made when the branch was forked.
     pub before: Vec<(f64, f64)>,
+    /// The law's mean over the branch's last [`tail_len`] steps (what `actual` is compared
+    /// with), made at the fork.
+    pub before_tail: Option<f64>,
     pub decay_fitted: bool,
     /// The same from a refit that includes the branch's own steps so far (live runs).
     pub now: Option<Vec<(f64, f64)>>,
-    /// Mean training loss of the branch's last steps, once it completed.
+    /// Observed mean training loss over the branch's last [`tail_len`] steps, once it
+    /// completed.
     pub actual: Option<f64>,
-}
-
-impl Forecast {
-    /// The final loss predicted at the fork.
-    pub fn before_final(&self) -> Option<f64> {
-        self.before.last().map(|p| p.1)
-    }
 }
 
 /// Points drawn per predicted curve.
@@ -332,6 +355,7 @@ impl Predictor {
                             fork_step: p.at,
                             end_step: p.end,
                             before,
+                            before_tail: predicted_tail(&f, &list, p.run, p.at, p.end),
                             decay_fitted: f.decay_fitted,
                             now: None,
                             actual: None,
@@ -384,13 +408,13 @@ pub fn predictions(events: &[RunEvent]) -> Vec<BranchPrediction> {
             let list = curves.list();
             let end = s.phases.total;
             if let Some(f) = fit(&list)
-                && let Some(v) = curve(&f, &list, s.run, &[end])
+                && let Some(v) = predicted_tail(&f, &list, s.run, at, end)
             {
                 out.push(BranchPrediction {
                     run: s.run,
                     fork_step: at,
                     end_step: end,
-                    before: v[0],
+                    before: v,
                     decay_fitted: f.decay_fitted,
                     actual: None,
                 });

@@ -104,8 +104,9 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "runs": s.runs().iter().map(run_json).collect::<Vec<_>>(),
             "predictions": predictions.iter().map(|p| json!({
                 "run": p.run, "fork_step": p.fork_step, "end_step": p.end_step,
-                "predicted_final_train_loss": p.before, "decay_fitted": p.decay_fitted,
-                "actual_final_train_loss": p.actual,
+                "tail_steps": crate::predict::tail_len(p.end_step - p.fork_step),
+                "predicted_tail_train_loss": p.before, "decay_fitted": p.decay_fitted,
+                "actual_tail_train_loss": p.actual,
                 "error": p.actual.map(|a| p.before - a),
             })).collect::<Vec<_>>(),
             "probes": probes.iter().map(|(run, kind, n, secs)| json!({
@@ -161,7 +162,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
     if !predictions.is_empty() {
         println!(
-            "decay predictions (multi-power law fitted on what was recorded before each fork):"
+            "decay predictions (multi-power law fitted on what was recorded before each fork; mean training loss over each branch's last fifth):"
         );
         for p in &predictions {
             let actual = p
@@ -169,7 +170,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
                 .map(|a| format!("actual {a:.4}, error {:+.4}", p.before - a))
                 .unwrap_or_else(|| "not completed".into());
             println!(
-                "  run {:>2} forked at {:>6}, ends {:>6}: predicted final train loss {:.4}{}; {actual}",
+                "  run {:>2} forked at {:>6}, ends {:>6}: predicted {:.4}{}; {actual}",
                 p.run,
                 p.fork_step,
                 p.end_step,

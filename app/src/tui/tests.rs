@@ -1107,17 +1107,30 @@ fn forecasts_are_made_at_the_fork_refitted_live_and_scored_at_the_end() {
     assert!(live.forecasts[&1].now.is_some(), "refitted while running");
     live.apply(&Synthetic::end(1, 550, EndReason::Completed, None));
     live.refresh_forecasts();
-    let actual = live.forecasts[&1].actual.expect("scored at the end");
+    let f = &live.forecasts[&1];
+    let actual = f.actual.expect("scored at the end");
     let last: Vec<f64> = live.runs[&1]
         .loss
         .values()
         .iter()
         .rev()
-        .take(7)
+        .take(30)
         .copied()
         .collect();
     assert!(
-        (actual - last.iter().sum::<f64>() / 7.0).abs() < 1e-12,
-        "mean of the last 5% (7 steps)"
+        (actual - last.iter().sum::<f64>() / 30.0).abs() < 1e-12,
+        "mean of the last fifth (30 steps)"
+    );
+    let predicted = f.before_tail.expect("a predicted tail");
+    let (lo, hi) = f
+        .before
+        .iter()
+        .filter(|p| p.0 >= 520.0)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.1), b.max(p.1))
+        });
+    assert!(
+        predicted >= lo - 1e-9 && predicted <= hi + 1e-9,
+        "the predicted tail mean lies within the predicted curve over the tail: {predicted} in [{lo}, {hi}]"
     );
 }

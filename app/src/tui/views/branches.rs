@@ -89,14 +89,14 @@ fn trunk_row(r: &RunData) -> Row<'static> {
     ])
 }
 
-/// The final training loss the multi-power law predicted at the fork, and once the branch
-/// completed, its error against the mean of the branch's last steps (`1.612 Δ+0.004`); a
-/// `~` marks a prediction whose decay term was still the prior's.
+/// The branch's mean training loss over its last fifth as the multi-power law predicted it at
+/// the fork, and once the branch completed, the error against what it did (`1.612 Δ+0.004`);
+/// a `~` marks a prediction whose decay term was still the prior's.
 fn pred_cell(state: &TuiState, id: u32) -> Cell<'static> {
     let Some(f) = state.forecasts.get(&id) else {
         return dash();
     };
-    let Some(p) = f.before_final() else {
+    let Some(p) = f.before_tail else {
         return dash();
     };
     let mark = if f.decay_fitted { "" } else { "~" };
