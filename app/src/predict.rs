@@ -152,15 +152,15 @@ pub fn predicted_tail(
     (!fin.is_empty()).then(|| fin.iter().sum::<f64>() / fin.len() as f64)
 }
 
-/// The observed mean training loss over a run's last [`tail_len`] steps: what a predicted
-/// end is compared with.
-pub fn actual_final(c: &RunCurve) -> Option<f64> {
-    let n = c.steps.len().min(c.loss.len());
+/// The observed mean training loss over the last [`tail_len`] of a run's own step losses:
+/// what a predicted end is compared with.
+pub fn actual_final(loss: &[f64]) -> Option<f64> {
+    let n = loss.len();
     if n == 0 {
         return None;
     }
     let k = tail_len(n as u64) as usize;
-    let tail: Vec<f64> = c.loss[n - k..n]
+    let tail: Vec<f64> = loss[n - k..n]
         .iter()
         .copied()
         .filter(|x| x.is_finite())
@@ -432,7 +432,7 @@ pub fn predictions(events: &[RunEvent]) -> Vec<BranchPrediction> {
                 .iter_mut()
                 .find(|p| p.run == *run && p.end_step == *step)
         {
-            p.actual = curves.runs.get(run).and_then(actual_final);
+            p.actual = curves.runs.get(run).and_then(|c| actual_final(&c.loss));
         }
     }
     out

@@ -14,7 +14,8 @@
 //! - [`adamw_step`]: one AdamW step for a parameter group, in place on parameters and both
 //!   moments (three in-place passes per tensor: candle's in-place API writes one tensor per
 //!   call), returning Σ(Δθ)², Σθ², max|Δθ| per tensor ([`AdamWStats`]). Not transactional.
-//! - [`sum_sq_many`], [`dot_many`]: per-tensor Σx² and ⟨a, b⟩ accumulated in f64.
+//! - [`sum_sq_many`], [`dot_many`], [`dot_diff_many`]: per-tensor Σx², ⟨a, b⟩ and
+//!   ⟨g, a − b⟩ accumulated in f64.
 //!
 //! CPU kernels split work over rayon's current pool (never their own thread counts) and
 //! sum partial results in a fixed order, so results do not depend on the number of
@@ -43,7 +44,9 @@ pub use attention::{attention, attention_slow};
 pub use cross_entropy::{cross_entropy, cross_entropy_slow};
 pub use cuda::{CUDA_COMMON_HEADER, CUDA_SOURCES, cuda_kernel_names};
 pub use error::Error;
-pub use reduce::{dot_many, dot_many_slow, sum_sq_many, sum_sq_many_slow};
+pub use reduce::{
+    dot_diff_many, dot_diff_many_slow, dot_many, dot_many_slow, sum_sq_many, sum_sq_many_slow,
+};
 pub use rms_norm::{rms_norm, rms_norm_slow};
 pub use rope::{rope, rope_slow};
 pub use swiglu::{swiglu, swiglu_slow};

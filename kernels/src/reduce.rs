@@ -1,6 +1,7 @@
 //! Multi-tensor reductions accumulated in f64, one pass per tensor and no temporaries:
-//! Σx² of each tensor (norms of parameters, gradients, updates) and ⟨a, b⟩ of each pair
-//! (cosines between successive gradients, D1/D2 curvature probes).
+//! Σx² of each tensor (norms of parameters, gradients, updates), ⟨a, b⟩ of each pair
+//! (cosines between successive gradients) and ⟨g, a − b⟩ of each triple (a gradient against
+//! an update given as two parameter copies: the D1/D2 curvature probes).
 //!
 //! Contiguous f32/f64 CPU tensors are read straight from their storage, in fixed-size
 //! chunks whose partial sums are added in chunk order, so results do not depend on the
@@ -48,6 +49,17 @@ fn sum_sq_fast<T: Real>(x: &[T]) -> f64 {
 
 fn dot_fast<T: Real>(a: &[T], b: &[T]) -> f64 {
     chunked::<T>(a.len(), |r| cpu::dot_f64(&a[r.clone()], &b[r]))
+}
+
+fn dot_diff_fast<T: Real>(g: &[T], a: &[T], b: &[T]) -> f64 {
+    chunked::<T>(g.len(), |r| {
+        g[r.clone()]
+            .iter()
+            .zip(&a[r.clone()])
+            .zip(&b[r])
+            .map(|((g, a), b)| g.to_f64() * (a.to_f64() - b.to_f64()))
+            .sum()
+    })
 }
 
 /// Σx² of one tensor from plain ops, in f64.
@@ -108,6 +120,54 @@ pub fn dot_many(pairs: &[(&Tensor, &Tensor)]) -> Result<Vec<f64>> {
         .collect()
 }
 
+/// ⟨g, a − b⟩ of one triple from plain ops, in f64.
+fn dot_diff_plain(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<f64> {
+    let d = (a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?;
+    (g.to_dtype(DType::F64)? * d)?.sum_all()?.to_scalar::<f64>()
+}
+
+/// ⟨g, a − b⟩ of each triple (same shapes), accumulated in f64 with each difference formed
+/// in f64, so a small update a − b between two large parameter copies loses nothing.
+pub fn dot_diff_many(triples: &[(&Tensor, &Tensor, &Tensor)]) -> Result<Vec<f64>> {
+    triples
+        .iter()
+        .enumerate()
+        .map(|(i, (g, a, b))| {
+            if g.dims() != a.dims() || a.dims() != b.dims() {
+                return Err(shape_err(
+                    "dot_diff_many",
+                    format!(
+                        "triple {i} has shapes {:?}, {:?} and {:?}",
+                        g.dims(),
+                        a.dims(),
+                        b.dims()
+                    ),
+                ));
+            }
+            let fast = with_elems(g, |eg| {
+                with_elems(a, |ea| {
+                    with_elems(b, |eb| match (eg, ea, eb) {
+                        (Elems::F32(x), Elems::F32(y), Elems::F32(z)) => {
+                            Some(dot_diff_fast(x, y, z))
+                        }
+                        (Elems::F64(x), Elems::F64(y), Elems::F64(z)) => {
+                            Some(dot_diff_fast(x, y, z))
+                        }
+                        _ => None,
+                    })
+                })
+            })
+            .flatten()
+            .flatten()
+            .flatten();
+            match fast {
+                Some(s) => Ok(s),
+                None => dot_diff_plain(g, a, b),
+            }
+        })
+        .collect()
+}
+
 /// [`sum_sq_many`] from plain candle ops.
 pub fn sum_sq_many_slow(ts: &[&Tensor]) -> Result<Vec<f64>> {
     ts.iter().map(|t| sum_sq_plain(t)).collect()
@@ -116,4 +176,12 @@ pub fn sum_sq_many_slow(ts: &[&Tensor]) -> Result<Vec<f64>> {
 /// [`dot_many`] from plain candle ops.
 pub fn dot_many_slow(pairs: &[(&Tensor, &Tensor)]) -> Result<Vec<f64>> {
     pairs.iter().map(|(a, b)| dot_plain(a, b)).collect()
+}
+
+/// [`dot_diff_many`] from plain candle ops.
+pub fn dot_diff_many_slow(triples: &[(&Tensor, &Tensor, &Tensor)]) -> Result<Vec<f64>> {
+    triples
+        .iter()
+        .map(|(g, a, b)| dot_diff_plain(g, a, b))
+        .collect()
 }

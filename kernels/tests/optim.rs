@@ -196,6 +196,26 @@ fn reductions_match_slow() {
         rel(&format!("dot_many {}", names[i]), fast[i], slow[i], 1e-11);
     }
     assert!(k::dot_many(&[(&big, &small)]).is_err());
+    let big3 = rng.randn(&[300, 700], 1.0, DType::F32);
+    let offset3 = big3.narrow(0, 100, 150).unwrap();
+    let triples = [
+        (&big, &big2, &big3),
+        (&small, &small2, &small),
+        (&strided, &big2.t().unwrap(), &big3.t().unwrap()),
+        (&offset, &offset2, &offset3),
+    ];
+    let fast = k::dot_diff_many(&triples).unwrap();
+    let slow = k::dot_diff_many_slow(&triples).unwrap();
+    let names = ["big f32", "small f64", "strided", "offset view"];
+    for i in 0..triples.len() {
+        rel(
+            &format!("dot_diff_many {}", names[i]),
+            fast[i],
+            slow[i],
+            1e-11,
+        );
+    }
+    assert!(k::dot_diff_many(&[(&big, &big2, &small)]).is_err());
 }
 
 #[test]

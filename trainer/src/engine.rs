@@ -266,6 +266,15 @@ impl Trainer {
             .collect()
     }
 
+    /// The parameter tensors in optimiser (checkpoint) order, sharing the run's storage.
+    fn param_tensors(&self) -> Vec<Tensor> {
+        self.opt
+            .params()
+            .iter()
+            .map(|p| p.var.as_tensor().clone())
+            .collect()
+    }
+
     /// Steps completed so far.
     pub fn step_count(&self) -> u64 {
         self.step
@@ -321,12 +330,7 @@ impl Trainer {
             .collect::<Result<_>>()?;
         let per_step = self.cfg.probes.per_step;
         let (geometry, theta_before) = if per_step {
-            let theta: Vec<Tensor> = self
-                .opt
-                .params()
-                .iter()
-                .map(|p| p.var.as_tensor().clone())
-                .collect();
+            let theta = self.param_tensors();
             let geometry = self
                 .tracker
                 .geometry(&g, norms.total * norms.total, &theta)?;
@@ -400,14 +404,7 @@ impl Trainer {
             batch: &batch,
             cfg: &self.cfg.probes,
             lr: self.cfg.schedule.lr(self.step),
-            last_update: self.tracker.last_update(
-                &self
-                    .opt
-                    .params()
-                    .iter()
-                    .map(|p| p.var.as_tensor().clone())
-                    .collect::<Vec<_>>(),
-            )?,
+            last_update: self.tracker.last_update(&self.param_tensors())?,
             seed: hash(&[self.cfg.seed, self.run as u64, self.step]),
         };
         let mut m = probe::measure(kind, &input)?;

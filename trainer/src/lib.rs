@@ -15,7 +15,6 @@ pub mod model;
 pub mod objective;
 pub mod optim;
 pub mod probe;
-pub mod reduce;
 pub mod schedule;
 
 pub use config::{

@@ -47,7 +47,7 @@ pub struct AdamW {
     t: u64,
 }
 
-use crate::reduce::sum_sq;
+use wsdscope_kernels::sum_sq_many;
 
 /// Gradient norms before clipping: global, per decoder layer and per μP group.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,15 +119,19 @@ impl AdamW {
         let mut total = 0.0;
         let mut per_layer = vec![0.0; layers];
         let mut per_group = vec![0.0; ParamGroup::ALL.len()];
-        for p in &self.params {
-            if let Some(g) = grads.get(&p.var) {
-                let s = sum_sq(g)?;
-                total += s;
-                if let Some(i) = layer_index(&p.name).filter(|&i| i < layers) {
-                    per_layer[i] += s;
-                }
-                per_group[p.group.index()] += s;
+        // Missing gradients count as zero.
+        let present: Vec<(&ParamState, &Tensor)> = self
+            .params
+            .iter()
+            .filter_map(|p| grads.get(&p.var).map(|g| (p, g)))
+            .collect();
+        let sums = sum_sq_many(&present.iter().map(|(_, g)| *g).collect::<Vec<_>>())?;
+        for ((p, _), s) in present.iter().zip(sums) {
+            total += s;
+            if let Some(i) = layer_index(&p.name).filter(|&i| i < layers) {
+                per_layer[i] += s;
             }
+            per_group[p.group.index()] += s;
         }
         Ok(GradNorms {
             total: total.sqrt(),
@@ -299,9 +303,14 @@ impl AdamW {
             let denom = ((v.sqrt()? / bc2_sqrt)? + self.cfg.eps)?;
             let new = (decayed - (m.div(&denom)? * (lr_p / bc1))?)?;
             let delta = (&new - theta)?;
-            upd_sq += sum_sq(&delta)?;
-            par_sq += sum_sq(&new)?;
-            let max = crate::reduce::max_abs(&delta)?;
+            let sums = sum_sq_many(&[&delta, &new])?;
+            upd_sq += sums[0];
+            par_sq += sums[1];
+            let max = delta
+                .abs()?
+                .max_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
             staged.push((new, m, v, max));
         }
         if !par_sq.is_finite() {

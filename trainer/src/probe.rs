@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::Tensor;
+use wsdscope_kernels::{dot_diff_many, dot_many};
 use wsdscope_probes::{
     NoiseScale, Objective, StepDots, filter_normalize, interpolate, minicpm_batch_rule,
     preconditioned_sharpness, sharpness, slice_1d, slice_2d,
@@ -28,7 +29,6 @@ use crate::error::{Error, Result};
 use crate::model::MiniCpm;
 use crate::objective::{ModelObjective, flatten};
 use crate::optim::AdamW;
-use crate::reduce::{dot, dot_diff};
 
 /// The periodic measurements, in the order the engine rotates through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,11 +124,20 @@ impl StepTracker {
             vv: p.v_sq,
             ..StepDots::default()
         };
-        for (((g1, g0), now), before) in grads.iter().zip(&p.grads).zip(theta).zip(&p.theta) {
-            d.g0g1 += dot(g0, g1)?;
-            d.g1v += dot_diff(g1, now, before)?;
-            d.g0v += dot_diff(g0, now, before)?;
-        }
+        let pairs: Vec<(&Tensor, &Tensor)> = p.grads.iter().zip(grads).collect();
+        d.g0g1 = dot_many(&pairs)?.iter().sum();
+        // v = θ − θ_prev, so g·v = ⟨g, θ − θ_prev⟩ for g(t+1) and g(t).
+        let triples: Vec<(&Tensor, &Tensor, &Tensor)> = grads
+            .iter()
+            .chain(&p.grads)
+            .zip(theta.iter().chain(theta))
+            .zip(p.theta.iter().chain(&p.theta))
+            .map(|((g, now), before)| (g, now, before))
+            .collect();
+        let gv = dot_diff_many(&triples)?;
+        let n = grads.len();
+        d.g1v = gv[..n].iter().sum();
+        d.g0v = gv[n..].iter().sum();
         let g = d.geometry();
         Ok(Some(StepGeometry {
             cos: g.cos,

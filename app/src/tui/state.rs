@@ -683,16 +683,10 @@ impl TuiState {
                 reason: EndReason::Completed,
                 ..
             } => {
-                let actual = self.runs.get(run).and_then(|r| {
-                    crate::predict::actual_final(&crate::predict::RunCurve {
-                        id: r.id,
-                        parent: r.parent,
-                        fork_step: r.fork_step,
-                        schedule: r.schedule.clone()?,
-                        steps: r.steps.clone(),
-                        loss: r.loss.values().to_vec(),
-                    })
-                });
+                let actual = self
+                    .runs
+                    .get(run)
+                    .and_then(|r| crate::predict::actual_final(r.loss.values()));
                 self.predictor.completed(*run, *step, actual);
             }
             _ => {}
