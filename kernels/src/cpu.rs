@@ -391,14 +391,6 @@ pub(crate) fn dot_f64<T: Real>(a: &[T], b: &[T]) -> f64 {
     (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
 }
 
-/// y += α·x.
-#[inline(always)]
-pub(crate) fn axpy<T: Real>(y: &mut [T], alpha: T, x: &[T]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * *xi;
-    }
-}
-
 /// y *= α.
 #[inline(always)]
 pub(crate) fn scale<T: Real>(y: &mut [T], alpha: T) {
