@@ -37,7 +37,7 @@ fn logsumexp<T: Real>(row: &[T]) -> T {
     m + s.ln()
 }
 
-fn check_targets(t: &[u32], v: usize) -> Result<()> {
+pub(crate) fn check_targets(t: &[u32], v: usize) -> Result<()> {
     match t.iter().position(|&c| c as usize >= v) {
         Some(row) => Err(Error::TargetOutOfRange {
             op: OP,
@@ -51,7 +51,7 @@ fn check_targets(t: &[u32], v: usize) -> Result<()> {
 }
 
 /// (mean loss, per-row lse).
-fn forward<T: Real>(x: &[T], t: &[u32], v: usize) -> (T, Vec<T>) {
+pub(crate) fn forward<T: Real>(x: &[T], t: &[u32], v: usize) -> (T, Vec<T>) {
     let n = t.len();
     let mut lse = vec![T::zero(); n];
     let rows = rows_per_task(v);
@@ -88,6 +88,31 @@ fn backward<T: Real>(x: &[T], t: &[u32], lse: &[T], v: usize, g: f64) -> Vec<T> 
         .for_each(|(c, dc)| backward_rows(x, t, lse, v, c * rows, coef, dc));
     dx
 }
+
+/// [`backward`] in place: the logits `x` become dlogits, with no second N×V buffer.
+pub(crate) fn backward_in_place<T: Real>(x: &mut [T], t: &[u32], lse: &[T], v: usize, g: f64) {
+    let n = t.len();
+    let coef = T::from_f64(g / n as f64);
+    let rows = rows_per_task(v);
+    x.par_chunks_mut(rows * v)
+        .enumerate()
+        .for_each(|(c, xc)| backward_rows_in_place(&t[c * rows..], &lse[c * rows..], v, coef, xc));
+}
+
+/// Rows of logits → their dlogits; `t` and `lse` start at the chunk's first row.
+#[inline(always)]
+fn backward_rows_in_place_body<T: Real>(t: &[u32], lse: &[T], v: usize, coef: T, x: &mut [T]) {
+    for (i, row) in x.chunks_exact_mut(v).enumerate() {
+        let l = lse[i];
+        for xi in row.iter_mut() {
+            *xi = (*xi - l).exp_fast() * coef;
+        }
+        row[t[i] as usize] -= coef;
+    }
+}
+simd_fn!(fn backward_rows_in_place<T: Real>(
+    t: &[u32], lse: &[T], v: usize, coef: T, x: &mut [T],
+) => backward_rows_in_place_body);
 
 /// dlogits of rows r0.. (as many as `dx` holds).
 #[inline(always)]

@@ -19,10 +19,15 @@
 //!
 //! CPU kernels split work over rayon's current pool (never their own thread counts) and
 //! sum partial results in a fixed order, so results do not depend on the number of
-//! threads. Hot loops are compiled twice, for the x86-64 baseline and for AVX2 (chosen at
-//! run time), with identical arithmetic, so results do not depend on the CPU either. In
+//! threads. Element-wise hot loops are compiled twice, for the x86-64 baseline and for AVX2
+//! (chosen at run time), with identical arithmetic; the matrix products (attention's tiles,
+//! [`slices::matmul`]) use the `gemm` crate, whose micro-kernel is chosen per CPU, so those
+//! results can differ in the last bits between CPUs (as candle's own matmul does). In
 //! f32 the kernels use their own vectorisable eˣ (within about one ulp of libm's); f64
 //! uses libm. Other dtypes and devices get a candle error wrapping [`Error`], never a panic.
+//!
+//! [`slices`] has the same ops on plain f32 slices, forward and backward as separate calls,
+//! plus a GEMM, for hand-written backward passes (the trainer's CPU step uses them).
 //!
 //! CUDA C sources for the same ops (f32 and bf16) are embedded as [`CUDA_SOURCES`] with
 //! their shared header [`CUDA_COMMON_HEADER`]; a test compiles them to PTX with NVRTC when
@@ -37,6 +42,7 @@ mod error;
 mod reduce;
 mod rms_norm;
 mod rope;
+pub mod slices;
 mod swiglu;
 
 pub use adamw::{AdamWHparams, AdamWSlowStep, AdamWStats, adamw_step, adamw_step_slow};

@@ -23,13 +23,18 @@ fn inv_rms<T: Real>(x: &[T], eps: f64) -> T {
 }
 
 fn forward<T: Real>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
-    let h = w.len();
     let mut y = vec![T::zero(); x.len()];
+    forward_into(x, w, eps, &mut y);
+    y
+}
+
+/// [`forward`] into `y` (as long as `x`), every element overwritten.
+pub(crate) fn forward_into<T: Real>(x: &[T], w: &[T], eps: f64, y: &mut [T]) {
+    let h = w.len();
     let chunk = rows_per_task(h) * h;
     y.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
         .for_each(|(yc, xc)| forward_rows(w, yc, xc, eps));
-    y
 }
 
 #[inline(always)]
@@ -46,8 +51,14 @@ simd_fn!(fn forward_rows<T: Real>(w: &[T], y: &mut [T], x: &[T], eps: f64) => fo
 
 /// dx = r·(g − x·r²·⟨g, x⟩/H) with g = dy ⊙ w; dw = Σ_rows dy ⊙ x · r.
 fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
-    let h = w.len();
     let mut dx = vec![T::zero(); x.len()];
+    let dw = backward_into(x, w, dy, eps, &mut dx);
+    (dx, dw)
+}
+
+/// [`backward`] with dx written into `dx` (every element overwritten); returns dw.
+pub(crate) fn backward_into<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64, dx: &mut [T]) -> Vec<T> {
+    let h = w.len();
     let chunk = rows_per_task(h) * h;
     // One dw partial per task, summed below in task order: deterministic for any pool size.
     let partials: Vec<Vec<T>> = dx
@@ -61,7 +72,7 @@ fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
             *a += b;
         }
     }
-    (dx, dw)
+    dw
 }
 
 /// dx for a block of rows, returning the block's dw partial.

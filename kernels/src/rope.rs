@@ -19,11 +19,24 @@ struct Rope;
 /// rotation (backward) instead of rotate_half (forward). Slices are (B·h, T, D) and (T, D).
 fn rotate<T: Real>(x: &[T], cos: &[T], sin: &[T], t: usize, d: usize, inverse: bool) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
+    rotate_into(x, cos, sin, t, d, inverse, &mut y);
+    y
+}
+
+/// [`rotate`] into `y` (as long as `x`), every element overwritten.
+pub(crate) fn rotate_into<T: Real>(
+    x: &[T],
+    cos: &[T],
+    sin: &[T],
+    t: usize,
+    d: usize,
+    inverse: bool,
+    y: &mut [T],
+) {
     let heads = (rows_per_task(t * d)).max(1);
     y.par_chunks_mut(heads * t * d)
         .zip(x.par_chunks(heads * t * d))
         .for_each(|(yc, xc)| rotate_heads(yc, xc, cos, sin, t, d, inverse));
-    y
 }
 
 #[inline(always)]

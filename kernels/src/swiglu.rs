@@ -4,7 +4,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{self, GRAIN, Real, check_cpu, check_float, simd_fn, unsupported};
+use crate::cpu::{self, GRAIN, Real, check_cpu, check_float, rows_per_task, simd_fn, unsupported};
 use crate::error::shape_err;
 
 const OP: &str = "swiglu";
@@ -18,10 +18,15 @@ fn sigmoid<T: Real>(x: T) -> T {
 
 fn forward<T: Real>(g: &[T], u: &[T]) -> Vec<T> {
     let mut y = vec![T::zero(); g.len()];
+    forward_into(g, u, &mut y);
+    y
+}
+
+/// [`forward`] into `y`, every element overwritten.
+pub(crate) fn forward_into<T: Real>(g: &[T], u: &[T], y: &mut [T]) {
     y.par_chunks_mut(GRAIN)
         .zip(g.par_chunks(GRAIN).zip(u.par_chunks(GRAIN)))
         .for_each(|(yc, (gc, uc))| forward_chunk(yc, gc, uc));
-    y
 }
 
 #[inline(always)]
@@ -36,6 +41,12 @@ simd_fn!(fn forward_chunk<T: Real>(y: &mut [T], g: &[T], u: &[T]) => forward_chu
 fn backward<T: Real>(g: &[T], u: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
     let mut dg = vec![T::zero(); g.len()];
     let mut du = vec![T::zero(); g.len()];
+    backward_into(g, u, dy, &mut dg, &mut du);
+    (dg, du)
+}
+
+/// [`backward`] into `dg` and `du`, every element overwritten.
+pub(crate) fn backward_into<T: Real>(g: &[T], u: &[T], dy: &[T], dg: &mut [T], du: &mut [T]) {
     dg.par_chunks_mut(GRAIN)
         .zip(du.par_chunks_mut(GRAIN))
         .zip(
@@ -44,7 +55,6 @@ fn backward<T: Real>(g: &[T], u: &[T], dy: &[T]) -> (Vec<T>, Vec<T>) {
                 .zip(dy.par_chunks(GRAIN)),
         )
         .for_each(|((dgc, duc), ((gc, uc), dyc))| backward_chunk(dgc, duc, gc, uc, dyc));
-    (dg, du)
 }
 
 #[inline(always)]
@@ -60,6 +70,46 @@ fn backward_chunk_body<T: Real>(dg: &mut [T], du: &mut [T], g: &[T], u: &[T], dy
     }
 }
 simd_fn!(fn backward_chunk<T: Real>(dg: &mut [T], du: &mut [T], g: &[T], u: &[T], dy: &[T]) => backward_chunk_body);
+
+/// [`forward_into`] on rows holding [gate | up] side by side: `gu` (N, 2F) → `y` (N, F).
+pub(crate) fn forward_paired<T: Real>(gu: &[T], f: usize, y: &mut [T]) {
+    let rows = rows_per_task(2 * f);
+    y.par_chunks_mut(rows * f)
+        .zip(gu.par_chunks(rows * 2 * f))
+        .for_each(|(yc, gc)| forward_paired_rows(yc, gc, f));
+}
+
+#[inline(always)]
+fn forward_paired_rows_body<T: Real>(y: &mut [T], gu: &[T], f: usize) {
+    for (yr, gr) in y.chunks_exact_mut(f).zip(gu.chunks_exact(2 * f)) {
+        let (g, u) = gr.split_at(f);
+        forward_chunk_body(yr, g, u);
+    }
+}
+simd_fn!(fn forward_paired_rows<T: Real>(y: &mut [T], gu: &[T], f: usize) => forward_paired_rows_body);
+
+/// [`backward_into`] on rows holding [gate | up]: `gu` (N, 2F) and `dy` (N, F) → `dgu`
+/// (N, 2F), rows [dgate | dup].
+pub(crate) fn backward_paired<T: Real>(gu: &[T], dy: &[T], f: usize, dgu: &mut [T]) {
+    let rows = rows_per_task(2 * f);
+    dgu.par_chunks_mut(rows * 2 * f)
+        .zip(gu.par_chunks(rows * 2 * f).zip(dy.par_chunks(rows * f)))
+        .for_each(|(dc, (gc, yc))| backward_paired_rows(dc, gc, yc, f));
+}
+
+#[inline(always)]
+fn backward_paired_rows_body<T: Real>(dgu: &mut [T], gu: &[T], dy: &[T], f: usize) {
+    for ((dr, gr), yr) in dgu
+        .chunks_exact_mut(2 * f)
+        .zip(gu.chunks_exact(2 * f))
+        .zip(dy.chunks_exact(f))
+    {
+        let (g, u) = gr.split_at(f);
+        let (dg, du) = dr.split_at_mut(f);
+        backward_chunk_body(dg, du, g, u, yr);
+    }
+}
+simd_fn!(fn backward_paired_rows<T: Real>(dgu: &mut [T], gu: &[T], dy: &[T], f: usize) => backward_paired_rows_body);
 
 impl SwiGlu {
     fn fwd<T: Real>(
