@@ -301,7 +301,7 @@ impl Trainer {
         let s = self.step + 1;
         let lr = self.cfg.schedule.lr(s);
         let (x, y) = self.tensors(&self.data.train_batch(s))?;
-        let loss = self.model.loss(&x, &y, true)?;
+        let (loss, grads) = self.model.loss_and_grads(&x, &y)?;
         let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let non_finite = |what| Error::NonFinite {
             run: self.run,
@@ -311,7 +311,6 @@ impl Trainer {
         if !loss_v.is_finite() {
             return Err(non_finite("loss"));
         }
-        let grads = loss.backward()?;
         let norms = self.opt.grad_norms(&grads, self.cfg.model.layers)?;
         if !norms.total.is_finite() {
             return Err(non_finite("gradient"));

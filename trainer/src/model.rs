@@ -20,8 +20,11 @@
 //! (candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope` silently return no gradient,
 //! so they are never used.) Tensor names are the HF MiniCPM checkpoint keys.
 
+mod cpu_step;
+
 use std::collections::HashMap;
 
+use candle_core::backprop::GradStore;
 use candle_core::{D, DType, Device, Tensor, Var};
 
 use crate::config::ModelConfig;
@@ -104,6 +107,8 @@ pub struct MiniCpm {
     device: Device,
     dtype: DType,
     ops: Ops,
+    /// Buffers the CPU step reuses from one step to the next.
+    scratch: cpu_step::Scratch,
 }
 
 /// The HF names and shapes of every parameter, in checkpoint order.
@@ -237,6 +242,7 @@ impl MiniCpm {
             device: device.clone(),
             dtype,
             ops: Ops::default(),
+            scratch: cpu_step::Scratch::default(),
         })
     }
 
@@ -273,6 +279,11 @@ impl MiniCpm {
     /// Mean next-token cross-entropy of `inputs` → `targets`, both (B, T) u32.
     /// With `grad` false the weights are detached, so no graph is kept for backward.
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor, grad: bool) -> Result<Tensor> {
+        if !grad && cpu_step::applies(self) {
+            self.check_seq(inputs)?;
+            let (loss, _) = cpu_step::run(self, inputs, targets, false)?;
+            return Ok(Tensor::new(loss, &self.device)?);
+        }
         let logits = self.logits(inputs, grad)?; // (B·T, V)
         let targets = targets.flatten_all()?; // (B·T)
         match self.ops {
@@ -281,15 +292,37 @@ impl MiniCpm {
         }
     }
 
-    /// Next-token logits (B·T, V) of `inputs` (B, T) u32.
-    pub fn logits(&self, inputs: &Tensor, grad: bool) -> Result<Tensor> {
-        let (b, t) = inputs.dims2()?;
+    /// The mean loss (as [`Self::loss`]) and the gradient of every parameter (keyed by its
+    /// `Var`). With the fused ops on CPU in f32 this runs the hand-written backward of
+    /// `model/cpu_step.rs`; otherwise candle's autograd over the graph of [`Self::loss`].
+    pub fn loss_and_grads(&self, inputs: &Tensor, targets: &Tensor) -> Result<(Tensor, GradStore)> {
+        if cpu_step::applies(self) {
+            self.check_seq(inputs)?;
+            let (loss, grads) = cpu_step::run(self, inputs, targets, true)?;
+            let grads = grads.expect("the CPU step returns gradients when asked");
+            return Ok((Tensor::new(loss, &self.device)?, grads));
+        }
+        let loss = self.loss(inputs, targets, true)?;
+        let grads = loss.backward()?;
+        Ok((loss, grads))
+    }
+
+    /// Errors if `inputs` (B, T) is longer than the RoPE tables.
+    fn check_seq(&self, inputs: &Tensor) -> Result<()> {
+        let (_, t) = inputs.dims2()?;
         if t > self.max_seq {
             return Err(Error::Config(format!(
                 "sequence of {t} tokens exceeds the model's {}",
                 self.max_seq
             )));
         }
+        Ok(())
+    }
+
+    /// Next-token logits (B·T, V) of `inputs` (B, T) u32.
+    pub fn logits(&self, inputs: &Tensor, grad: bool) -> Result<Tensor> {
+        self.check_seq(inputs)?;
+        let (b, t) = inputs.dims2()?;
         let w = |v: &Var| {
             if grad {
                 v.as_tensor().clone()
@@ -662,6 +695,45 @@ mod tests {
             }
             eprintln!("{dtype:?}: fused vs reference, worst gradient |Δ|/max|g| {worst:.1e}");
         }
+    }
+
+    /// The hand-written CPU step (`model/cpu_step.rs`) computes the loss and gradients of
+    /// the plain-op reference graph, and its forward-only loss agrees too.
+    #[test]
+    fn cpu_step_matches_the_reference_ops() {
+        let cfg = tiny_cfg(); // 4 query heads on 2 KV heads
+        let dev = Device::Cpu;
+        let fast = MiniCpm::init(&cfg, 8, 9, &dev, DType::F32).unwrap();
+        assert!(cpu_step::applies(&fast));
+        let mut reference = MiniCpm::init(&cfg, 8, 9, &dev, DType::F32).unwrap();
+        reference.set_ops(Ops::Reference);
+        let (x, y) = batch(&dev);
+        let (lf, gf) = fast.loss_and_grads(&x, &y).unwrap();
+        let (lr, gr) = reference.loss_and_grads(&x, &y).unwrap();
+        let scalar = |t: &Tensor| t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+        let (a, b) = (scalar(&lf), scalar(&lr));
+        assert!((a - b).abs() < 1e-5 * b.abs(), "loss {a} vs {b}");
+        let forward_only = scalar(&fast.loss(&x, &y, false).unwrap());
+        assert!(
+            (forward_only - b).abs() < 1e-5 * b.abs(),
+            "{forward_only} vs {b}"
+        );
+        let mut worst = 0.0f64;
+        for ((name, vf), (_, vr)) in fast.named_vars().iter().zip(reference.named_vars()) {
+            let flat = |g: &Tensor| g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (f, r) = (flat(gf.get(vf).unwrap()), flat(gr.get(vr).unwrap()));
+            let scale = r.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+            let d = f
+                .iter()
+                .zip(&r)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            worst = worst.max((d / scale) as f64);
+            assert!(d <= 2e-4 * scale, "{name}: max |Δ| {d} (scale {scale})");
+        }
+        eprintln!("CPU step vs reference, worst gradient |Δ|/max|g| {worst:.1e}");
+        let bad = Tensor::from_vec(vec![3u32, 11], (1, 2), &dev).unwrap();
+        let e = fast.loss_and_grads(&bad, &bad).unwrap_err().to_string();
+        assert!(e.contains("11") && e.contains("vocabulary"), "{e}");
     }
 
     #[test]

@@ -138,8 +138,7 @@ impl ModelObjective {
         self.set(theta)?;
         self.forwards += 1;
         self.backwards += 1;
-        let loss = self.model.loss(&self.x, &self.y, true)?;
-        let grads = loss.backward()?;
+        let (loss, grads) = self.model.loss_and_grads(&self.x, &self.y)?;
         let mut g = Vec::with_capacity(self.dim);
         for (name, var) in self.model.named_vars() {
             let t = grads
