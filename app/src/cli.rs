@@ -33,7 +33,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Draw a session's curves to a PNG or SVG figure.
     Plot(PlotArgs),
-    /// Measure training throughput and peak memory for a model shape.
+    /// Measure training throughput and peak memory for a model shape (or, with --kernels,
+    /// check the fused kernels against their plain-op twins).
     Bench(BenchArgs),
     /// List the model presets with their parameter counts.
     Presets,
@@ -124,6 +125,21 @@ pub struct BenchArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// cpu (default) or cuda:N.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// f32 (default), or bf16 mixed precision (f32 master weights, bf16 passes; CUDA only).
+    #[arg(long, value_name = "f32|bf16")]
+    pub precision: Option<String>,
+    /// The device's peak dense FLOP/s in TFLOP/s (e.g. 790 for bf16 on an H200): also prints
+    /// the model FLOP utilisation.
+    #[arg(long, value_name = "TFLOP/S")]
+    pub peak_tflops: Option<f64>,
+    /// Instead of training: run every fused kernel (forward and backward, AdamW, reductions)
+    /// against its plain-op twin on --device in each dtype it takes there, print the worst
+    /// relative errors and fail if one is over its tolerance.
+    #[arg(long)]
+    pub kernels: bool,
     /// Measured steps.
     #[arg(long, default_value_t = 20)]
     pub steps: u64,

@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Deserialize;
 use wsdscope_trainer::{
-    DataSpec, DecayShape, ForkLength, ForkPlan, OptimConfig, Policy, ProbeConfig, RunConfig,
-    Schedule, preset,
+    DataSpec, DecayShape, ForkLength, ForkPlan, OptimConfig, Policy, Precision, ProbeConfig,
+    RunConfig, Schedule, preset,
 };
 
 /// Defaults a run takes when neither flags nor the file set a value.
@@ -145,6 +145,10 @@ pub struct Settings {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(default)]
     pub reference_ops: Option<bool>,
+    /// Arithmetic: f32 (default), or bf16 mixed precision — f32 master weights and AdamW
+    /// moments, bf16 forward and backward passes, f32 loss. bf16 needs --device cuda:N.
+    #[arg(long, value_name = "f32|bf16")]
+    pub precision: Option<String>,
 }
 
 /// `a.or(b)` for every field: values in `self` win over `base`.
@@ -234,7 +238,8 @@ impl Settings {
             probe_batch,
             probe_grid,
             track,
-            reference_ops
+            reference_ops,
+            precision
         )
     }
 
@@ -332,6 +337,10 @@ impl Settings {
                 ..ProbeConfig::default()
             },
             reference_ops: self.reference_ops.unwrap_or(false),
+            precision: match &self.precision {
+                Some(p) => Precision::parse(p)?,
+                None => Precision::default(),
+            },
         };
         if cfg.threads == 0 {
             bail!("--threads 0 is not allowed; it must be at least 1");
@@ -661,6 +670,20 @@ mod tests {
                     ..Default::default()
                 },
                 "--hidden 128 is not divisible by --heads 3",
+            ),
+            (
+                Settings {
+                    precision: Some("fp8".into()),
+                    ..Default::default()
+                },
+                "--precision \"fp8\" is not allowed; use f32, bf16",
+            ),
+            (
+                Settings {
+                    precision: Some("bf16".into()),
+                    ..Default::default()
+                },
+                "--precision bf16 is not allowed on --device cpu: bf16 mixed precision needs a CUDA device",
             ),
             (
                 Settings {

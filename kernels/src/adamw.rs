@@ -324,7 +324,9 @@ fn check_group(
 
 /// One AdamW step over a parameter group, in place on `params`, `exp_avg` and `exp_avg_sq`
 /// (a `Var` passes as `&var` through `Deref`). All tensors are checked before any is
-/// written. Returns each tensor's [`AdamWStats`]. f32 or f64, CPU, contiguous.
+/// written. Returns each tensor's [`AdamWStats`]. f32 or f64 on the CPU, contiguous. On
+/// CUDA: f32 (master weights), one fused kernel per tensor writing θ, m and v in one pass,
+/// and one host synchronisation per call (for the statistics).
 pub fn adamw_step(
     params: &[&Tensor],
     grads: &[&Tensor],
@@ -333,6 +335,10 @@ pub fn adamw_step(
     hp: &AdamWHparams,
 ) -> Result<Vec<AdamWStats>> {
     check_group(params, grads, exp_avg, exp_avg_sq)?;
+    #[cfg(feature = "cuda")]
+    if params.first().is_some_and(|p| p.device().is_cuda()) {
+        return crate::cuda_launch::adamw_step(params, grads, exp_avg, exp_avg_sq, hp);
+    }
     let mut out = Vec::with_capacity(params.len());
     for i in 0..params.len() {
         let g = grads[i].contiguous()?;

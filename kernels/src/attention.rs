@@ -53,6 +53,9 @@ struct Attention {
     scale: f64,
     /// Per-row log-sum-exp of the scaled, masked scores, (B, H, T), from the forward pass.
     lse: Mutex<Option<CpuStorage>>,
+    /// The same from a CUDA forward pass, (B, H, T) f32 on the device.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    saved: crate::cuda::Saved,
 }
 
 #[derive(Clone, Copy)]
@@ -628,6 +631,22 @@ impl CustomOp3 for Attention {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (out, lse) =
+            crate::cuda_launch::attention_fwd((s1, l1), (s2, l2), (s3, l3), self.scale)?;
+        self.saved.put(lse);
+        Ok((out, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         q: &Tensor,
@@ -637,6 +656,13 @@ impl CustomOp3 for Attention {
         dout: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dout = dout.contiguous()?;
+        #[cfg(feature = "cuda")]
+        if q.device().is_cuda() {
+            let lse = self.saved.get(OP, "log-sum-exp")?;
+            let [dq, dk, dv] =
+                crate::cuda_launch::attention_bwd(q, k, v, res, &dout, &lse, self.scale)?;
+            return Ok((Some(dq), Some(dk), Some(dv)));
+        }
         let [dq, dk, dv] = match q.dtype() {
             DType::F32 => self.bwd_typed::<f32>(q, k, v, res, &dout)?,
             DType::F64 => self.bwd_typed::<f64>(q, k, v, res, &dout)?,
@@ -676,12 +702,14 @@ fn check(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
 
 /// Causal attention `softmax(q·kᵀ·scale + mask)·v` for q (B, H, T, D) and k, v
 /// (B, Hkv, T, D), H a multiple of Hkv (grouped-query). Returns (B, H, T, D).
-/// Differentiable in q, k and v. f32 or f64, CPU.
+/// Differentiable in q, k and v. f32 or f64 on the CPU; f32 or bf16 on CUDA, with a head
+/// dim of at most 128.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     check(q, k, v)?;
     let op = Attention {
         scale,
         lse: Mutex::new(None),
+        saved: Default::default(),
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)

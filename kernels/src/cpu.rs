@@ -176,6 +176,13 @@ pub(crate) fn slice_mut<'a, T: Real>(
     Ok(&mut data[a..b])
 }
 
+/// The devices this build's kernels run on, for error messages.
+pub(crate) const SUPPORTED_DEVICES: &str = if cfg!(feature = "cuda") {
+    "CPU and CUDA"
+} else {
+    "CPU only: this build has no `cuda` feature"
+};
+
 /// The CPU storage behind a (read-locked) tensor storage.
 pub(crate) fn cpu<'a>(
     s: &'a Storage,
@@ -188,30 +195,35 @@ pub(crate) fn cpu<'a>(
             op,
             what,
             device: format!("{:?}", other.device().location()),
+            supported: SUPPORTED_DEVICES,
         }
         .into()),
     }
 }
 
-/// Checks that `t` is a CPU tensor (the CUDA paths are not wired into candle here).
+/// Checks that `t` is on a device the kernels run on: the CPU, and CUDA devices in a build
+/// with the `cuda` feature.
 pub(crate) fn check_cpu(t: &Tensor, op: &'static str, what: &'static str) -> Result<()> {
-    if t.device().is_cpu() {
+    if t.device().is_cpu() || (cfg!(feature = "cuda") && t.device().is_cuda()) {
         Ok(())
     } else {
         Err(Error::UnsupportedDevice {
             op,
             what,
             device: format!("{:?}", t.device().location()),
+            supported: SUPPORTED_DEVICES,
         }
         .into())
     }
 }
 
-/// Checks that `t` has a dtype the CPU kernels take.
+/// Checks that `t` has a dtype the kernels of its device take: f32 or f64 on the CPU, f32 or
+/// bf16 on CUDA.
 pub(crate) fn check_float(t: &Tensor, op: &'static str) -> Result<()> {
-    match t.dtype() {
-        DType::F32 | DType::F64 => Ok(()),
-        dtype => Err(unsupported(op, dtype)),
+    match (t.device().is_cuda(), t.dtype()) {
+        (false, DType::F32 | DType::F64) | (true, DType::F32 | DType::BF16) => Ok(()),
+        (true, dtype) => Err(Error::UnsupportedCudaDType { op, dtype }.into()),
+        (false, dtype) => Err(unsupported(op, dtype)),
     }
 }
 

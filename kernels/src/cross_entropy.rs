@@ -18,6 +18,9 @@ const OP: &str = "cross_entropy";
 struct CrossEntropy {
     /// Per-row log-sum-exp from the forward pass, (N), in the logits' dtype.
     lse: Mutex<Option<CpuStorage>>,
+    /// The same from a CUDA forward pass, (N) f32 on the device.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    saved: crate::cuda::Saved,
 }
 
 /// log Σ exp of one row: a max pass, then exps into a small buffer (a plain map loop,
@@ -185,6 +188,21 @@ impl CustomOp2 for CrossEntropy {
         Ok((out, Shape::from(())))
     }
 
+    /// On CUDA the loss is f32 for f32 and bf16 logits alike (accumulated in f32, the mean
+    /// in f64); a target out of range gives a NaN loss rather than an error.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (loss, lse) = crate::cuda_launch::cross_entropy_fwd(s1, l1, s2, l2)?;
+        self.saved.put(lse);
+        Ok((loss, Shape::from(())))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -192,6 +210,12 @@ impl CustomOp2 for CrossEntropy {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let lse = self.saved.get(OP, "log-sum-exp")?;
+            let dx = crate::cuda_launch::cross_entropy_bwd(x, t, &lse, dy)?;
+            return Ok((Some(dx), None));
+        }
         let g = dy.to_dtype(DType::F64)?.reshape(())?.to_scalar::<f64>()?;
         let dx = match x.dtype() {
             DType::F32 => self.bwd_typed::<f32>(x, t, g)?,
@@ -232,11 +256,13 @@ fn check(logits: &Tensor, targets: &Tensor) -> Result<()> {
 }
 
 /// Mean cross-entropy (a scalar) of `logits` (N, V) against u32 `targets` (N).
-/// Differentiable in `logits`; saves only N log-sum-exps for backward. f32 or f64, CPU.
+/// Differentiable in `logits`; saves only N log-sum-exps for backward. f32 or f64 on the
+/// CPU; f32 or bf16 on CUDA, where the loss is always f32.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     check(logits, targets)?;
     let op = CrossEntropy {
         lse: Mutex::new(None),
+        saved: Default::default(),
     };
     logits.contiguous()?.apply_op2(&targets.contiguous()?, op)
 }

@@ -1,7 +1,14 @@
 //! CUDA C sources of the kernels (f32 and bf16 variants), embedded so a CUDA backend can
 //! compile them at run time with NVRTC. Each source includes `common.cuh` by name; pass
 //! [`CUDA_COMMON_HEADER`] to NVRTC as that in-memory header. They are compiled to PTX by
-//! `tests/nvrtc.rs` when NVRTC is present; nothing launches them from Rust yet.
+//! `tests/nvrtc.rs` when NVRTC is present. With the `cuda` feature, `cuda_launch` compiles
+//! them at first use on each device and launches them for CUDA tensors.
+
+use std::sync::Mutex;
+
+use candle_core::{Result, Tensor};
+
+use crate::error::Error;
 
 /// The helpers every source includes as `"common.cuh"`.
 pub const CUDA_COMMON_HEADER: &str = include_str!("cuda/common.cuh");
@@ -25,4 +32,24 @@ pub fn cuda_kernel_names(source: &str) -> Vec<&str> {
         .filter_map(|rest| rest.split('(').next())
         .map(str::trim)
         .collect()
+}
+
+/// What a fused op's forward pass keeps for its backward pass when it ran on CUDA: per-row
+/// statistics (log-sum-exps, reciprocal RMSs) as a device tensor. CPU runs keep their own.
+#[derive(Default)]
+pub(crate) struct Saved(Mutex<Option<Tensor>>);
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+impl Saved {
+    pub(crate) fn put(&self, t: Tensor) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+    }
+
+    /// The saved tensor, or an error naming the op if the forward pass did not run.
+    pub(crate) fn get(&self, op: &'static str, what: &'static str) -> Result<Tensor> {
+        let saved = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        saved
+            .clone()
+            .ok_or_else(|| Error::MissingState { op, what }.into())
+    }
 }

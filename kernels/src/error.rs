@@ -9,12 +9,20 @@ pub enum Error {
     #[error("{op}: dtype {dtype:?} is not supported (the CPU kernels take f32 or f64)")]
     UnsupportedDType { op: &'static str, dtype: DType },
 
-    #[error("{op}: only CPU tensors are supported here, {what} is on {device}")]
+    #[error("{op}: dtype {dtype:?} is not supported on CUDA (the CUDA kernels take f32 or bf16)")]
+    UnsupportedCudaDType { op: &'static str, dtype: DType },
+
+    #[error("{op}: {what} is on {device}, which this build's kernels do not run on ({supported})")]
     UnsupportedDevice {
         op: &'static str,
         what: &'static str,
         device: String,
+        /// The devices this build supports, for the message.
+        supported: &'static str,
     },
+
+    #[error("{op}: {msg}")]
+    Cuda { op: &'static str, msg: String },
 
     #[error("{op}: {what} must be contiguous")]
     NonContiguous {

@@ -1,7 +1,8 @@
 //! Fused training ops for wsdscope, each checked against a `*_slow` twin built from plain,
 //! differentiable candle ops (the formulations `trainer::model` and `trainer::optim` use).
 //!
-//! Differentiable ops (candle `CustomOp`s with forward and backward, f32 or f64, CPU):
+//! Differentiable ops (candle `CustomOp`s with forward and backward; f32 or f64 on the CPU,
+//! f32 or bf16 on CUDA with the `cuda` feature):
 //! - [`rms_norm`]`(x (…, H), w (H), eps)`: gradients for x and w.
 //! - [`swiglu`]`(gate, up)`: silu(gate)·up, gradients for both.
 //! - [`cross_entropy`]`(logits (N, V), targets (N) u32)`: the scalar mean CE; keeps N
@@ -31,14 +32,19 @@
 //!
 //! CUDA C sources for the same ops (f32 and bf16) are embedded as [`CUDA_SOURCES`] with
 //! their shared header [`CUDA_COMMON_HEADER`]; a test compiles them to PTX with NVRTC when
-//! the library is present. Nothing launches them from Rust yet, so they are unexecuted.
+//! the library is present. With the `cuda` feature every op also runs on CUDA tensors: the
+//! sources are compiled by NVRTC at first use on each device and launched on candle's stream
+//! (bf16 in and out, f32 accumulation; AdamW on f32 master weights).
 
 mod adamw;
 mod attention;
 mod cpu;
 mod cross_entropy;
 mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_launch;
 mod error;
+pub mod parity;
 mod reduce;
 mod rms_norm;
 mod rope;
@@ -49,6 +55,8 @@ pub use adamw::{AdamWHparams, AdamWSlowStep, AdamWStats, adamw_step, adamw_step_
 pub use attention::{attention, attention_slow};
 pub use cross_entropy::{cross_entropy, cross_entropy_slow};
 pub use cuda::{CUDA_COMMON_HEADER, CUDA_SOURCES, cuda_kernel_names};
+#[cfg(feature = "cuda")]
+pub use cuda_launch::cuda_device_name;
 pub use error::Error;
 pub use reduce::{
     dot_diff_many, dot_diff_many_slow, dot_many, dot_many_slow, sum_sq_many, sum_sq_many_slow,

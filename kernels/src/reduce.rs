@@ -5,7 +5,9 @@
 //!
 //! Contiguous f32/f64 CPU tensors are read straight from their storage, in fixed-size
 //! chunks whose partial sums are added in chunk order, so results do not depend on the
-//! rayon pool's size. Anything else falls back to plain candle ops in f64.
+//! rayon pool's size. With the `cuda` feature, contiguous f32/bf16 CUDA tensors (all of one
+//! device and dtype) take one kernel pass each and a single copy of the results to the host.
+//! Anything else falls back to plain candle ops in f64.
 
 use candle_core::{DType, Result, Storage, Tensor};
 use rayon::prelude::*;
@@ -76,6 +78,10 @@ fn dot_plain(a: &Tensor, b: &Tensor) -> Result<f64> {
 
 /// Σx² of each tensor, accumulated in f64.
 pub fn sum_sq_many(ts: &[&Tensor]) -> Result<Vec<f64>> {
+    #[cfg(feature = "cuda")]
+    if let Some(out) = crate::cuda_launch::sum_sq_many(ts)? {
+        return Ok(out);
+    }
     ts.iter()
         .map(|t| {
             let fast = with_elems(t, |e| match e {
@@ -92,6 +98,10 @@ pub fn sum_sq_many(ts: &[&Tensor]) -> Result<Vec<f64>> {
 
 /// ⟨a, b⟩ of each pair (same shapes), accumulated in f64.
 pub fn dot_many(pairs: &[(&Tensor, &Tensor)]) -> Result<Vec<f64>> {
+    #[cfg(feature = "cuda")]
+    if let Some(out) = crate::cuda_launch::dot_many(pairs)? {
+        return Ok(out);
+    }
     pairs
         .iter()
         .enumerate()
@@ -129,6 +139,10 @@ fn dot_diff_plain(g: &Tensor, a: &Tensor, b: &Tensor) -> Result<f64> {
 /// ⟨g, a − b⟩ of each triple (same shapes), accumulated in f64 with each difference formed
 /// in f64, so a small update a − b between two large parameter copies loses nothing.
 pub fn dot_diff_many(triples: &[(&Tensor, &Tensor, &Tensor)]) -> Result<Vec<f64>> {
+    #[cfg(feature = "cuda")]
+    if let Some(out) = crate::cuda_launch::dot_diff_many(triples)? {
+        return Ok(out);
+    }
     triples
         .iter()
         .enumerate()

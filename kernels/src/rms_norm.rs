@@ -13,6 +13,9 @@ const OP: &str = "rms_norm";
 
 struct RmsNorm {
     eps: f64,
+    /// Per-row 1/rms from a CUDA forward pass (the CPU recomputes it).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    saved: crate::cuda::Saved,
 }
 
 /// 1/√(mean(x²) + ε) of one row.
@@ -152,6 +155,19 @@ impl CustomOp2 for RmsNorm {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let (y, rstd) = crate::cuda_launch::rms_norm_fwd(s1, l1, s2, l2, self.eps)?;
+        self.saved.put(rstd);
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -160,6 +176,12 @@ impl CustomOp2 for RmsNorm {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let rstd = self.saved.get(OP, "1/rms")?;
+            let (dx, dw) = crate::cuda_launch::rms_norm_bwd(x, w, &dy, &rstd)?;
+            return Ok((Some(dx), Some(dw)));
+        }
         let (dx, dw) = match x.dtype() {
             DType::F32 => self.bwd_typed::<f32>(x, w, &dy)?,
             DType::F64 => self.bwd_typed::<f64>(x, w, &dy)?,
@@ -184,10 +206,14 @@ fn check(x: &Tensor, w: &Tensor) -> Result<()> {
 }
 
 /// RMSNorm of `x` (..., H) with gain `w` (H): `x / √(mean(x²) + eps) · w` over the last dim.
-/// Differentiable in `x` and `w`. f32 or f64, CPU.
+/// Differentiable in `x` and `w`. f32 or f64 on the CPU, f32 or bf16 on CUDA.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     check(x, w)?;
-    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
+    let op = RmsNorm {
+        eps,
+        saved: Default::default(),
+    };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
 /// [`rms_norm`] from plain candle ops (the model's original formulation).

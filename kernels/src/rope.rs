@@ -113,6 +113,20 @@ impl CustomOp3 for Rope {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = crate::cuda_launch::rope_apply((s1, l1), (s2, l2), (s3, l3), false)?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -122,6 +136,11 @@ impl CustomOp3 for Rope {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let dx = crate::cuda_launch::rope_bwd(&dy, &cos.contiguous()?, &sin.contiguous()?)?;
+            return Ok((Some(dx), None, None));
+        }
         let (ds, dl) = dy.storage_and_layout();
         let (cs, cl) = cos.storage_and_layout();
         let (ss, sl) = sin.storage_and_layout();
@@ -160,7 +179,7 @@ fn check(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<()> {
 }
 
 /// Half-split RoPE of `x` (B, h, T, D) with tables `cos`, `sin` (T, D) whose two halves
-/// repeat the same angles. Differentiable in `x`. f32 or f64, CPU.
+/// repeat the same angles. Differentiable in `x`. f32 or f64 on the CPU, f32 or bf16 on CUDA.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     check(x, cos, sin)?;
     x.contiguous()?

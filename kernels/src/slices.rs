@@ -26,7 +26,7 @@ pub struct AttnShape {
 impl AttnShape {
     fn dims(&self) -> Dims {
         assert!(
-            self.hkv > 0 && self.h % self.hkv == 0,
+            self.hkv > 0 && self.h.is_multiple_of(self.hkv),
             "H must be a multiple of Hkv"
         );
         Dims {
@@ -77,27 +77,27 @@ pub fn swiglu_backward(gate: &[f32], up: &[f32], dy: &[f32], dgate: &mut [f32], 
 /// silu(gate) ⊙ up on rows that hold [gate | up] side by side (one GEMM's output for the
 /// stacked gate and up weights): `gu` (N, 2F) → `y` (N, F).
 pub fn swiglu_paired_forward(gu: &[f32], f: usize, y: &mut [f32]) {
-    assert!(gu.len() == 2 * y.len() && y.len() % f == 0);
+    assert!(gu.len() == 2 * y.len() && y.len().is_multiple_of(f));
     swiglu::forward_paired(gu, f, y)
 }
 
 /// Backward of [`swiglu_paired_forward`]: `dgu` (N, 2F) gets rows [dgate | dup].
 pub fn swiglu_paired_backward(gu: &[f32], dy: &[f32], f: usize, dgu: &mut [f32]) {
-    assert!(gu.len() == 2 * dy.len() && dgu.len() == gu.len() && dy.len() % f == 0);
+    assert!(gu.len() == 2 * dy.len() && dgu.len() == gu.len() && dy.len().is_multiple_of(f));
     swiglu::backward_paired(gu, dy, f, dgu)
 }
 
 /// Half-split RoPE of `x` (B·h, T, D) into `y`, with tables `cos`, `sin` (≥ T rows of D):
 /// rows past T of the tables are ignored.
 pub fn rope_forward(x: &[f32], cos: &[f32], sin: &[f32], t: usize, d: usize, y: &mut [f32]) {
-    assert!(x.len() % (t * d) == 0 && cos.len() >= t * d && sin.len() >= t * d);
+    assert!(x.len().is_multiple_of(t * d) && cos.len() >= t * d && sin.len() >= t * d);
     assert_eq!(x.len(), y.len());
     rope::rotate_into(x, cos, sin, t, d, false, y)
 }
 
 /// The gradient of [`rope_forward`]: the inverse rotation of `dy` (B·h, T, D) into `dx`.
 pub fn rope_backward(dy: &[f32], cos: &[f32], sin: &[f32], t: usize, d: usize, dx: &mut [f32]) {
-    assert!(dy.len() % (t * d) == 0 && cos.len() >= t * d && sin.len() >= t * d);
+    assert!(dy.len().is_multiple_of(t * d) && cos.len() >= t * d && sin.len() >= t * d);
     assert_eq!(dy.len(), dx.len());
     rope::rotate_into(dy, cos, sin, t, d, true, dx)
 }
@@ -276,6 +276,7 @@ pub fn matmul(c: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool) {
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)]
     fn naive(
         a: &[f32],
         ar: usize,

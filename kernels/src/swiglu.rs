@@ -159,6 +159,18 @@ impl CustomOp2 for SwiGlu {
         Ok((out, l1.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let y = crate::cuda_launch::swiglu_fwd(s1, l1, s2, l2)?;
+        Ok((y, l1.shape().clone()))
+    }
+
     fn bwd(
         &self,
         g: &Tensor,
@@ -167,6 +179,11 @@ impl CustomOp2 for SwiGlu {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
+        #[cfg(feature = "cuda")]
+        if g.device().is_cuda() {
+            let (dg, du) = crate::cuda_launch::swiglu_bwd(g, u, &dy)?;
+            return Ok((Some(dg), Some(du)));
+        }
         let (dg, du) = match g.dtype() {
             DType::F32 => self.bwd_typed::<f32>(g, u, &dy)?,
             DType::F64 => self.bwd_typed::<f64>(g, u, &dy)?,
@@ -177,7 +194,7 @@ impl CustomOp2 for SwiGlu {
 }
 
 /// `silu(gate) ⊙ up` elementwise; `gate` and `up` of one shape. Differentiable in both.
-/// f32 or f64, CPU.
+/// f32 or f64 on the CPU, f32 or bf16 on CUDA.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     check_cpu(gate, OP, "gate")?;
     check_cpu(up, OP, "up")?;

@@ -59,6 +59,10 @@ fn invalid_values_are_named() {
             "holds token id 104 but the model's vocab is 50; use --vocab 105",
         ),
         (&["record", "--device", "cuda:0"], "CUDA is unavailable"),
+        (
+            &["record", "--precision", "bf16"],
+            "--precision bf16 is not allowed on --device cpu",
+        ),
         (&["record", "--device", "tpu"], "--device \"tpu\""),
         (&["record", "--threads", "0"], "--threads 0"),
         (

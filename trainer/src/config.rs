@@ -442,6 +442,41 @@ impl Policy {
     }
 }
 
+/// The arithmetic of the forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout (default).
+    #[default]
+    F32,
+    /// Mixed precision: f32 master weights, gradients and AdamW moments; each weight cast to
+    /// bf16 for the passes, activations in bf16 through the fused kernels (which accumulate in
+    /// f32), the loss in f32. CUDA only.
+    Bf16,
+}
+
+impl Precision {
+    pub const NAMES: &'static str = "f32, bf16";
+
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(Error::Config(format!(
+                "--precision {s:?} is not allowed; use {}",
+                Self::NAMES
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
 /// Everything that determines a training run. Two runs with equal configs on the same
 /// device and thread count produce bit-identical losses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -486,6 +521,9 @@ pub struct RunConfig {
     /// Run the model's ops as plain candle ops (the fused kernels' slow twins).
     #[serde(default)]
     pub reference_ops: bool,
+    /// f32, or bf16 mixed precision (CUDA only).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// What the probes measure and how much time the periodic ones may take.
@@ -678,6 +716,13 @@ impl RunConfig {
             return Err(Error::Config(
                 "--eval-batches 0 is not allowed; it must be at least 1".into(),
             ));
+        }
+        if self.precision == Precision::Bf16 && !self.device.starts_with("cuda:") {
+            return Err(Error::Config(format!(
+                "--precision bf16 is not allowed on --device {}: bf16 mixed precision needs a \
+                 CUDA device (--device cuda:N); use --precision f32 on the CPU",
+                self.device
+            )));
         }
         let o = &self.optim;
         if !(0.0..1.0).contains(&o.beta1) || !(0.0..1.0).contains(&o.beta2) {

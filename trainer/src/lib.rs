@@ -18,9 +18,11 @@ pub mod probe;
 pub mod schedule;
 
 pub use config::{
-    DataSpec, ForkLength, ForkPlan, ModelConfig, OptimConfig, Policy, Preset, ProbeConfig,
-    RunConfig, preset, presets,
+    DataSpec, ForkLength, ForkPlan, ModelConfig, OptimConfig, Policy, Precision, Preset,
+    ProbeConfig, RunConfig, preset, presets,
 };
 pub use engine::{Command, Engine, ForkRequest, Outcome, Trainer};
 pub use error::{Error, Result};
 pub use schedule::{DecayShape, Schedule};
+/// The fused kernels' parity check against their plain-op twins (`wsdscope bench --kernels`).
+pub use wsdscope_kernels::parity;

@@ -106,6 +106,9 @@ pub struct MiniCpm {
     max_seq: usize,
     device: Device,
     dtype: DType,
+    /// The dtype the passes compute in: `dtype`, or bf16 over f32 parameters (mixed
+    /// precision: each weight is cast on use, so gradients reach the f32 masters).
+    compute: DType,
     ops: Ops,
     /// Buffers the CPU step reuses from one step to the next.
     scratch: cpu_step::Scratch,
@@ -241,6 +244,7 @@ impl MiniCpm {
             max_seq,
             device: device.clone(),
             dtype,
+            compute: dtype,
             ops: Ops::default(),
             scratch: cpu_step::Scratch::default(),
         })
@@ -267,6 +271,26 @@ impl MiniCpm {
         self.dtype
     }
 
+    /// Computes in `dt`: the parameters' dtype, or bf16 over f32 parameters on CUDA (mixed
+    /// precision; the loss stays f32).
+    pub fn set_compute_dtype(&mut self, dt: DType) -> Result<()> {
+        let mixed = dt == DType::BF16 && self.dtype == DType::F32 && self.device.is_cuda();
+        if dt != self.dtype && !mixed {
+            return Err(Error::Config(format!(
+                "computing in {dt:?} over {:?} parameters on {:?} is not supported; bf16 mixed \
+                 precision needs f32 parameters on a CUDA device",
+                self.dtype,
+                self.device.location()
+            )));
+        }
+        self.compute = dt;
+        Ok(())
+    }
+
+    pub fn compute_dtype(&self) -> DType {
+        self.compute
+    }
+
     pub fn max_seq(&self) -> usize {
         self.max_seq
     }
@@ -287,8 +311,9 @@ impl MiniCpm {
         let logits = self.logits(inputs, grad)?; // (B·T, V)
         let targets = targets.flatten_all()?; // (B·T)
         match self.ops {
+            // bf16 logits give an f32 loss (the kernel accumulates in f32).
             Ops::Fused => Ok(wsdscope_kernels::cross_entropy(&logits, &targets)?),
-            Ops::Reference => cross_entropy(&logits, &targets),
+            Ops::Reference => cross_entropy(&logits.to_dtype(self.dtype)?, &targets),
         }
     }
 
@@ -323,38 +348,42 @@ impl MiniCpm {
     pub fn logits(&self, inputs: &Tensor, grad: bool) -> Result<Tensor> {
         self.check_seq(inputs)?;
         let (b, t) = inputs.dims2()?;
-        let w = |v: &Var| {
-            if grad {
-                v.as_tensor().clone()
-            } else {
-                v.as_tensor().detach()
-            }
-        };
+        let w = |v: &Var| self.weight(v, grad);
         let cfg = &self.cfg;
         let res = cfg.residual_scale();
-        let cos = self.rope_cos.narrow(0, 0, t)?; // (T, hd)
-        let sin = self.rope_sin.narrow(0, 0, t)?; // (T, hd)
+        let cos = self.rope_cos.narrow(0, 0, t)?.to_dtype(self.compute)?; // (T, hd)
+        let sin = self.rope_sin.narrow(0, 0, t)?.to_dtype(self.compute)?; // (T, hd)
         let mask = match self.ops {
             Ops::Fused => None,
-            Ops::Reference => Some(causal_mask(t, &self.device, self.dtype)?), // (T, T)
+            Ops::Reference => Some(causal_mask(t, &self.device, self.compute)?), // (T, T)
         };
 
         let ids = inputs.flatten_all()?; // (B·T)
-        let mut h = w(&self.embed_tokens)
-            .index_select(&ids, 0)?
-            .affine(cfg.scale_emb, 0.0)?; // (B·T, H)
+        let embed = w(&self.embed_tokens)?; // (V, H), cast once for the input and the head
+        let mut h = embed.index_select(&ids, 0)?.affine(cfg.scale_emb, 0.0)?; // (B·T, H)
         for l in &self.layers {
-            let x = self.rms_norm(&h, &w(&l.input_layernorm))?;
+            let x = self.rms_norm(&h, &w(&l.input_layernorm)?)?;
             let a = self.attention(&x, l, b, t, &cos, &sin, mask.as_ref(), grad)?; // (B·T, H)
             h = (h + a.affine(res, 0.0)?)?;
-            let x = self.rms_norm(&h, &w(&l.post_attention_layernorm))?;
-            let m = self.swiglu(&x, &w(&l.gate_proj), &w(&l.up_proj), &w(&l.down_proj))?; // (B·T, H)
+            let x = self.rms_norm(&h, &w(&l.post_attention_layernorm)?)?;
+            let m = self.swiglu(&x, &w(&l.gate_proj)?, &w(&l.up_proj)?, &w(&l.down_proj)?)?; // (B·T, H)
             h = (h + m.affine(res, 0.0)?)?;
         }
         let h = self
-            .rms_norm(&h, &w(&self.norm))?
+            .rms_norm(&h, &w(&self.norm)?)?
             .affine(1.0 / cfg.width_mult(), 0.0)?; // (B·T, H)
-        Ok(h.matmul(&w(&self.embed_tokens).t()?)?) // (B·T, V)
+        Ok(h.matmul(&embed.t()?)?) // (B·T, V)
+    }
+
+    /// A parameter as the passes use it: detached unless `grad`, cast to the compute dtype
+    /// (a differentiable cast, so gradients arrive in the parameter's dtype).
+    fn weight(&self, v: &Var, grad: bool) -> Result<Tensor> {
+        let t = if grad {
+            v.as_tensor().clone()
+        } else {
+            v.as_tensor().detach()
+        };
+        Ok(t.to_dtype(self.compute)?)
     }
 
     /// Causal grouped-query self-attention on pre-normed `x` (B·T, H) → (B·T, H).
@@ -370,20 +399,14 @@ impl MiniCpm {
         mask: Option<&Tensor>,
         grad: bool,
     ) -> Result<Tensor> {
-        let w = |v: &Var| {
-            if grad {
-                v.as_tensor().clone()
-            } else {
-                v.as_tensor().detach()
-            }
-        };
+        let w = |v: &Var| self.weight(v, grad);
         let (nh, kv, hd) = (self.cfg.heads, self.cfg.kv_heads, self.cfg.head_dim());
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?) // (B, n, T, hd)
         };
-        let q = self.rope(&heads(linear(x, &w(&l.q_proj))?, nh)?, cos, sin)?; // (B, nh, T, hd)
-        let k = self.rope(&heads(linear(x, &w(&l.k_proj))?, kv)?, cos, sin)?; // (B, kv, T, hd)
-        let v = heads(linear(x, &w(&l.v_proj))?, kv)?; // (B, kv, T, hd)
+        let q = self.rope(&heads(linear(x, &w(&l.q_proj)?)?, nh)?, cos, sin)?; // (B, nh, T, hd)
+        let k = self.rope(&heads(linear(x, &w(&l.k_proj)?)?, kv)?, cos, sin)?; // (B, kv, T, hd)
+        let v = heads(linear(x, &w(&l.v_proj)?)?, kv)?; // (B, kv, T, hd)
         let scale = 1.0 / (hd as f64).sqrt();
         let o = match mask {
             // Flash-style: query head h reads KV head h / (nh/kv); no T×T scores kept.
@@ -396,7 +419,7 @@ impl MiniCpm {
             }
         };
         let o = o.transpose(1, 2)?.reshape((b * t, nh * hd))?; // (B·T, nh·hd)
-        linear(&o, &w(&l.o_proj))
+        linear(&o, &w(&l.o_proj)?)
     }
 }
 

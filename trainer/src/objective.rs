@@ -52,6 +52,7 @@ impl ModelObjective {
             model.dtype(),
         )?;
         copy.set_ops(model.ops());
+        copy.set_compute_dtype(model.compute_dtype())?;
         let mut spans = Vec::new();
         let mut off = 0;
         for (_, v) in copy.named_vars() {

@@ -181,6 +181,10 @@ fn bench_probes(
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.kernels {
+        threads::init(a.threads.unwrap_or_else(default_threads))?;
+        return super::kernels::run(a.device.as_deref().unwrap_or("cpu"), a.json);
+    }
     if a.steps == 0 {
         anyhow::bail!("--steps 0 is not allowed; bench needs at least 1 measured step");
     }
@@ -196,6 +200,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         seq: a.seq,
         batch: a.batch,
         threads: Some(threads),
+        device: a.device.clone(),
+        precision: a.precision.clone(),
         steps: Some(a.warmup_steps + a.steps),
         schedule: Some("constant".into()),
         eval_every: Some(u64::MAX),
@@ -227,6 +233,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let med = median(&mut ms);
     let m = &cfg.model;
     let flops = m.flops_per_token(cfg.seq) * tokens / (med / 1e3);
+    // Model FLOP utilisation: 6·N per token for the matmuls plus the attention scores.
+    let mfu = a.peak_tflops.map(|p| flops / (p * 1e12));
     let out = json!({
         "tokens_per_s": (tokens / med * 1e3 * 10.0).round() / 10.0,
         "tokens_per_s_mean": (tokens / mean * 1e3 * 10.0).round() / 10.0,
@@ -238,12 +246,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "peak_rss_mb": peak_rss_mb(),
         "params": m.total_params(),
         "gflop_per_s": flops / 1e9,
+        "peak_tflops": a.peak_tflops,
+        "mfu": mfu,
         "loss_first": loss_first,
         "loss_last": loss_last,
         "config": {
             "preset": cfg.preset, "hidden": m.hidden, "layers": m.layers, "heads": m.heads,
             "kv_heads": m.kv_heads, "ffn": m.ffn, "vocab": m.vocab, "seq": cfg.seq,
-            "batch": cfg.batch, "threads": threads, "device": cfg.device, "dtype": "f32",
+            "batch": cfg.batch, "threads": threads, "device": cfg.device,
+            "dtype": cfg.precision.name(),
         },
     });
     let mut out = out;
@@ -257,8 +268,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{out}");
     } else {
         println!(
-            "{}: h{} L{} heads {}/{} ffn {} vocab {}, {}×{} tokens/step, {threads} threads",
-            cfg.preset, m.hidden, m.layers, m.heads, m.kv_heads, m.ffn, m.vocab, cfg.batch, cfg.seq
+            "{}: h{} L{} heads {}/{} ffn {} vocab {}, {}×{} tokens/step, {} {}, {threads} threads",
+            cfg.preset,
+            m.hidden,
+            m.layers,
+            m.heads,
+            m.kv_heads,
+            m.ffn,
+            m.vocab,
+            cfg.batch,
+            cfg.seq,
+            cfg.device,
+            cfg.precision.name()
         );
         println!(
             "  {:.0} tokens/s (median step {:.1} ms, min {:.1}, max {:.1}, {} steps after {} warm-up)",
@@ -277,6 +298,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 .unwrap_or_else(|| "?".into()),
             m.total_params()
         );
+        if let (Some(p), Some(u)) = (a.peak_tflops, mfu) {
+            println!(
+                "  model FLOP utilisation {:.1}% of {p} TFLOP/s ({:.1} TFLOP/s; 6·N + attention FLOPs per token)",
+                100.0 * u,
+                flops / 1e12
+            );
+        }
         if let Some(counts) = &a.branches {
             println!(
                 "  engine with decay branches beside the trunk (round-robin, {} rounds):",

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod inspect;
+pub mod kernels;
 pub mod plot;
 pub mod plot_probes;
 pub mod record;

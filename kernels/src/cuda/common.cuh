@@ -1,22 +1,41 @@
 // wsdscope kernels: helpers shared by every CUDA source in this directory (element
 // conversion for f32/bf16, warp and block reductions). Included by name; the Rust side
 // hands it to NVRTC as an in-memory header.
+//
+// Self-contained: no CUDA headers, so NVRTC compiles the kernels on any machine with just
+// the NVRTC library (no toolkit include directory needed at run time).
 #pragma once
-#include <cuda_bf16.h>
 
 #define WSD_FULL_MASK 0xffffffffu
-// NVRTC has no <math.h> INFINITY.
+// NVRTC has no <math.h> INFINITY / NAN.
 #define WSD_INF __int_as_float(0x7f800000)
+#define WSD_NAN __int_as_float(0x7fc00000)
 
 typedef unsigned int u32;
-typedef __nv_bfloat16 bf16;
+
+// bfloat16 as stored by candle (and the `half` crate): the high 16 bits of an f32. Only
+// conversions are needed: all arithmetic is in f32.
+struct __align__(2) bf16 {
+    unsigned short bits;
+};
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(bf16 x) { return __uint_as_float(((u32)x.bits) << 16); }
 
 template <typename T> __device__ __forceinline__ T from_f32(float x);
 template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
-template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) { return __float2bfloat16(x); }
+// Round to nearest, ties to even (as `half::bf16::from_f32`); NaN stays a quiet NaN.
+template <> __device__ __forceinline__ bf16 from_f32<bf16>(float x) {
+    u32 u = __float_as_uint(x);
+    bf16 r;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        r.bits = (unsigned short)((u >> 16) | 0x40u);
+        return r;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    r.bits = (unsigned short)(u >> 16);
+    return r;
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(WSD_FULL_MASK, v, o);

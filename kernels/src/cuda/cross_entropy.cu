@@ -16,8 +16,10 @@ __device__ void ce_fwd_rows(const T* logits, const u32* targets, float* lse, flo
     s = block_sum(s);
     if (threadIdx.x == 0) {
         const float l = m + logf(s);
+        const u32 t = targets[row];
         lse[row] = l;
-        row_loss[row] = l - to_f32(x[targets[row]]);
+        // A target out of range makes the loss NaN instead of reading past the row.
+        row_loss[row] = t < (u32)v ? l - to_f32(x[t]) : WSD_NAN;
     }
 }
 

@@ -342,6 +342,7 @@ mod tests {
             keep_branch_checkpoints: false,
             probes: Default::default(),
             reference_ops: false,
+            precision: Default::default(),
         }
     }
 

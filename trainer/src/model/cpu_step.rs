@@ -7,7 +7,7 @@
 //! node's output and, in `backward()`, zero-fills and adds a gradient buffer per node input;
 //! here each buffer is written once and the linear layers' input gradients are accumulated
 //! by the GEMM itself. [`MiniCpm::loss_and_grads`] takes this path whenever it applies
-//! ([`applies`]); CUDA, f64 and the reference ops go through the graph.
+//! ([`applies`]); CUDA, bf16, f64 and the reference ops go through the graph.
 //!
 //! Layouts: token rows are (N = B·T, ·) row-major; heads are (B, h, T, hd) for RoPE and
 //! attention. Per layer the backward keeps its input h, both normed inputs, q/k/v/o in head
@@ -27,9 +27,9 @@ use wsdscope_kernels::slices::{self, AttnSaved, AttnShape, Mat};
 use super::{MiniCpm, Ops};
 use crate::error::{Error, Result};
 
-/// Whether [`loss_and_grads`] can run `m`: fused ops, CPU, f32.
+/// Whether [`run`] can run `m`: fused ops, CPU, f32 parameters computed in f32.
 pub(super) fn applies(m: &MiniCpm) -> bool {
-    m.ops == Ops::Fused && m.device.is_cpu() && m.dtype == DType::F32
+    m.ops == Ops::Fused && m.device.is_cpu() && m.dtype == DType::F32 && m.compute == DType::F32
 }
 
 /// The elements of a contiguous f32 CPU tensor behind a read guard.

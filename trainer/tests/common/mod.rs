@@ -30,5 +30,6 @@ pub fn small_run(steps: u64) -> RunConfig {
         keep_branch_checkpoints: false,
         probes: Default::default(),
         reference_ops: false,
+        precision: Default::default(),
     }
 }
