@@ -150,18 +150,38 @@ fn unstack(g: &[f32], lens: &[usize]) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Elements per rayon task of the element-wise loops below.
+const CHUNK: usize = 1 << 14;
+
 /// y = a + s·b, elementwise.
 fn add_scaled(a: &[f32], b: &[f32], s: f32, y: &mut [f32]) {
-    for ((y, &x), &z) in y.iter_mut().zip(a).zip(b) {
-        *y = x + s * z;
-    }
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for ((y, &x), &z) in y.iter_mut().zip(a).zip(b) {
+                *y = x + s * z;
+            }
+        });
+}
+
+/// y = s·x, elementwise.
+fn scaled(x: &[f32], s: f32, y: &mut [f32]) {
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = s * x));
+}
+
+/// x *= s, elementwise.
+fn scale_in_place(x: &mut [f32], s: f32) {
+    x.par_chunks_mut(CHUNK)
+        .for_each(|x| x.iter_mut().for_each(|x| *x *= s));
 }
 
 /// a += b, elementwise.
 fn add_into(a: &mut [f32], b: &[f32]) {
-    for (x, &y) in a.iter_mut().zip(b) {
-        *x += y;
-    }
+    a.par_chunks_mut(CHUNK)
+        .zip(b.par_chunks(CHUNK))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, &y)| *x += y));
 }
 
 /// What the backward pass needs of one decoder block's forward.
@@ -361,7 +381,7 @@ pub(super) fn run(
     // logits = RMSNorm(h) / width_mult · embedᵀ                        (N, V)
     let mut xf = sc.take(n * hs);
     slices::rms_norm_forward(&h, w_norm, eps, &mut xf); // (N, H)
-    xf.iter_mut().for_each(|x| *x *= inv_wm);
+    scale_in_place(&mut xf, inv_wm);
     let mut logits = linear(sc, &xf, emb, n, hs, v); // (N, V)
     let (loss, lse) = match slices::cross_entropy_forward(&logits, &tgt, v) {
         Ok(r) => r,
@@ -381,7 +401,7 @@ pub(super) fn run(
     let mut dxf = sc.take(n * hs);
     // The tied head's share of d embed; the lookup's share is added at the end.
     let mut d_emb = linear_backward(&logits, &xf, emb, n, hs, v, &mut dxf, false); // (V, H)
-    dxf.iter_mut().for_each(|x| *x *= inv_wm);
+    scale_in_place(&mut dxf, inv_wm);
     let mut dh = sc.take(n * hs);
     grads[w.len() - 1] = slices::rms_norm_backward(&h, w_norm, &dxf, eps, &mut dh); // (N, H)
     sc.give([logits, xf, h, dxf]);
@@ -392,7 +412,7 @@ pub(super) fn run(
         let a = acts.pop().expect("one set of activations per block");
         let lw = &w[1 + 9 * l..10 + 9 * l];
         // h_out = h_mid + s · down(act)
-        tmp.iter_mut().zip(&dh).for_each(|(y, &x)| *y = x * res);
+        scaled(&dh, res, &mut tmp);
         let mut dact = sc.take(n * f);
         let dw_down = linear_backward(&tmp, &a.act, lw[8], n, f, hs, &mut dact, false);
         let mut dgu = sc.take(2 * n * f);
@@ -403,7 +423,7 @@ pub(super) fn run(
         let dw_post = slices::rms_norm_backward(&a.h_mid, lw[5], &dx, eps, &mut dnorm);
         add_into(&mut dh, &dnorm); // dh is now ∂/∂h_mid
         // h_mid = h_in + s · o_proj(o_rows)
-        tmp.iter_mut().zip(&dh).for_each(|(y, &x)| *y = x * res);
+        scaled(&dh, res, &mut tmp);
         let mut do_rows = sc.take(n * nh * hd);
         let dw_o = linear_backward(&tmp, &a.o_rows, lw[4], n, nh * hd, hs, &mut do_rows, false);
         let mut dout = sc.take(n * nh * hd);
