@@ -80,10 +80,12 @@ fn clip_factor<T: Real>(hp: &AdamWHparams) -> Option<T> {
     (hp.grad_scale != 1.0).then(|| T::from_f64(hp.grad_scale))
 }
 
-/// m ← β₁·m + (1 − β₁)·g·c (in place on m).
-struct FirstMoment(AdamWHparams);
-/// v ← β₂·v + (1 − β₂)·(g·c)² (in place on v).
-struct SecondMoment(AdamWHparams);
+/// In place on a moment: m ← β₁·m + (1 − β₁)·g·c, or with `second`
+/// v ← β₂·v + (1 − β₂)·(g·c)².
+struct Moment {
+    hp: AdamWHparams,
+    second: bool,
+}
 /// θ update from the new m, v (in place on θ), accumulating the statistics.
 struct ParamUpdate {
     hp: AdamWHparams,
@@ -187,30 +189,14 @@ fn moment_typed<T: Real>(
     Ok(())
 }
 
-impl InplaceOp2 for FirstMoment {
+impl InplaceOp2 for Moment {
     fn name(&self) -> &'static str {
-        "adamw_exp_avg"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        match s1.dtype() {
-            DType::F32 => moment_typed::<f32>(s1, l1, s2, l2, &self.0, false),
-            DType::F64 => moment_typed::<f64>(s1, l1, s2, l2, &self.0, false),
-            dt => Err(unsupported(OP, dt)),
+        if self.second {
+            "adamw_exp_avg_sq"
+        } else {
+            "adamw_exp_avg"
         }
     }
-}
-
-impl InplaceOp2 for SecondMoment {
-    fn name(&self) -> &'static str {
-        "adamw_exp_avg_sq"
-    }
 
     fn cpu_fwd(
         &self,
@@ -220,8 +206,8 @@ impl InplaceOp2 for SecondMoment {
         l2: &Layout,
     ) -> Result<()> {
         match s1.dtype() {
-            DType::F32 => moment_typed::<f32>(s1, l1, s2, l2, &self.0, true),
-            DType::F64 => moment_typed::<f64>(s1, l1, s2, l2, &self.0, true),
+            DType::F32 => moment_typed::<f32>(s1, l1, s2, l2, &self.hp, self.second),
+            DType::F64 => moment_typed::<f64>(s1, l1, s2, l2, &self.hp, self.second),
             dt => Err(unsupported(OP, dt)),
         }
     }
@@ -342,8 +328,9 @@ pub fn adamw_step(
     let mut out = Vec::with_capacity(params.len());
     for i in 0..params.len() {
         let g = grads[i].contiguous()?;
-        exp_avg[i].inplace_op2(&g, &FirstMoment(*hp))?;
-        exp_avg_sq[i].inplace_op2(&g, &SecondMoment(*hp))?;
+        let moment = |second| Moment { hp: *hp, second };
+        exp_avg[i].inplace_op2(&g, &moment(false))?;
+        exp_avg_sq[i].inplace_op2(&g, &moment(true))?;
         let upd = ParamUpdate {
             hp: *hp,
             stats: Mutex::new(AdamWStats::default()),

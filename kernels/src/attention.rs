@@ -593,11 +593,11 @@ impl Attention {
         let (os, ol) = o.storage_and_layout();
         let (ds, dl) = dout.storage_and_layout();
         let x = BwdIn {
-            q: cpu::slice::<T>(cpu::cpu(&qs, OP, "q")?, ql, OP, "q")?,
-            k: cpu::slice::<T>(cpu::cpu(&ks, OP, "k")?, kl, OP, "k")?,
-            v: cpu::slice::<T>(cpu::cpu(&vs, OP, "v")?, vl, OP, "v")?,
-            o: cpu::slice::<T>(cpu::cpu(&os, OP, "out")?, ol, OP, "out")?,
-            dout: cpu::slice::<T>(cpu::cpu(&ds, OP, "grad")?, dl, OP, "grad")?,
+            q: cpu::storage_slice::<T>(&qs, ql, OP, "q")?,
+            k: cpu::storage_slice::<T>(&ks, kl, OP, "k")?,
+            v: cpu::storage_slice::<T>(&vs, vl, OP, "v")?,
+            o: cpu::storage_slice::<T>(&os, ol, OP, "out")?,
+            dout: cpu::storage_slice::<T>(&ds, dl, OP, "grad")?,
             lse: T::cpu_storage_as_slice(lse)?,
         };
         let (dq, dk, dv) = backward(&x, Dims::of(q.dims(), k.dims()), self.scale);

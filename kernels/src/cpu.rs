@@ -201,6 +201,16 @@ pub(crate) fn cpu<'a>(
     }
 }
 
+/// [`slice`] of a read-locked tensor storage, which must be on the CPU.
+pub(crate) fn storage_slice<'a, T: WithDType>(
+    s: &'a Storage,
+    l: &Layout,
+    op: &'static str,
+    what: &'static str,
+) -> Result<&'a [T]> {
+    slice(cpu(s, op, what)?, l, op, what)
+}
+
 /// Checks that `t` is on a device the kernels run on: the CPU, and CUDA devices in a build
 /// with the `cuda` feature.
 pub(crate) fn check_cpu(t: &Tensor, op: &'static str, what: &'static str) -> Result<()> {

@@ -159,8 +159,8 @@ impl CrossEntropy {
         let lse = T::cpu_storage_as_slice(lse)?;
         let (xs, xl) = x.storage_and_layout();
         let (ts, tl) = t.storage_and_layout();
-        let xv = cpu::slice::<T>(cpu::cpu(&xs, OP, "logits")?, xl, OP, "logits")?;
-        let tv = cpu::slice::<u32>(cpu::cpu(&ts, OP, "targets")?, tl, OP, "targets")?;
+        let xv = cpu::storage_slice::<T>(&xs, xl, OP, "logits")?;
+        let tv = cpu::storage_slice::<u32>(&ts, tl, OP, "targets")?;
         let dx = backward(xv, tv, lse, x.dims()[1], g);
         cpu::tensor_from(dx, x.dims())
     }

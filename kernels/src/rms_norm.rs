@@ -124,9 +124,9 @@ impl RmsNorm {
         let (xs, xl) = x.storage_and_layout();
         let (ws, wl) = w.storage_and_layout();
         let (ds, dl) = dy.storage_and_layout();
-        let xv = cpu::slice::<T>(cpu::cpu(&xs, OP, "x")?, xl, OP, "x")?;
-        let wv = cpu::slice::<T>(cpu::cpu(&ws, OP, "w")?, wl, OP, "w")?;
-        let dv = cpu::slice::<T>(cpu::cpu(&ds, OP, "grad")?, dl, OP, "grad")?;
+        let xv = cpu::storage_slice::<T>(&xs, xl, OP, "x")?;
+        let wv = cpu::storage_slice::<T>(&ws, wl, OP, "w")?;
+        let dv = cpu::storage_slice::<T>(&ds, dl, OP, "grad")?;
         let (dx, dw) = backward(xv, wv, dv, self.eps);
         Ok((
             cpu::tensor_from(dx, x.dims())?,

@@ -128,9 +128,9 @@ impl SwiGlu {
         let (gs, gl) = g.storage_and_layout();
         let (us, ul) = u.storage_and_layout();
         let (ds, dl) = dy.storage_and_layout();
-        let gv = cpu::slice::<T>(cpu::cpu(&gs, OP, "gate")?, gl, OP, "gate")?;
-        let uv = cpu::slice::<T>(cpu::cpu(&us, OP, "up")?, ul, OP, "up")?;
-        let dv = cpu::slice::<T>(cpu::cpu(&ds, OP, "grad")?, dl, OP, "grad")?;
+        let gv = cpu::storage_slice::<T>(&gs, gl, OP, "gate")?;
+        let uv = cpu::storage_slice::<T>(&us, ul, OP, "up")?;
+        let dv = cpu::storage_slice::<T>(&ds, dl, OP, "grad")?;
         let (dg, du) = backward(gv, uv, dv);
         Ok((
             cpu::tensor_from(dg, g.dims())?,

@@ -11,7 +11,8 @@
 //!
 //! Layouts: token rows are (N = B·T, ·) row-major; heads are (B, h, T, hd) for RoPE and
 //! attention. Per layer the backward keeps its input h, both normed inputs, q/k/v/o in head
-//! layout, o merged, the attention lse, gate, up and silu(gate)·up.
+//! layout, o merged, the attention lse, the [gate | up] rows and silu(gate)·up, and the
+//! stacked q/k/v and gate/up weights its GEMMs ran on.
 //!
 //! Buffers come from the model's [`Scratch`] and go back to it when the step is done, so a
 //! step reuses the previous step's memory instead of asking the allocator for fresh zeroed
