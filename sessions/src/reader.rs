@@ -63,8 +63,8 @@ fn damaged(path: &Path, what: impl std::fmt::Display) -> Error {
 
 impl Session {
     /// Opens a session for reading. Works on a file another process is still writing (SWMR)
-    /// and on one whose writer was killed: if a dead SWMR writer left the file marked as open
-    /// for writing, the mark is cleared first.
+    /// and on one whose writer was killed: if a dead writer (SWMR or not) left the file
+    /// marked as open for writing, the mark is cleared first.
     pub fn open(path: &Path) -> Result<Self> {
         check_is_hdf5(path)?;
         if let Some((len, eof)) = truncation(path) {
@@ -105,7 +105,10 @@ impl Session {
     fn open_file(path: &Path, actual: &Path) -> Result<Self> {
         let file = match open_swmr(actual) {
             Ok(f) => f,
-            Err(e) if e.to_string().contains("already open for write") => {
+            // A dead writer's "open for writing" mark: left by a SWMR writer ("already open
+            // for write"), or by the recorder while it briefly holds the file for plain writing
+            // to add a run's or a probe's datasets ("not already open for SWMR writing").
+            Err(e) if writer_mark(&e.to_string()) => {
                 clear_status_flags(actual)?;
                 open_swmr(actual).map_err(|e| damaged(path, e))?
             }
@@ -642,7 +645,12 @@ fn check_is_hdf5(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Clears the "open for writing" status flags a killed SWMR writer leaves in the superblock
+/// Whether an open error means the superblock still carries a writer's status flags.
+fn writer_mark(err: &str) -> bool {
+    err.contains("already open for write") || err.contains("not already open for SWMR writing")
+}
+
+/// Clears the "open for writing" status flags a killed writer leaves in the superblock
 /// (what `h5clear -s` does), so the file can be opened again.
 fn clear_status_flags(path: &Path) -> Result<()> {
     use std::ffi::CString;

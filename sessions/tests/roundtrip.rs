@@ -338,3 +338,26 @@ fn refuses_what_is_not_a_session() {
         .to_string();
     assert!(e.contains("does not exist"), "{e}");
 }
+
+/// The recorder leaves SWMR mode for a moment (closes the file and opens it for plain
+/// writing) whenever it adds a run's or a probe's datasets; a writer killed in that window
+/// leaves the file marked "open for writing" but not "for SWMR writing". The file's bytes at
+/// that moment are taken here as a copy made while such a writer holds it.
+#[test]
+fn opens_a_file_whose_plain_writer_was_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.h5");
+    let killed = dir.path().join("killed.h5");
+    let events = session_events();
+    record(&path, &events);
+    {
+        let f = hdf5::File::with_options()
+            .with_fapl(|p| p.libver_v110())
+            .open_rw(&path)
+            .unwrap();
+        f.flush().unwrap();
+        std::fs::copy(&path, &killed).unwrap();
+    }
+    let s = Session::open(&killed).unwrap();
+    assert_eq!(s.events().unwrap(), events);
+}
