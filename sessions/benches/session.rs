@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use wsdscope_sessions::{
     DataSummary, EVENT_SCHEMA_VERSION, ModelSummary, Phase, PhaseBounds, Recorder, RunEvent,
-    RunStart, Session, StepGeometry, StepMetrics,
+    RunStart, Session, SessionPlan, StepGeometry, StepMetrics,
 };
 
 fn main() {
@@ -21,8 +21,7 @@ fn main() {
     let path = dir.path().join("bench.h5");
 
     let t = Instant::now();
-    let rec = Recorder::create(&path).expect("create");
-    rec.record(RunEvent::RunStart(Box::new(RunStart {
+    let trunk = RunStart {
         run: 0,
         schema_version: EVENT_SCHEMA_VERSION,
         name: "trunk".into(),
@@ -58,8 +57,10 @@ fn main() {
         config: serde_json::json!({"steps": steps}),
         param_groups: vec!["embedding".into(), "hidden".into(), "norm".into()],
         tracked_tensors: vec!["a".into(), "b".into()],
-    })))
-    .expect("record");
+    };
+    let rec = Recorder::create(&path, &SessionPlan::for_trunk(&trunk, 32)).expect("create");
+    rec.record(RunEvent::RunStart(Box::new(trunk)))
+        .expect("record");
     // A noisy, slowly falling loss: a realistic thing to compress.
     let mut x = 0x2545F4914F6CDD1Du64;
     for s in 1..=steps {

@@ -1,12 +1,13 @@
-//! The HDF5 layout of a session file (format version 2), shared by the writer and the reader.
+//! The HDF5 layout of a session file (format version 3), shared by the writer and the reader.
 //! `docs/session-format.md` documents it for h5py/pandas users.
 //!
 //! ```text
-//! /                       attrs: format_version, event_schema_version, producer, created, config (JSON)
+//! /                       attrs: format_version, event_schema_version, producer, created,
+//!                                config (JSON), run_slots
 //! /events                 uint8[n]: the event log, JSON lines {"seq": N, "event": {...}}
-//! /runs/<id>/             attrs: id, name, parent (-1: none), fork_step (-1: none), start_step,
-//!                                batch, seq, device, threads, layers, model, data, phases, config,
-//!                                param_groups (JSON), tracked_tensors (JSON)
+//! /run_ids                uint32[r]: ids of the runs that have started, in order (format 3)
+//! /runs/<id>/             one slot per possible run, 0..run_slots, all created with the file
+//!     info                uint8[k]: the run's `run_start` event as JSON; empty: slot unused (3)
 //!     seq, step, tokens   uint64[n]
 //!     phase               uint8[n]   0 warmup, 1 stable, 2 decay
 //!     loss, lr, grad_norm, update_norm, param_norm, tokens_per_s, step_ms   float64[n]
@@ -16,20 +17,25 @@
 //!     max_update          float64[n, tracked]       (format 2)
 //!     eval/seq, eval/step, eval/tokens   uint64[m]
 //!     eval/val_loss       float64[m]
-//!     probes/<probe>/seq, probes/<probe>/step   uint64[k]   (format 2, created on first use)
-//!     probes/<probe>/<scalar>                   float64[k]  NaN where a result lacks it
+//! /probes/<probe>/        one table per probe kind of the vocabulary, every run's rows (3)
+//!     run                 uint32[k]
+//!     seq, step           uint64[k]
+//!     <scalar>            float64[k]   NaN where a result lacks it
 //! ```
-//! Probe series (loss slices, interpolation curves) live in the event log's `probe` events.
-//! A format-1 file lacks the datasets marked format 2; the reader fills them with NaN/empty.
+//! Format 2 kept run metadata in attributes of `runs/<id>` and probe tables per run under
+//! `runs/<id>/probes/<probe>/`, created when first needed; format 3 creates every group and
+//! dataset before the writer enters SWMR mode and only appends afterwards, so no reader can
+//! ever block or observe a structural change. Probe series (loss slices, interpolation
+//! curves) live in the event log's `probe` events. A format-1 file lacks the datasets marked
+//! format 2; the reader fills them with NaN/empty.
 //! Every dataset is chunked and extendable along its first axis; the integer ones are
 //! shuffle+deflate compressed, the 2-D ones deflate compressed, the 1-D float64 ones not
 //! (noisy floats barely compress and inflating them dominated the time to open a long
-//! session). `seq` is
-//! the position of each event in the stream a live run produced, so the reader can merge
-//! steps, evals and logged events back into exactly that stream.
+//! session). `seq` is the position of each event in the stream a live run produced, so the
+//! reader can merge steps, evals and logged events back into exactly that stream.
 
 /// Bump on any incompatible change; readers refuse newer versions.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 pub const EVENTS: &str = "events";
 pub const RUNS: &str = "runs";
@@ -64,6 +70,12 @@ pub const MAX_UPDATE: &str = "max_update";
 /// The per-step 2-D datasets, in the order the writer keeps them.
 pub const WIDE: [&str; 3] = [GRAD_NORM_PER_LAYER, GRAD_NORM_PER_GROUP, MAX_UPDATE];
 pub const PROBES: &str = "probes";
+/// Per-run dataset holding the run's `run_start` event as JSON (format 3).
+pub const RUN_INFO: &str = "info";
+/// Root dataset of the ids of the runs that have started (format 3).
+pub const RUN_IDS: &str = "run_ids";
+/// Root attribute: how many run slots the file has (format 3).
+pub const RUN_SLOTS: &str = "run_slots";
 
 /// Rows per chunk of 1-D datasets (32 KiB of float64).
 pub const CHUNK: usize = 4096;
@@ -84,6 +96,7 @@ pub fn run_group(id: u32) -> String {
     format!("{RUNS}/{id}")
 }
 
-pub fn probe_group(id: u32, probe: &str) -> String {
-    format!("{RUNS}/{id}/{PROBES}/{probe}")
+/// A probe kind's table: `probes/<probe>` (format 3).
+pub fn probe_table(probe: &str) -> String {
+    format!("{PROBES}/{probe}")
 }

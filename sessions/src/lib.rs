@@ -21,8 +21,10 @@
 pub mod buckets;
 pub mod error;
 pub mod layout;
+pub mod liveness;
 pub mod reader;
 pub mod recorder;
+pub mod vocabulary;
 
 use std::collections::BTreeMap;
 
@@ -30,8 +32,9 @@ use serde::{Deserialize, Serialize};
 
 pub use buckets::Bucket;
 pub use error::{Error, Result};
+pub use liveness::writer_alive;
 pub use reader::{RunInfo, Session};
-pub use recorder::{RecordSummary, Recorder};
+pub use recorder::{Notice, RecordSummary, Recorder, SessionPlan};
 
 /// Version of the event vocabulary. Bump on any incompatible change.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;

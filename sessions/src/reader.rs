@@ -13,8 +13,8 @@ use crate::buckets::{Bucket, BucketFolder};
 use crate::error::{Error, Result, session_err};
 use crate::layout::*;
 use crate::{
-    EndReason, ModelSummary, Phase, PhaseBounds, RunEvent, RunId, RunStart, StepGeometry,
-    StepMetrics,
+    EndReason, ModelSummary, Phase, PhaseBounds, ProbeResult, RunEvent, RunId, RunStart,
+    StepGeometry, StepMetrics,
 };
 
 const HDF5_SIGNATURE: &[u8; 8] = b"\x89HDF\r\n\x1a\n";
@@ -71,10 +71,12 @@ impl Session {
             // A write that failed part-way (a full disk) leaves the header promising bytes that
             // never arrived; everything flushed before it is intact. Read a copy padded to the
             // promised length; if even that fails, the file is truly cut short.
-            return Self::open_padded(path, len, eof).map_err(|_| {
+            return Self::open_padded(path, len, eof).map_err(|e| {
                 session_err(
                     path,
-                    format!("is truncated: it has {len} bytes but its header says {eof}"),
+                    format!(
+                        "is truncated: it has {len} bytes but its header says {eof}, and what it has does not read ({e})"
+                    ),
                 )
             });
         }
@@ -105,10 +107,17 @@ impl Session {
     fn open_file(path: &Path, actual: &Path) -> Result<Self> {
         let file = match open_swmr(actual) {
             Ok(f) => f,
-            // A dead writer's "open for writing" mark: left by a SWMR writer ("already open
-            // for write"), or by the recorder while it briefly holds the file for plain writing
-            // to add a run's or a probe's datasets ("not already open for SWMR writing").
+            // An "open for writing" mark: left by a SWMR writer ("already open for write"), or
+            // by a plain writer ("not already open for SWMR writing": format-2 recorders left
+            // SWMR mode briefly to add datasets). Only a dead writer's mark is cleared; a live
+            // writer is never touched.
             Err(e) if writer_mark(&e.to_string()) => {
+                if crate::liveness::writer_alive(actual) == Some(true) {
+                    return Err(session_err(
+                        path,
+                        "is open for plain (non-SWMR) writing by a live process; try again when it has finished",
+                    ));
+                }
                 clear_status_flags(actual)?;
                 open_swmr(actual).map_err(|e| damaged(path, e))?
             }
@@ -155,6 +164,15 @@ impl Session {
 
     pub fn format_version(&self) -> u32 {
         self.format_version
+    }
+
+    /// Whether a recorder is writing this session now (see [`crate::liveness`]):
+    /// `Some(false)` once it has finished or died, `None` where this cannot be told.
+    pub fn writer_alive(&self) -> Option<bool> {
+        if self.recovered.is_some() {
+            return Some(false);
+        }
+        crate::liveness::writer_alive(&self.path)
     }
 
     /// A root string attribute (`producer`, `created`, `config`), if present.
@@ -317,9 +335,13 @@ impl Session {
                 .iter()
                 .map(|name| self.read_wide(id, name, n))
                 .collect::<Result<_>>()?;
-            let row = |(w, data): &(usize, Vec<f64>), i: usize| -> Vec<f64> {
+            // A run narrower than its slot (format 3) reads back at its own width.
+            let own = self.run_start(id).map(crate::recorder::run_widths);
+            let row = |k: usize, i: usize| -> Vec<f64> {
+                let (w, data) = &wide[k];
+                let keep = own.map_or(*w, |o| o[k].min(*w));
                 if *w > 0 && data.len() >= (i + 1) * w {
-                    data[i * w..(i + 1) * w].to_vec()
+                    data[i * w..i * w + keep].to_vec()
                 } else {
                     Vec::new()
                 }
@@ -349,10 +371,10 @@ impl Session {
                         tokens: tokens[i],
                         tokens_per_s: cols[5][i],
                         step_ms: cols[6][i],
-                        grad_norm_per_layer: row(&wide[0], i),
-                        grad_norm_per_group: row(&wide[1], i),
+                        grad_norm_per_layer: row(0, i),
+                        grad_norm_per_group: row(1, i),
                         geometry,
-                        max_update: row(&wide[2], i),
+                        max_update: row(2, i),
                     }),
                 ));
             }
@@ -381,6 +403,14 @@ impl Session {
         Ok(merge_by_seq(sources))
     }
 
+    /// The `run_start` event of a run, from the event log.
+    fn run_start(&self, run: RunId) -> Option<&RunStart> {
+        self.log.iter().find_map(|(_, e)| match e {
+            RunEvent::RunStart(s) if s.run == run => Some(s.as_ref()),
+            _ => None,
+        })
+    }
+
     /// Whether run `run` has a dataset `name` (format-1 files lack the newer ones).
     fn has(&self, run: RunId, name: &str) -> bool {
         self.file.link_exists(&format!("{}/{name}", run_group(run)))
@@ -407,24 +437,34 @@ impl Session {
         Ok((w, data))
     }
 
-    /// The probe kinds recorded for `run` and their scalar names, from `probes/<probe>`.
+    /// The probe kinds recorded for `run` and their scalar names, in the order first seen,
+    /// from the event log's `probe` events (every format keeps them whole there).
     pub fn probe_scalars(&self, run: RunId) -> Result<Vec<(String, Vec<String>)>> {
-        let gname = format!("{}/{PROBES}", run_group(run));
-        if !self.file.link_exists(&gname) {
-            return Ok(Vec::new());
-        }
-        let g = self
-            .file
-            .group(&gname)
-            .map_err(|e| damaged(&self.path, e))?;
-        let mut out = Vec::new();
-        for probe in g.member_names().map_err(|e| damaged(&self.path, e))? {
-            let p = g.group(&probe).map_err(|e| damaged(&self.path, e))?;
-            let mut names = p.member_names().map_err(|e| damaged(&self.path, e))?;
-            names.retain(|n| n != "seq" && n != "step");
-            out.push((probe, names));
+        self.run(run)?;
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for p in self.probes(run) {
+            let i = match out.iter().position(|(k, _)| *k == p.probe) {
+                Some(i) => i,
+                None => {
+                    out.push((p.probe.clone(), Vec::new()));
+                    out.len() - 1
+                }
+            };
+            for k in p.scalars.keys() {
+                if !out[i].1.contains(k) {
+                    out[i].1.push(k.clone());
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// The probe results of a run, in the order they were recorded.
+    pub fn probes(&self, run: RunId) -> impl Iterator<Item = &ProbeResult> {
+        self.log.iter().filter_map(move |(_, e)| match e {
+            RunEvent::Probe(p) if p.run == run => Some(p),
+            _ => None,
+        })
     }
 
     fn read_all<T: hdf5::H5Type>(&self, run: RunId, name: &str) -> Result<Vec<T>> {
@@ -434,19 +474,31 @@ impl Session {
     }
 
     /// The (step, value) series of one metric of one run: a per-step metric
-    /// (see [`layout::F64_METRICS`](crate::layout::F64_METRICS)) or `val_loss`.
+    /// (see [`layout::F64_METRICS`](crate::layout::F64_METRICS)), `val_loss`, or
+    /// `probe.<probe>.<scalar>` (NaN where a result of that probe lacks the scalar).
     pub fn series(&self, run: RunId, metric: &str) -> Result<(Vec<u64>, Vec<f64>)> {
-        let (steps, values) = self.metric_paths(run, metric)?;
-        let s: Vec<u64> = self.read_all(run, &steps)?;
-        let v: Vec<f64> = self.read_all(run, &values)?;
-        let n = s.len().min(v.len());
-        Ok((s[..n].to_vec(), v[..n].to_vec()))
+        match self.metric(run, metric)? {
+            Metric::Column { steps, values } => {
+                let s: Vec<u64> = self.read_all(run, &steps)?;
+                let v: Vec<f64> = self.read_all(run, &values)?;
+                let n = s.len().min(v.len());
+                Ok((s[..n].to_vec(), v[..n].to_vec()))
+            }
+            Metric::Probe { probe, scalar } => Ok(self
+                .probes(run)
+                .filter(|p| p.probe == probe)
+                .map(|p| (p.step, p.scalars.get(&scalar).copied().unwrap_or(f64::NAN)))
+                .unzip()),
+        }
     }
 
-    fn metric_paths(&self, run: RunId, metric: &str) -> Result<(String, String)> {
+    fn metric(&self, run: RunId, metric: &str) -> Result<Metric> {
         self.run(run)?;
         if metric == "val_loss" {
-            return Ok((format!("{EVAL}/step"), format!("{EVAL}/val_loss")));
+            return Ok(Metric::Column {
+                steps: format!("{EVAL}/step"),
+                values: format!("{EVAL}/val_loss"),
+            });
         }
         if F64_METRICS.contains(&metric) {
             if !self.has(run, metric) {
@@ -456,18 +508,26 @@ impl Session {
                     self.format_version
                 )));
             }
-            return Ok(("step".into(), metric.into()));
+            return Ok(Metric::Column {
+                steps: "step".into(),
+                values: metric.into(),
+            });
         }
         // `probe.<probe>.<scalar>`: a scalar of a periodic probe.
         if let Some(rest) = metric.strip_prefix("probe.")
             && let Some((probe, scalar)) = rest.split_once('.')
         {
-            let g = format!("{PROBES}/{probe}");
-            if self.has(run, &format!("{g}/{scalar}")) {
-                return Ok((format!("{g}/step"), format!("{g}/{scalar}")));
+            let known = self.probe_scalars(run)?;
+            if known
+                .iter()
+                .any(|(p, names)| p == probe && names.iter().any(|n| n == scalar))
+            {
+                return Ok(Metric::Probe {
+                    probe: probe.into(),
+                    scalar: scalar.into(),
+                });
             }
-            let known: Vec<String> = self
-                .probe_scalars(run)?
+            let known: Vec<String> = known
                 .into_iter()
                 .flat_map(|(p, names)| names.into_iter().map(move |n| format!("probe.{p}.{n}")))
                 .collect();
@@ -495,7 +555,22 @@ impl Session {
         steps: RangeInclusive<u64>,
         n: usize,
     ) -> Result<Vec<Bucket>> {
-        let (sp, vp) = self.metric_paths(run, metric)?;
+        let (sp, vp) = match self.metric(run, metric)? {
+            Metric::Column { steps, values } => (steps, values),
+            Metric::Probe { .. } => {
+                // Probe results are few: fold them from memory.
+                let (s, v) = self.series(run, metric)?;
+                let lo = s.partition_point(|x| x < steps.start()) as u64;
+                let hi = s.partition_point(|x| x <= steps.end()) as u64;
+                let mut folder = BucketFolder::new(lo, hi, n);
+                folder.push(
+                    lo,
+                    &s[lo as usize..hi as usize],
+                    &v[lo as usize..hi as usize],
+                );
+                return Ok(folder.finish());
+            }
+        };
         let step_ds = self.dataset(run, &sp)?;
         let val_ds = self.dataset(run, &vp)?;
         let len = self.len(&step_ds).min(self.len(&val_ds));
@@ -535,6 +610,14 @@ impl Session {
         }
         Ok(lo)
     }
+}
+
+/// Where a metric's values come from.
+enum Metric {
+    /// A run's datasets: a step column and a value column.
+    Column { steps: String, values: String },
+    /// The event log's probe results.
+    Probe { probe: String, scalar: String },
 }
 
 /// Merges lists that are each sorted by seq into one event list in seq order.

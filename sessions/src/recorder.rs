@@ -2,14 +2,28 @@
 //!
 //! The training side sends events through a bounded channel and waits only when the channel is
 //! full; nothing is ever dropped. The writer buffers rows and appends them to the HDF5 datasets
-//! at least twice a second, then flushes, so a reader (`wsdscope replay`, or
+//! at least twice a second, then flushes, so a reader (`wsdscope replay --follow`, or
 //! `h5py.File(f, "r", swmr=True)`) sees the file grow and a killed process loses at most the
-//! last half second. The file is written in SWMR mode; when a new run (a branch) needs new
-//! groups, the writer briefly leaves SWMR mode, creates them and starts SWMR again.
+//! last half second.
+//!
+//! **Readers never harm the writer.** Every group and dataset the session can ever need — a
+//! slot for each run the session has room for, a table for each probe kind of the
+//! [vocabulary](crate::vocabulary) — is created before the file enters SWMR mode, and from then
+//! on the writer only appends. It never closes and reopens the file, so a reader's lock can
+//! never make a write fail, and a SIGKILL at any instant leaves a file that SWMR readers open.
+//! The file is built under a hidden temporary name and linked to its real name only once it is
+//! in SWMR mode, so no reader ever sees it half-built.
+//!
+//! **Failures.** A write that fails for a reason that can pass (a lock, a busy file) is retried
+//! with backoff for up to [`RETRY_FOR`] while events keep arriving into bounded buffers (when
+//! those fill, the channel fills and training waits); a persistent failure (a full disk, the
+//! file removed) ends the writer with an error, and everything flushed before it stays
+//! readable. Each column remembers how many of its rows reached the file, so a retry appends
+//! exactly what is missing.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -18,12 +32,55 @@ use hdf5::{Dataset, File, Group, H5Type, Location};
 
 use crate::error::{Error, Result, write_err};
 use crate::layout::*;
+use crate::liveness::WriterLock;
+use crate::vocabulary::{PROBES as PROBE_KINDS, ProbeSpec, probe_columns};
 use crate::{EVENT_SCHEMA_VERSION, Phase, ProbeResult, RunEvent, RunId, RunStart, StepMetrics};
 
 /// How often buffered rows reach the file at the latest.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// Events the training side may run ahead of the writer before it waits.
 pub const CHANNEL_CAPACITY: usize = 8192;
+/// How long a write failure that can pass (a lock, a busy file) is retried before it counts
+/// as persistent.
+pub const RETRY_FOR: Duration = Duration::from_secs(60);
+/// The longest wait between two retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Step rows the writer holds while a retry waits before it stops taking events (the engine
+/// then waits on the full channel: nothing is dropped, memory stays bounded).
+const MAX_PENDING_ROWS: usize = 1 << 16;
+
+/// What the file is created for: the trunk's configuration and how many runs it can hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionPlan {
+    /// The trunk's run configuration (the root `config` attribute).
+    pub config: serde_json::Value,
+    /// Run slots to create, the trunk's included. A run with a higher id cannot be recorded.
+    pub runs: u32,
+    /// Columns of `grad_norm_per_layer`, `grad_norm_per_group` and `max_update`: the widest
+    /// run's (rows of narrower runs are padded with NaN and read back at their own width).
+    pub widths: [usize; WIDE.len()],
+}
+
+impl SessionPlan {
+    /// A plan for a session whose trunk starts with `start` and that holds `runs` runs, all of
+    /// the trunk's shape (forks copy their parent's shape).
+    pub fn for_trunk(start: &RunStart, runs: u32) -> Self {
+        SessionPlan {
+            config: start.config.clone(),
+            runs: runs.max(1),
+            widths: run_widths(start),
+        }
+    }
+}
+
+/// Columns of each [`WIDE`] dataset that a run's step events carry.
+pub fn run_widths(s: &RunStart) -> [usize; WIDE.len()] {
+    [
+        s.model.layers,
+        s.param_groups.len(),
+        s.tracked_tensors.len(),
+    ]
+}
 
 /// What a finished recording holds.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,17 +91,38 @@ pub struct RecordSummary {
     pub bytes: u64,
 }
 
+/// What the writer reports while it works, besides its final result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A write failed for a reason that can pass; it is being retried while training goes on.
+    Retrying(String),
+    /// Writes succeed again; nothing was lost.
+    Recovered(String),
+    /// The run must stop (the disk is nearly full). The writer still records what follows
+    /// (the runs' `end` events), closes the file cleanly, and then reports this as its error.
+    MustStop(String),
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notice::Retrying(m) | Notice::Recovered(m) | Notice::MustStop(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Handle to the writer thread of one session file.
 pub struct Recorder {
     path: PathBuf,
     tx: Option<SyncSender<RunEvent>>,
     thread: Option<JoinHandle<Result<RecordSummary>>>,
+    notices: Arc<Mutex<Vec<Notice>>>,
 }
 
 impl Recorder {
-    /// Creates `path` (which must not exist yet) and starts the writer thread. Fails before any
-    /// training starts if the file cannot be created.
-    pub fn create(path: &Path) -> Result<Self> {
+    /// Creates `path` (which must not exist yet) laid out for `plan`, and starts the writer
+    /// thread. Fails before any training starts if the file cannot be created.
+    pub fn create(path: &Path, plan: &SessionPlan) -> Result<Self> {
         if path.exists() {
             return Err(write_err(
                 path,
@@ -59,13 +137,20 @@ impl Recorder {
                 format!("directory {} does not exist", parent.display()),
             ));
         }
+        if path.file_name().is_none() {
+            return Err(write_err(path, "not a file name"));
+        }
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let (ready_tx, ready_rx) = mpsc::channel();
         let owned = path.to_path_buf();
+        let plan = plan.clone();
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let thread_notices = Arc::clone(&notices);
         let thread = std::thread::Builder::new()
             .name("wsdscope-recorder".into())
             .spawn(move || {
-                let writer = match SessionWriter::create(&owned) {
+                let hooks = TestHooks::from_env();
+                let writer = match SessionWriter::create(&owned, &plan, hooks, thread_notices) {
                     Ok(w) => {
                         let _ = ready_tx.send(Ok(()));
                         w
@@ -84,6 +169,7 @@ impl Recorder {
                 path: path.to_path_buf(),
                 tx: Some(tx),
                 thread: Some(thread),
+                notices,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();
@@ -110,6 +196,12 @@ impl Recorder {
         })
     }
 
+    /// What the writer has to say since the last call: a write failing and being retried,
+    /// or recovering. Empty while all is well.
+    pub fn notices(&self) -> Vec<Notice> {
+        std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Closes the channel, waits for the writer to write everything and close the file.
     pub fn finish(mut self) -> Result<RecordSummary> {
         self.tx.take();
@@ -129,8 +221,58 @@ impl Drop for Recorder {
     }
 }
 
-fn h5(path: &Path) -> impl Fn(hdf5::Error) -> Error + '_ {
-    move |e| write_err(path, e)
+/// Places where tests can stop the writer, to kill it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PausePoint {
+    /// While the file is being built, before it has its real name.
+    Create,
+    /// In the middle of the flush that follows a branch's `run_start`.
+    Fork,
+    /// In the middle of the flush that follows the first probe result.
+    Probe,
+}
+
+/// Test-only behaviour, off unless the environment asks for it:
+/// `WSDSCOPE_TEST_PAUSE=create|fork|probe` makes the writer print
+/// `wsdscope-test: paused at <point> (events before seq <n> are in the file)` to stderr and
+/// sleep for two minutes at that point, so a test can SIGKILL it there;
+/// `WSDSCOPE_TEST_FAULTS=flush-busy:N` makes the first N flushes after the first run starts
+/// fail half-way with a transient error, as a reader's lock used to.
+#[derive(Debug, Clone, Default)]
+struct TestHooks {
+    pause: Option<PausePoint>,
+    busy_flushes: u32,
+}
+
+impl TestHooks {
+    fn from_env() -> Self {
+        let pause = match std::env::var("WSDSCOPE_TEST_PAUSE").ok().as_deref() {
+            Some("create") => Some(PausePoint::Create),
+            Some("fork") => Some(PausePoint::Fork),
+            Some("probe") => Some(PausePoint::Probe),
+            _ => None,
+        };
+        let busy_flushes = std::env::var("WSDSCOPE_TEST_FAULTS")
+            .ok()
+            .and_then(|v| v.strip_prefix("flush-busy:")?.parse().ok())
+            .unwrap_or(0);
+        TestHooks {
+            pause,
+            busy_flushes,
+        }
+    }
+
+    fn pause(point: PausePoint, durable_seq: u64) {
+        let name = match point {
+            PausePoint::Create => "create",
+            PausePoint::Fork => "fork",
+            PausePoint::Probe => "probe",
+        };
+        eprintln!(
+            "wsdscope-test: paused at {name} (events before seq {durable_seq} are in the file)"
+        );
+        std::thread::sleep(Duration::from_secs(120));
+    }
 }
 
 /// Writes a string attribute.
@@ -145,6 +287,98 @@ pub(crate) fn put_str(loc: &Location, name: &str, value: &str) -> hdf5::Result<(
 
 fn put<T: H5Type>(loc: &Location, name: &str, value: T) -> hdf5::Result<()> {
     loc.new_attr::<T>().create(name)?.write_scalar(&value)
+}
+
+/// A write that failed, and whether retrying may help.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    transient: bool,
+}
+
+impl From<hdf5::Error> for Failure {
+    fn from(e: hdf5::Error) -> Self {
+        let message = e.to_string();
+        Failure {
+            transient: transient(&message),
+            message,
+        }
+    }
+}
+
+/// Whether an HDF5 error message describes a failure that can pass: a lock held elsewhere,
+/// an interrupted or busy operation. HDF5 puts the system's errno into its messages.
+fn transient(message: &str) -> bool {
+    let errno = message
+        .split("errno = ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|d| d.parse::<i32>().ok());
+    match errno {
+        Some(e) => [
+            libc::EAGAIN,
+            libc::EINTR,
+            libc::EBUSY,
+            libc::ENOLCK,
+            libc::ETIMEDOUT,
+        ]
+        .contains(&e),
+        // No errno: a library-level failure. Give it the retry window too; if it persists
+        // it ends the recording then.
+        None => !message.contains("No space left"),
+    }
+}
+
+/// One extendable dataset and the rows it has not received yet. `width` 0: a 1-D dataset;
+/// otherwise a 2-D one with that many columns (`buf` row-major).
+struct Col<T> {
+    ds: Dataset,
+    /// Rows in the file.
+    len: usize,
+    width: usize,
+    buf: Vec<T>,
+}
+
+impl<T: H5Type + Copy> Col<T> {
+    fn open(g: &Group, name: &str) -> hdf5::Result<Self> {
+        let ds = g.dataset(name)?;
+        let width = if ds.ndim() == 2 { ds.shape()[1] } else { 0 };
+        Ok(Col {
+            ds,
+            len: 0,
+            width,
+            buf: Vec::new(),
+        })
+    }
+
+    fn rows(&self) -> usize {
+        match self.width {
+            0 => self.buf.len(),
+            w => self.buf.len() / w,
+        }
+    }
+
+    /// Appends the buffered rows. On failure nothing is forgotten: a later call writes them
+    /// again from the same position.
+    fn flush(&mut self) -> hdf5::Result<()> {
+        let n = self.rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let (from, to) = (self.len, self.len + n);
+        if self.width == 0 {
+            self.ds.resize(to)?;
+            self.ds.write_slice(&self.buf, from..to)?;
+        } else {
+            self.ds.resize((to, self.width))?;
+            let arr = ndarray::ArrayView2::from_shape((n, self.width), &self.buf)
+                .map_err(|e| hdf5::Error::from(e.to_string()))?;
+            self.ds.write_slice(arr, (from..to, ..))?;
+        }
+        self.len = to;
+        self.buf.clear();
+        Ok(())
+    }
 }
 
 /// An extendable, compressed 1-D dataset (for the integer columns, which compress well).
@@ -164,232 +398,551 @@ fn new_f64(g: &Group, name: &str) -> hdf5::Result<Dataset> {
     g.new_dataset::<f64>().chunk(CHUNK).shape(0..).create(name)
 }
 
-/// Appends `rows` to a 1-D dataset of current length `len`.
-fn append_1d<T: H5Type>(ds: &Dataset, len: usize, rows: &[T]) -> hdf5::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    ds.resize(len + rows.len())?;
-    ds.write_slice(rows, len..len + rows.len())
+/// The datasets of one run slot.
+struct RunSlot {
+    /// The run's own widths of the [`WIDE`] rows, once it has started.
+    started: Option<[usize; WIDE.len()]>,
+    info: Col<u8>,
+    u64s: [Col<u64>; 3], // seq, step, tokens
+    phase: Col<u8>,
+    f64s: Vec<Col<f64>>,
+    wide: Vec<Col<f64>>,
+    eval_u64s: [Col<u64>; 3], // seq, step, tokens
+    eval_loss: Col<f64>,
 }
 
-/// Buffered rows of one run, not yet in the file.
-#[derive(Default)]
-struct Pending {
-    u64s: [Vec<u64>; 3], // seq, step, tokens
-    phase: Vec<u8>,
-    f64s: [Vec<f64>; F64_METRICS.len()],
-    /// Row-major rows of the 2-D datasets of [`WIDE`].
-    wide: [Vec<f64>; WIDE.len()],
-    eval_u64s: [Vec<u64>; 3], // seq, step, tokens
-    eval_loss: Vec<f64>,
-    /// Probe results waiting to be appended to their `probes/<probe>` datasets.
-    probes: Vec<(u64, ProbeResult)>,
-}
-
-impl Pending {
-    fn rows(&self) -> usize {
-        self.phase.len()
-    }
-
-    fn clear(&mut self) {
-        *self = Pending::default();
-    }
-}
-
-struct RunDatasets {
-    u64s: [Dataset; 3],
-    phase: Dataset,
-    f64s: Vec<Dataset>,
-    wide: Vec<Dataset>,
-    eval_u64s: [Dataset; 3],
-    eval_loss: Dataset,
-}
-
-impl RunDatasets {
-    fn open(file: &File, id: RunId) -> hdf5::Result<Self> {
-        let g = file.group(&run_group(id))?;
+impl RunSlot {
+    /// Creates slot `id` with its datasets.
+    fn create(runs: &Group, id: RunId, widths: [usize; WIDE.len()]) -> hdf5::Result<Self> {
+        let g = runs.create_group(&id.to_string())?;
+        put(&g, "id", id)?;
+        g.new_dataset::<u8>()
+            .chunk(1 << 12)
+            .shape(0..)
+            .create(RUN_INFO)?;
+        for name in U64_COLUMNS {
+            new_1d::<u64>(&g, name)?;
+        }
+        new_1d::<u8>(&g, PHASE)?;
+        for name in F64_METRICS {
+            new_f64(&g, name)?;
+        }
+        for (name, w) in WIDE.iter().zip(widths) {
+            // Wide rows are read once per replay, not column by column: compressing them costs
+            // less and saves more than for the 1-D columns.
+            g.new_dataset::<f64>()
+                .chunk((CHUNK_2D, w.max(1)))
+                .deflate(DEFLATE)
+                .shape((0.., w))
+                .create(*name)?;
+        }
+        let e = g.create_group(EVAL)?;
+        for name in U64_COLUMNS {
+            new_1d::<u64>(&e, name)?;
+        }
+        new_f64(&e, "val_loss")?;
         let e = g.group(EVAL)?;
-        Ok(RunDatasets {
-            u64s: [g.dataset("seq")?, g.dataset("step")?, g.dataset("tokens")?],
-            phase: g.dataset(PHASE)?,
+        let u64s = |g: &Group| -> hdf5::Result<[Col<u64>; 3]> {
+            Ok([
+                Col::open(g, "seq")?,
+                Col::open(g, "step")?,
+                Col::open(g, "tokens")?,
+            ])
+        };
+        Ok(RunSlot {
+            started: None,
+            info: Col::open(&g, RUN_INFO)?,
+            u64s: u64s(&g)?,
+            phase: Col::open(&g, PHASE)?,
             f64s: F64_METRICS
                 .iter()
-                .map(|m| g.dataset(m))
+                .map(|m| Col::open(&g, m))
                 .collect::<hdf5::Result<_>>()?,
             wide: WIDE
                 .iter()
-                .map(|m| g.dataset(m))
+                .map(|m| Col::open(&g, m))
                 .collect::<hdf5::Result<_>>()?,
-            eval_u64s: [e.dataset("seq")?, e.dataset("step")?, e.dataset("tokens")?],
-            eval_loss: e.dataset("val_loss")?,
+            eval_u64s: u64s(&e)?,
+            eval_loss: Col::open(&e, "val_loss")?,
         })
+    }
+
+    fn pending_rows(&self) -> usize {
+        self.phase.rows().max(self.eval_loss.rows())
+    }
+
+    fn flush(&mut self) -> hdf5::Result<()> {
+        self.info.flush()?;
+        for c in &mut self.u64s {
+            c.flush()?;
+        }
+        self.phase.flush()?;
+        for c in &mut self.f64s {
+            c.flush()?;
+        }
+        for c in &mut self.wide {
+            c.flush()?;
+        }
+        for c in &mut self.eval_u64s {
+            c.flush()?;
+        }
+        self.eval_loss.flush()
     }
 }
 
-/// The datasets of one probe kind of one run: `seq`, `step` and one per scalar.
-struct ProbeDatasets {
-    rows: usize,
-    /// Scalar names, in dataset creation order.
-    scalars: Vec<String>,
-    open: Option<(Dataset, Dataset, Vec<Dataset>)>,
+/// The table of one probe kind: every run's results of that kind.
+struct ProbeTable {
+    spec: &'static ProbeSpec,
+    run: Col<u32>,
+    seq: Col<u64>,
+    step: Col<u64>,
+    scalars: Vec<(&'static str, Col<f64>)>,
 }
 
-/// A probe or scalar name made safe as an HDF5 link name.
-fn h5_name(s: &str) -> String {
-    s.replace(['/', '.'], "_")
+impl ProbeTable {
+    fn create(probes: &Group, spec: &'static ProbeSpec) -> hdf5::Result<Self> {
+        let g = probes.create_group(spec.name)?;
+        new_1d::<u32>(&g, "run")?;
+        new_1d::<u64>(&g, "seq")?;
+        new_1d::<u64>(&g, "step")?;
+        for name in probe_columns(spec) {
+            new_f64(&g, name)?;
+        }
+        Ok(ProbeTable {
+            spec,
+            run: Col::open(&g, "run")?,
+            seq: Col::open(&g, "seq")?,
+            step: Col::open(&g, "step")?,
+            scalars: probe_columns(spec)
+                .map(|n| Ok((n, Col::open(&g, n)?)))
+                .collect::<hdf5::Result<_>>()?,
+        })
+    }
+
+    fn push(&mut self, seq: u64, p: &ProbeResult) {
+        self.run.buf.push(p.run);
+        self.seq.buf.push(seq);
+        self.step.buf.push(p.step);
+        for (name, col) in &mut self.scalars {
+            col.buf
+                .push(p.scalars.get(*name).copied().unwrap_or(f64::NAN));
+        }
+    }
+
+    fn flush(&mut self) -> hdf5::Result<()> {
+        self.run.flush()?;
+        self.seq.flush()?;
+        self.step.flush()?;
+        for (_, c) in &mut self.scalars {
+            c.flush()?;
+        }
+        Ok(())
+    }
 }
 
-struct RunState {
-    /// Columns of each [`WIDE`] dataset.
-    widths: [usize; WIDE.len()],
-    rows: usize,
-    eval_rows: usize,
-    pending: Pending,
-    ds: Option<RunDatasets>,
-    probes: BTreeMap<String, ProbeDatasets>,
+/// Identity of a file on disk, to notice when the session file is removed or replaced.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// A pending retry of a failed flush.
+struct Retry {
+    since: Instant,
+    next: Instant,
+    delay: Duration,
+    attempts: u32,
 }
 
 struct SessionWriter {
     path: PathBuf,
     file: Option<File>,
-    events_ds: Option<Dataset>,
-    events_len: usize,
-    pending_log: Vec<u8>,
-    runs: BTreeMap<RunId, RunState>,
-    swmr: bool,
+    events: Col<u8>,
+    run_ids: Col<u32>,
+    slots: Vec<RunSlot>,
+    probes: Vec<ProbeTable>,
     seq: u64,
+    /// Events before this seq are in the file (as of the last completed flush).
+    durable_seq: u64,
+    identity: Option<(u64, u64)>,
+    /// How much the file grew in recent flushes (a decaying maximum), to keep a margin of
+    /// free space.
+    max_growth: u64,
+    /// Set when the run must stop (the disk is nearly full): the message the writer ends with.
+    stopping: Option<String>,
+    hooks: TestHooks,
+    /// Pause in the middle of the next flush (a test asked to).
+    pause_in_flush: Option<PausePoint>,
+    notices: Arc<Mutex<Vec<Notice>>>,
+    _lock: Option<WriterLock>,
 }
 
 impl SessionWriter {
-    fn create(path: &Path) -> Result<Self> {
+    /// Builds the whole file under a temporary name, enters SWMR mode, and only then gives it
+    /// its real name (refusing to replace an existing file).
+    fn create(
+        path: &Path,
+        plan: &SessionPlan,
+        hooks: TestHooks,
+        notices: Arc<Mutex<Vec<Notice>>>,
+    ) -> Result<Self> {
+        let name = path
+            .file_name()
+            .expect("checked by Recorder::create")
+            .to_string_lossy()
+            .into_owned();
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        remove_stale_partials(dir, &name);
+        let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let built = Self::build(&tmp, path, plan, hooks, notices);
+        let mut w = match built {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        // SWMR is on and everything is flushed: hold the liveness lock, then publish.
+        let published = WriterLock::acquire(&tmp)
+            .map_err(|e| write_err(path, format!("cannot lock the new file: {e}")))
+            .and_then(|lock| {
+                std::fs::hard_link(&tmp, path).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::AlreadyExists {
+                        write_err(
+                            path,
+                            "the file exists; choose a new path (nothing is overwritten)",
+                        )
+                    } else {
+                        write_err(path, format!("cannot create it: {e}"))
+                    }
+                })?;
+                Ok(lock)
+            });
+        let _ = std::fs::remove_file(&tmp);
+        w._lock = Some(published?);
+        w.identity = identity(path);
+        Ok(w)
+    }
+
+    fn build(
+        tmp: &Path,
+        path: &Path,
+        plan: &SessionPlan,
+        hooks: TestHooks,
+        notices: Arc<Mutex<Vec<Notice>>>,
+    ) -> Result<Self> {
+        let err = |e: hdf5::Error| write_err(path, e);
         let file = File::with_options()
             .with_fapl(|p| p.libver_v110())
-            .create_excl(path)
-            .map_err(h5(path))?;
+            .create_excl(tmp)
+            .map_err(err)?;
         let root: &Location = &file;
-        put(root, "format_version", FORMAT_VERSION).map_err(h5(path))?;
-        put(root, "event_schema_version", EVENT_SCHEMA_VERSION).map_err(h5(path))?;
+        put(root, "format_version", FORMAT_VERSION).map_err(err)?;
+        put(root, "event_schema_version", EVENT_SCHEMA_VERSION).map_err(err)?;
         put_str(
             root,
             "producer",
             concat!("wsdscope ", env!("CARGO_PKG_VERSION")),
         )
-        .map_err(h5(path))?;
-        put_str(root, "created", &iso_now()).map_err(h5(path))?;
-        let events = file
-            .new_dataset::<u8>()
+        .map_err(err)?;
+        put_str(root, "created", &iso_now()).map_err(err)?;
+        put_str(root, "config", &plan.config.to_string()).map_err(err)?;
+        put(root, RUN_SLOTS, plan.runs).map_err(err)?;
+        file.new_dataset::<u8>()
             .chunk(1 << 16)
             .deflate(DEFLATE)
             .shape(0..)
             .create(EVENTS)
-            .map_err(h5(path))?;
-        file.create_group(RUNS).map_err(h5(path))?;
-        file.flush().map_err(h5(path))?;
+            .map_err(err)?;
+        file.new_dataset::<u32>()
+            .chunk(1 << 10)
+            .shape(0..)
+            .create(RUN_IDS)
+            .map_err(err)?;
+        let runs = file.create_group(RUNS).map_err(err)?;
+        let mut slots = Vec::with_capacity(plan.runs as usize);
+        for id in 0..plan.runs {
+            if id == plan.runs / 2 && hooks.pause == Some(PausePoint::Create) {
+                file.flush().map_err(err)?;
+                TestHooks::pause(PausePoint::Create, 0);
+            }
+            slots.push(RunSlot::create(&runs, id, plan.widths).map_err(err)?);
+        }
+        let probes = file.create_group(PROBES).map_err(err)?;
+        let tables = PROBE_KINDS
+            .iter()
+            .map(|spec| ProbeTable::create(&probes, spec))
+            .collect::<hdf5::Result<Vec<_>>>()
+            .map_err(err)?;
+        let events = Col::open(&file, EVENTS).map_err(err)?;
+        let run_ids = Col::open(&file, RUN_IDS).map_err(err)?;
+        file.flush().map_err(err)?;
+        // Every dataset the writer appends to is open (held in a `Col`) before SWMR starts,
+        // as HDF5 requires; from here on the writer only appends.
+        file.start_swmr().map_err(err)?;
+        file.flush().map_err(err)?;
         Ok(SessionWriter {
             path: path.to_path_buf(),
             file: Some(file),
-            events_ds: Some(events),
-            events_len: 0,
-            pending_log: Vec::new(),
-            runs: BTreeMap::new(),
-            swmr: false,
+            events,
+            run_ids,
+            slots,
+            probes: tables,
             seq: 0,
+            durable_seq: 0,
+            identity: None,
+            max_growth: 0,
+            stopping: None,
+            hooks,
+            pause_in_flush: None,
+            notices,
+            _lock: None,
         })
     }
 
-    fn file(&self) -> &File {
-        self.file.as_ref().expect("file open")
+    fn notice(&self, message: Notice) {
+        self.notices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(message);
     }
 
-    /// The writer loop: handle events, flush on a timer, finish when the channel closes.
+    /// Rows waiting for the file (log bytes counted per KiB).
+    fn pending_rows(&self) -> usize {
+        self.slots.iter().map(RunSlot::pending_rows).sum::<usize>()
+            + self.probes.iter().map(|t| t.run.rows()).sum::<usize>()
+            + self.events.buf.len() / 1024
+    }
+
+    /// The writer loop: handle events, flush on a timer (or at once for starts and ends),
+    /// retry failures that can pass, finish when the channel closes.
     fn run(mut self, rx: Receiver<RunEvent>) -> Result<RecordSummary> {
         let mut last_flush = Instant::now();
+        let mut retry: Option<Retry> = None;
+        let mut open = true;
+        let mut urgent = false;
         loop {
-            let timeout = FLUSH_INTERVAL.saturating_sub(last_flush.elapsed());
-            match rx.recv_timeout(timeout) {
-                Ok(ev) => self.handle(ev)?,
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            let wake = match &retry {
+                Some(r) => r.next,
+                None if urgent || !open => Instant::now(),
+                None => last_flush + FLUSH_INTERVAL,
+            };
+            if open && self.pending_rows() < MAX_PENDING_ROWS {
+                match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                    Ok(ev) => urgent |= self.handle(ev)?,
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => open = false,
+                }
+            } else {
+                std::thread::sleep(wake.saturating_duration_since(Instant::now()));
             }
-            if last_flush.elapsed() >= FLUSH_INTERVAL {
-                self.flush()?;
-                last_flush = Instant::now();
+            let now = Instant::now();
+            let due = match &retry {
+                Some(r) => now >= r.next,
+                None => urgent || !open || now >= last_flush + FLUSH_INTERVAL,
+            };
+            if !due {
+                continue;
+            }
+            if self.stopping.is_none() {
+                let margin = self.margin();
+                if let Some(left) = self.space_left().filter(|&left| left < margin) {
+                    let message = format!(
+                        "the disk is nearly full ({} left, {} needed to go on safely); the run was stopped and the session closed with everything in it",
+                        human_bytes(left),
+                        human_bytes(margin)
+                    );
+                    self.notice(Notice::MustStop(message.clone()));
+                    self.stopping = Some(message);
+                }
+            }
+            match self.flush() {
+                Ok(()) => {
+                    if let Some(r) = retry.take() {
+                        self.notice(Notice::Recovered(format!(
+                            "recording to {} recovered after {} retries over {:.1} s; nothing was lost",
+                            self.path.display(),
+                            r.attempts,
+                            r.since.elapsed().as_secs_f64()
+                        )));
+                    }
+                    last_flush = now;
+                    urgent = false;
+                    if !open {
+                        break;
+                    }
+                }
+                Err(f)
+                    if f.transient
+                        && retry.as_ref().is_none_or(|r| r.since.elapsed() < RETRY_FOR) =>
+                {
+                    let r = retry.get_or_insert_with(|| Retry {
+                        since: now,
+                        next: now,
+                        delay: Duration::from_millis(50),
+                        attempts: 0,
+                    });
+                    if r.attempts == 0 {
+                        let msg = format!(
+                            "writing {} failed ({}); retrying with backoff for up to {} s while training goes on",
+                            self.path.display(),
+                            f.message,
+                            RETRY_FOR.as_secs()
+                        );
+                        self.notice(Notice::Retrying(msg));
+                    }
+                    let r = retry.as_mut().expect("set");
+                    r.attempts += 1;
+                    r.next = now + r.delay;
+                    r.delay = (r.delay * 2).min(MAX_BACKOFF);
+                }
+                Err(f) => {
+                    let mut message = f.message;
+                    if let Some(r) = &retry {
+                        message.push_str(&format!(
+                            " (still failing after {} retries over {:.0} s)",
+                            r.attempts,
+                            r.since.elapsed().as_secs_f64()
+                        ));
+                    }
+                    return Err(write_err(&self.path, message));
+                }
             }
         }
-        self.flush()?;
         let summary = RecordSummary {
             path: self.path.clone(),
             events: self.seq,
-            runs: self.runs.len(),
+            runs: self.slots.iter().filter(|s| s.started.is_some()).count(),
             bytes: 0,
         };
         let path = self.path.clone();
+        let stopping = self.stopping.take();
         self.close()?;
+        if let Some(message) = stopping {
+            return Err(write_err(&path, message));
+        }
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         Ok(RecordSummary { bytes, ..summary })
     }
 
-    fn handle(&mut self, ev: RunEvent) -> Result<()> {
+    /// Buffers one event. Returns whether it should reach the file at once (starts and ends,
+    /// which readers key on).
+    fn handle(&mut self, ev: RunEvent) -> Result<bool> {
         let seq = self.seq;
         self.seq += 1;
         match ev {
-            RunEvent::Step(m) => self.push_step(seq, &m),
+            RunEvent::Step(m) => {
+                self.push_step(seq, &m)?;
+                Ok(false)
+            }
             RunEvent::Eval {
                 run,
                 step,
                 val_loss,
                 tokens,
             } => {
-                let r = self.run_mut(run)?;
-                r.pending.eval_u64s[0].push(seq);
-                r.pending.eval_u64s[1].push(step);
-                r.pending.eval_u64s[2].push(tokens);
-                r.pending.eval_loss.push(val_loss);
-                Ok(())
+                let s = self.slot(run)?;
+                s.eval_u64s[0].buf.push(seq);
+                s.eval_u64s[1].buf.push(step);
+                s.eval_u64s[2].buf.push(tokens);
+                s.eval_loss.buf.push(val_loss);
+                Ok(false)
             }
             other => {
-                if let RunEvent::RunStart(s) = &other
-                    && !self.runs.contains_key(&s.run)
-                {
-                    self.add_run(s)?;
-                }
-                if let RunEvent::Probe(p) = &other {
-                    self.add_probe_datasets(p)?;
-                    self.run_mut(p.run)?.pending.probes.push((seq, p.clone()));
+                let mut urgent = matches!(other, RunEvent::End { .. });
+                match &other {
+                    RunEvent::RunStart(s) => {
+                        self.start_run(s)?;
+                        urgent = true;
+                        if s.run > 0 && self.hooks.pause == Some(PausePoint::Fork) {
+                            self.pause_in_flush = Some(PausePoint::Fork);
+                        }
+                    }
+                    RunEvent::Probe(p) => {
+                        if let Some(t) = self.probes.iter_mut().find(|t| t.spec.name == p.probe) {
+                            t.push(seq, p);
+                        }
+                        if self.hooks.pause == Some(PausePoint::Probe) {
+                            self.pause_in_flush = Some(PausePoint::Probe);
+                            urgent = true;
+                        }
+                    }
+                    _ => {}
                 }
                 let line = serde_json::json!({ "seq": seq, "event": other });
-                self.pending_log
+                self.events
+                    .buf
                     .extend_from_slice(line.to_string().as_bytes());
-                self.pending_log.push(b'\n');
-                if matches!(other, RunEvent::End { .. } | RunEvent::RunStart(_)) {
-                    // Starts and ends reach the file at once: readers key on them.
-                    self.flush()?;
-                }
-                Ok(())
+                self.events.buf.push(b'\n');
+                Ok(urgent)
             }
         }
     }
 
-    fn run_mut(&mut self, run: RunId) -> Result<&mut RunState> {
-        let path = self.path.clone();
-        self.runs
-            .get_mut(&run)
-            .ok_or_else(|| write_err(path, format!("event for run {run} before its run_start")))
+    fn slot(&mut self, run: RunId) -> Result<&mut RunSlot> {
+        match self.slots.get_mut(run as usize) {
+            Some(s) if s.started.is_some() => Ok(s),
+            _ => Err(write_err(
+                &self.path,
+                format!("event for run {run} before its run_start"),
+            )),
+        }
+    }
+
+    /// Takes the slot of a run that starts: its `run_start` goes into the slot's `info`.
+    fn start_run(&mut self, s: &RunStart) -> Result<()> {
+        let slots = self.slots.len();
+        let widths = run_widths(s);
+        let Some(slot) = self.slots.get_mut(s.run as usize) else {
+            return Err(write_err(
+                &self.path,
+                format!(
+                    "run {} cannot be recorded: the session was created with room for {slots} runs",
+                    s.run
+                ),
+            ));
+        };
+        if slot.started.is_some() {
+            return Err(write_err(
+                &self.path,
+                format!("run {} started twice", s.run),
+            ));
+        }
+        for ((name, want), have) in WIDE.iter().zip(widths).zip(&slot.wide) {
+            if want > have.width {
+                return Err(write_err(
+                    &self.path,
+                    format!(
+                        "run {} has {want} columns of {name}; the session was created for {}",
+                        s.run, have.width
+                    ),
+                ));
+            }
+        }
+        slot.started = Some(widths);
+        let json =
+            serde_json::to_vec(&RunEvent::RunStart(Box::new(s.clone()))).expect("events serialise");
+        slot.info.buf.extend_from_slice(&json);
+        self.run_ids.buf.push(s.run);
+        Ok(())
     }
 
     fn push_step(&mut self, seq: u64, m: &StepMetrics) -> Result<()> {
-        let r = self.run_mut(m.run)?;
-        let wide = [
+        let path = self.path.clone();
+        let slot = self.slot(m.run)?;
+        let widths = slot.started.expect("checked by slot()");
+        let rows = [
             &m.grad_norm_per_layer,
             &m.grad_norm_per_group,
             &m.max_update,
         ];
-        for ((name, row), want) in WIDE.iter().zip(wide).zip(r.widths) {
+        for ((name, row), want) in WIDE.iter().zip(rows).zip(widths) {
             if row.len() != want {
                 let got = row.len();
                 return Err(write_err(
-                    &self.path,
+                    path,
                     format!(
                         "step {} of run {} has {got} values of {name}, expected {want}",
                         m.step, m.run
@@ -397,17 +950,16 @@ impl SessionWriter {
                 ));
             }
         }
-        let p = &mut r.pending;
-        p.u64s[0].push(seq);
-        p.u64s[1].push(m.step);
-        p.u64s[2].push(m.tokens);
-        p.phase.push(match m.phase {
+        slot.u64s[0].buf.push(seq);
+        slot.u64s[1].buf.push(m.step);
+        slot.u64s[2].buf.push(m.tokens);
+        slot.phase.buf.push(match m.phase {
             Phase::Warmup => 0,
             Phase::Stable => 1,
             Phase::Decay => 2,
         });
         let g = m.geometry;
-        for (buf, v) in p.f64s.iter_mut().zip([
+        for (col, v) in slot.f64s.iter_mut().zip([
             m.loss,
             m.lr,
             m.grad_norm,
@@ -420,304 +972,140 @@ impl SessionWriter {
             g.map_or(f64::NAN, |g| g.d2),
             g.map_or(f64::NAN, |g| g.curvature),
         ]) {
-            buf.push(v);
+            col.buf.push(v);
         }
-        for (buf, row) in p.wide.iter_mut().zip(wide) {
-            buf.extend_from_slice(row);
+        for (col, row) in slot.wide.iter_mut().zip(rows) {
+            col.buf.extend_from_slice(row);
+            // A run narrower than the slot (a smaller sibling) is padded with NaN.
+            col.buf
+                .extend(std::iter::repeat_n(f64::NAN, col.width - row.len()));
         }
         Ok(())
     }
 
-    /// Creates the `probes/<probe>` datasets a result needs that do not exist yet (outside
-    /// SWMR mode, as HDF5 requires); a scalar first seen late is NaN in earlier rows.
-    fn add_probe_datasets(&mut self, p: &ProbeResult) -> Result<()> {
-        let path = self.path.clone();
-        let probe = h5_name(&p.probe);
-        let r = self.run_mut(p.run)?;
-        let known = r.probes.get(&probe);
-        let missing: Vec<String> = p
-            .scalars
-            .keys()
-            .map(|k| h5_name(k))
-            .filter(|k| known.is_none_or(|d| !d.scalars.contains(k)))
-            .collect();
-        if known.is_some() && missing.is_empty() {
-            return Ok(());
+    /// Appends every buffered row and flushes the file. A failure leaves each column's
+    /// unwritten rows buffered, so calling it again continues where it stopped.
+    fn flush(&mut self) -> std::result::Result<(), Failure> {
+        let before = self.file_len();
+        if self.identity.is_some() && identity(&self.path) != self.identity {
+            return Err(Failure {
+                message: "the session file was removed or replaced while it was being written"
+                    .into(),
+                transient: false,
+            });
         }
-        self.flush()?;
-        if self.swmr {
-            self.reopen_non_swmr()?;
+        for s in &mut self.slots {
+            s.flush()?;
         }
-        let file = self.file.as_ref().expect("file open");
-        let r = self.runs.get_mut(&p.run).expect("checked");
-        let err = h5(&path);
-        let gname = probe_group(p.run, &probe);
-        let g = match file.group(&gname) {
-            Ok(g) => g,
-            Err(_) => {
-                let g = file.create_group(&gname).map_err(&err)?;
-                new_1d::<u64>(&g, "seq").map_err(&err)?;
-                new_1d::<u64>(&g, "step").map_err(&err)?;
-                g
-            }
+        if self.hooks.busy_flushes > 0 && self.slots.iter().any(|s| s.started.is_some()) {
+            self.hooks.busy_flushes -= 1;
+            return Err(Failure {
+                message: "H5Dwrite(): unable to lock file, errno = 11, error message = 'Resource temporarily unavailable' (injected by WSDSCOPE_TEST_FAULTS)".into(),
+                transient: true,
+            });
+        }
+        if let Some(point) = self.pause_in_flush.take() {
+            TestHooks::pause(point, self.durable_seq);
+        }
+        for t in &mut self.probes {
+            t.flush()?;
+        }
+        self.run_ids.flush()?;
+        self.events.flush()?;
+        self.file.as_ref().expect("open").flush()?;
+        let grew = self.file_len().saturating_sub(before);
+        self.max_growth = grew.max(self.max_growth - self.max_growth / 8);
+        self.durable_seq = self.seq;
+        Ok(())
+    }
+
+    fn file_len(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Free space the file may still grow into: the file system's space available to this
+    /// user, and the process's file-size limit (`ulimit -f`), whichever is smaller.
+    fn space_left(&self) -> Option<u64> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let fs = {
+            use std::os::unix::ffi::OsStrExt;
+            let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+            // SAFETY: `c` is a NUL-terminated path and `st` a zeroed statvfs the call fills.
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            (unsafe { libc::statvfs(c.as_ptr(), &raw mut st) } == 0)
+                .then(|| st.f_bavail as u64 * st.f_frsize as u64)
         };
-        let d = r.probes.entry(probe).or_insert(ProbeDatasets {
-            rows: 0,
-            scalars: Vec::new(),
-            open: None,
-        });
-        for k in missing {
-            let ds = new_f64(&g, &k).map_err(&err)?;
-            if d.rows > 0 {
-                append_1d(&ds, 0, &vec![f64::NAN; d.rows]).map_err(&err)?;
-            }
-            d.scalars.push(k);
+        // SAFETY: getrlimit fills the zeroed struct it is given.
+        let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+        let limit = (unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &raw mut lim) } == 0
+            && lim.rlim_cur != libc::RLIM_INFINITY)
+            .then(|| (lim.rlim_cur as u64).saturating_sub(self.file_len()));
+        match (fs, limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        self.start_swmr()
     }
 
-    /// Creates the group of a new run, leaving SWMR mode for it if needed.
-    fn add_run(&mut self, s: &RunStart) -> Result<()> {
-        let widths = [
-            s.model.layers,
-            s.param_groups.len(),
-            s.tracked_tensors.len(),
-        ];
-        self.flush()?;
-        if self.swmr {
-            self.reopen_non_swmr()?;
-        }
-        let path = self.path.clone();
-        let file = self.file.as_ref().expect("file open");
-        if self.runs.is_empty() {
-            put_str(file, "config", &s.config.to_string()).map_err(h5(&path))?;
-        }
-        create_run_group(file, s).map_err(h5(&path))?;
-        self.runs.insert(
-            s.run,
-            RunState {
-                widths,
-                rows: 0,
-                eval_rows: 0,
-                pending: Pending::default(),
-                ds: None,
-                probes: BTreeMap::new(),
-            },
-        );
-        self.start_swmr()
-    }
-
-    fn reopen_non_swmr(&mut self) -> Result<()> {
-        for r in self.runs.values_mut() {
-            r.ds = None;
-            for d in r.probes.values_mut() {
-                d.open = None;
-            }
-        }
-        self.events_ds = None;
-        if let Some(f) = self.file.take() {
-            f.close().map_err(h5(&self.path))?;
-        }
-        let f = File::with_options()
-            .with_fapl(|p| p.libver_v110())
-            .open_rw(&self.path)
-            .map_err(h5(&self.path))?;
-        self.file = Some(f);
-        self.swmr = false;
-        Ok(())
-    }
-
-    fn start_swmr(&mut self) -> Result<()> {
-        let path = self.path.clone();
-        let file = self.file.as_ref().expect("file open");
-        file.flush().map_err(h5(&path))?;
-        // Every dataset a SWMR writer appends to must be open before SWMR starts.
-        self.events_ds = Some(file.dataset(EVENTS).map_err(h5(&path))?);
-        for (id, r) in self.runs.iter_mut() {
-            r.ds = Some(RunDatasets::open(file, *id).map_err(h5(&path))?);
-            for (probe, d) in r.probes.iter_mut() {
-                d.open = Some(open_probe(file, *id, probe, &d.scalars).map_err(h5(&path))?);
-            }
-        }
-        file.start_swmr().map_err(h5(&path))?;
-        self.swmr = true;
-        Ok(())
-    }
-
-    /// Appends every buffered row and flushes the file.
-    fn flush(&mut self) -> Result<()> {
-        let path = self.path.clone();
-        let err = h5(&path);
-        if !self.pending_log.is_empty() {
-            let ds = match &self.events_ds {
-                Some(d) => d.clone(),
-                None => self.file().dataset(EVENTS).map_err(&err)?,
-            };
-            append_1d(&ds, self.events_len, &self.pending_log).map_err(&err)?;
-            self.events_len += self.pending_log.len();
-            self.pending_log.clear();
-        }
-        for (id, r) in self.runs.iter_mut() {
-            if r.pending.rows() == 0
-                && r.pending.eval_loss.is_empty()
-                && r.pending.probes.is_empty()
-            {
-                continue;
-            }
-            if r.ds.is_none() {
-                r.ds =
-                    Some(RunDatasets::open(self.file.as_ref().expect("open"), *id).map_err(&err)?);
-            }
-            let ds = r.ds.as_ref().expect("opened");
-            let p = &r.pending;
-            let n = p.rows();
-            for (d, rows) in ds.u64s.iter().zip(&p.u64s) {
-                append_1d(d, r.rows, rows).map_err(&err)?;
-            }
-            append_1d(&ds.phase, r.rows, &p.phase).map_err(&err)?;
-            for (d, rows) in ds.f64s.iter().zip(&p.f64s) {
-                append_1d(d, r.rows, rows).map_err(&err)?;
-            }
-            for ((d, rows), w) in ds.wide.iter().zip(&p.wide).zip(r.widths) {
-                if n > 0 && w > 0 {
-                    d.resize((r.rows + n, w)).map_err(&err)?;
-                    let arr = ndarray::ArrayView2::from_shape((n, w), rows)
-                        .map_err(|e| write_err(&path, e))?;
-                    d.write_slice(arr, (r.rows..r.rows + n, ..)).map_err(&err)?;
-                }
-            }
-            for (seq, probe) in &p.probes {
-                let Some(d) = r.probes.get_mut(&h5_name(&probe.probe)) else {
-                    continue;
-                };
-                if d.open.is_none() {
-                    let f = self.file.as_ref().expect("open");
-                    d.open =
-                        Some(open_probe(f, *id, &h5_name(&probe.probe), &d.scalars).map_err(&err)?);
-                }
-                let (sq, st, cols) = d.open.as_ref().expect("opened");
-                append_1d(sq, d.rows, &[*seq]).map_err(&err)?;
-                append_1d(st, d.rows, &[probe.step]).map_err(&err)?;
-                for (name, col) in d.scalars.iter().zip(cols) {
-                    let v = probe
-                        .scalars
-                        .iter()
-                        .find(|(k, _)| h5_name(k) == *name)
-                        .map_or(f64::NAN, |(_, v)| *v);
-                    append_1d(col, d.rows, &[v]).map_err(&err)?;
-                }
-                d.rows += 1;
-            }
-            let m = p.eval_loss.len();
-            for (d, rows) in ds.eval_u64s.iter().zip(&p.eval_u64s) {
-                append_1d(d, r.eval_rows, rows).map_err(&err)?;
-            }
-            append_1d(&ds.eval_loss, r.eval_rows, &p.eval_loss).map_err(&err)?;
-            r.rows += n;
-            r.eval_rows += m;
-            r.pending.clear();
-        }
-        self.file().flush().map_err(&err)?;
-        Ok(())
+    /// Free space to keep: room for a few more flushes and closing the file.
+    fn margin(&self) -> u64 {
+        (2 << 20) + 4 * self.max_growth
     }
 
     fn close(mut self) -> Result<()> {
-        for r in self.runs.values_mut() {
-            r.ds = None;
-            r.probes.clear();
+        self.slots.clear();
+        self.probes.clear();
+        let SessionWriter {
+            path,
+            file,
+            events,
+            run_ids,
+            _lock,
+            ..
+        } = self;
+        drop((events, run_ids));
+        if let Some(f) = file {
+            f.close().map_err(|e| write_err(&path, e))?;
         }
-        self.events_ds = None;
-        if let Some(f) = self.file.take() {
-            f.close().map_err(h5(&self.path))?;
-        }
+        drop(_lock);
         Ok(())
     }
 }
 
-fn create_run_group(file: &File, s: &RunStart) -> hdf5::Result<()> {
-    let g = file.create_group(&run_group(s.run))?;
-    let loc: &Location = &g;
-    put(loc, "id", s.run)?;
-    put_str(loc, "name", &s.name)?;
-    put(loc, "parent", s.parent.map(i64::from).unwrap_or(-1))?;
-    put(
-        loc,
-        "fork_step",
-        s.fork_step.map(|x| x as i64).unwrap_or(-1),
-    )?;
-    put(loc, "start_step", s.start_step)?;
-    put(loc, "batch", s.batch as u64)?;
-    put(loc, "seq_len", s.seq as u64)?;
-    put_str(loc, "device", &s.device)?;
-    put(loc, "threads", s.threads as u64)?;
-    put(loc, "layers", s.model.layers as u64)?;
-    put_str(
-        loc,
-        "model",
-        &serde_json::to_string(&s.model).expect("json"),
-    )?;
-    put_str(loc, "data", &serde_json::to_string(&s.data).expect("json"))?;
-    put_str(
-        loc,
-        "phases",
-        &serde_json::to_string(&s.phases).expect("json"),
-    )?;
-    put_str(loc, "config", &s.config.to_string())?;
-    for name in U64_COLUMNS {
-        new_1d::<u64>(&g, name)?;
+/// Removes `.NAME.partial-PID` files that a recorder killed while building `NAME` left
+/// behind (their process is gone).
+fn remove_stale_partials(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.partial-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
-    new_1d::<u8>(&g, PHASE)?;
-    for name in F64_METRICS {
-        new_f64(&g, name)?;
-    }
-    put_str(
-        loc,
-        "param_groups",
-        &serde_json::to_string(&s.param_groups).expect("json"),
-    )?;
-    put_str(
-        loc,
-        "tracked_tensors",
-        &serde_json::to_string(&s.tracked_tensors).expect("json"),
-    )?;
-    let widths = [
-        s.model.layers,
-        s.param_groups.len(),
-        s.tracked_tensors.len(),
-    ];
-    for (name, w) in WIDE.iter().zip(widths) {
-        // Wide rows are read once per replay, not column by column: compressing them costs
-        // less and saves more than for the 1-D columns.
-        g.new_dataset::<f64>()
-            .chunk((CHUNK_2D, w.max(1)))
-            .deflate(DEFLATE)
-            .shape((0.., w))
-            .create(*name)?;
-    }
-    let e = g.create_group(EVAL)?;
-    for name in U64_COLUMNS {
-        new_1d::<u64>(&e, name)?;
-    }
-    new_f64(&e, "val_loss")?;
-    Ok(())
 }
 
-/// Opens the `seq`, `step` and scalar datasets of `runs/<id>/probes/<probe>`.
-fn open_probe(
-    file: &File,
-    id: RunId,
-    probe: &str,
-    scalars: &[String],
-) -> hdf5::Result<(Dataset, Dataset, Vec<Dataset>)> {
-    let g = file.group(&probe_group(id, probe))?;
-    Ok((
-        g.dataset("seq")?,
-        g.dataset("step")?,
-        scalars
-            .iter()
-            .map(|k| g.dataset(k))
-            .collect::<hdf5::Result<_>>()?,
-    ))
+/// Bytes in binary units, e.g. `1.5 MiB`.
+fn human_bytes(b: u64) -> String {
+    let mut v = b as f64;
+    for unit in ["B", "KiB", "MiB", "GiB"] {
+        if v < 1024.0 {
+            return format!("{v:.1} {unit}");
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.1} TiB")
 }
 
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ` (no dependency on a date crate).
@@ -743,4 +1131,21 @@ pub fn iso_now() -> String {
         (rem % 3600) / 60,
         rem % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_decides_what_is_retried() {
+        assert!(transient(
+            "H5Fopen(): unable to lock file, errno = 11, error message = 'Resource temporarily unavailable'"
+        ));
+        assert!(!transient(
+            "H5Dwrite(): write failed, errno = 28, error message = 'No space left on device'"
+        ));
+        assert!(!transient("file write failed: errno = 2"));
+        assert!(transient("H5Dwrite(): some library failure"));
+    }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use wsdscope_sessions::{
     DataSummary, EVENT_SCHEMA_VERSION, EndReason, ModelSummary, Phase, PhaseBounds, ProbeResult,
-    RunEvent, RunStart, Session, StepGeometry, StepMetrics,
+    RunEvent, RunStart, Session, SessionPlan, StepGeometry, StepMetrics,
 };
 
 fn start(run: u32, parent: Option<u32>, fork_step: Option<u64>) -> RunEvent {
@@ -139,8 +139,16 @@ fn session_events() -> Vec<RunEvent> {
     ev
 }
 
+/// The plan of a session like [`session_events`]'s: the trunk's shape, room for `runs` runs.
+fn plan(runs: u32) -> SessionPlan {
+    let RunEvent::RunStart(s) = start(0, None, None) else {
+        unreachable!()
+    };
+    SessionPlan::for_trunk(&s, runs)
+}
+
 fn record(path: &Path, events: &[RunEvent]) {
-    let rec = wsdscope_sessions::Recorder::create(path).unwrap();
+    let rec = wsdscope_sessions::Recorder::create(path, &plan(4)).unwrap();
     for e in events {
         rec.record(e.clone()).unwrap();
     }
@@ -156,9 +164,9 @@ fn replays_exactly_the_recorded_stream() {
     let events = session_events();
     record(&path, &events);
     let s = Session::open(&path).unwrap();
-    assert_eq!(s.format_version(), 2);
+    assert_eq!(s.format_version(), 3);
     assert_eq!(s.events().unwrap(), events);
-    // Probe scalars are also datasets under runs/<id>/probes/<probe>.
+    // Probe scalars, by run, from the recorded probe events.
     assert_eq!(
         s.series(1, "probe.sharpness.lambda_max").unwrap(),
         (vec![70], vec![12.5])
@@ -213,7 +221,6 @@ fn format_1_files_still_read() {
                 g.unlink(name).unwrap();
             }
         }
-        f.group("runs/1").unwrap().unlink("probes").unwrap();
         f.attr("format_version")
             .unwrap()
             .write_scalar(&1u32)
@@ -267,7 +274,7 @@ fn buckets_read_a_step_range() {
 fn reads_a_growing_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.h5");
-    let rec = wsdscope_sessions::Recorder::create(&path).unwrap();
+    let rec = wsdscope_sessions::Recorder::create(&path, &plan(2)).unwrap();
     rec.record(start(0, None, None)).unwrap();
     for s in 1..=30 {
         rec.record(step(0, s)).unwrap();
@@ -327,22 +334,23 @@ fn refuses_what_is_not_a_session() {
     let m = msg(&trunc);
     assert!(m.contains("is truncated"), "{m}");
     // An existing file is never overwritten by a recorder.
-    let e = wsdscope_sessions::Recorder::create(&trunc)
+    let e = wsdscope_sessions::Recorder::create(&trunc, &plan(1))
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("exists"), "{e}");
-    let e = wsdscope_sessions::Recorder::create(&d.join("no/such/dir/x.h5"))
+    let e = wsdscope_sessions::Recorder::create(&d.join("no/such/dir/x.h5"), &plan(1))
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("does not exist"), "{e}");
 }
 
-/// The recorder leaves SWMR mode for a moment (closes the file and opens it for plain
-/// writing) whenever it adds a run's or a probe's datasets; a writer killed in that window
-/// leaves the file marked "open for writing" but not "for SWMR writing". The file's bytes at
-/// that moment are taken here as a copy made while such a writer holds it.
+/// Format-2 recorders left SWMR mode for a moment (closed the file and opened it for plain
+/// writing) whenever they added a run's or a probe's datasets; a writer killed in that window
+/// left the file marked "open for writing" but not "for SWMR writing". Such files must still
+/// open: the file's bytes at that moment are taken here as a copy made while a plain writer
+/// holds it (the copy has no live writer).
 #[test]
 fn opens_a_file_whose_plain_writer_was_killed() {
     let dir = tempfile::tempdir().unwrap();
@@ -360,4 +368,102 @@ fn opens_a_file_whose_plain_writer_was_killed() {
     }
     let s = Session::open(&killed).unwrap();
     assert_eq!(s.events().unwrap(), events);
+}
+
+/// Format 3 creates everything up front: the run slots, every probe table, the run index;
+/// after that the writer only appends. A reader that opened the file before a branch started
+/// and before the first probe sees them with a refresh, and the writer never stumbles.
+#[test]
+fn new_runs_and_probes_only_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.h5");
+    let events = session_events();
+    let rec = wsdscope_sessions::Recorder::create(&path, &plan(3)).unwrap();
+    // The file appears under its name only once it is complete and in SWMR mode.
+    let layout = |f: &hdf5::File| {
+        let runs = f.group("runs").unwrap().member_names().unwrap();
+        let probes = f.group("probes").unwrap().member_names().unwrap();
+        (runs, probes)
+    };
+    let (runs, mut probes) = layout(&hdf5::File::open_as(&path, hdf5::OpenMode::ReadSWMR).unwrap());
+    assert_eq!(runs, ["0", "1", "2"]);
+    probes.sort();
+    assert_eq!(
+        probes,
+        ["interp", "landscape", "noise", "sharpness", "slice"]
+    );
+    let mut reader = Session::open(&path).unwrap();
+    assert_eq!(reader.writer_alive(), Some(true));
+    assert!(reader.runs().is_empty());
+    for e in &events {
+        rec.record(e.clone()).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    reader.refresh().unwrap();
+    assert_eq!(reader.runs().len(), 2);
+    assert_eq!(reader.events().unwrap(), events);
+    rec.finish().unwrap();
+    assert_eq!(reader.writer_alive(), Some(false));
+    drop(reader);
+
+    let f = hdf5::File::open(&path).unwrap();
+    let ids: Vec<u32> = f.dataset("run_ids").unwrap().read_raw().unwrap();
+    assert_eq!(ids, [0, 1]);
+    let info: Vec<u8> = f.dataset("runs/1/info").unwrap().read_raw().unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info).unwrap();
+    assert_eq!(
+        (info["type"].as_str(), info["fork_step"].as_u64()),
+        (Some("run_start"), Some(60))
+    );
+    assert!(
+        f.dataset("runs/2/info").unwrap().shape()[0] == 0,
+        "slot 2 unused"
+    );
+    let t = f.group("probes/sharpness").unwrap();
+    let run: Vec<u32> = t.dataset("run").unwrap().read_raw().unwrap();
+    let lam: Vec<f64> = t.dataset("lambda_max").unwrap().read_raw().unwrap();
+    let lmin: Vec<f64> = t.dataset("lambda_min").unwrap().read_raw().unwrap();
+    assert_eq!((run, lam), (vec![1], vec![12.5]));
+    assert!(lmin[0].is_nan(), "a scalar the result lacks is NaN");
+    assert_eq!(
+        f.attr("run_slots").unwrap().read_scalar::<u32>().unwrap(),
+        3
+    );
+}
+
+/// A run that the session has no slot for is refused by the writer with a clear error; what
+/// was written before stays readable.
+#[test]
+fn a_run_beyond_the_slots_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.h5");
+    let rec = wsdscope_sessions::Recorder::create(&path, &plan(1)).unwrap();
+    rec.record(start(0, None, None)).unwrap();
+    rec.record(step(0, 1)).unwrap();
+    rec.record(start(1, Some(0), Some(1))).unwrap();
+    let e = rec.finish().unwrap_err().to_string();
+    assert!(e.contains("room for 1 runs"), "{e}");
+    let s = Session::open(&path).unwrap();
+    assert_eq!(s.runs().len(), 1);
+}
+
+/// A run narrower than its slot (fewer tracked tensors) is padded in the file and reads back
+/// at its own width.
+#[test]
+fn narrower_runs_read_back_at_their_width() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.h5");
+    let mut wide_plan = plan(2);
+    wide_plan.widths[2] = 3;
+    let rec = wsdscope_sessions::Recorder::create(&path, &wide_plan).unwrap();
+    let mut events = vec![start(0, None, None)];
+    events.extend((1..=5).map(|s| step(0, s)));
+    for e in &events {
+        rec.record(e.clone()).unwrap();
+    }
+    rec.finish().unwrap();
+    let s = Session::open(&path).unwrap();
+    assert_eq!(s.events().unwrap(), events);
+    let f = hdf5::File::open(&path).unwrap();
+    assert_eq!(f.dataset("runs/0/max_update").unwrap().shape(), [5, 3]);
 }

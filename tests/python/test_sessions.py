@@ -38,18 +38,21 @@ def test_h5py_reads_runs_metrics_and_attributes(tmp_path):
     assert start["type"] == "run_start"
 
     with h5py.File(f, "r", swmr=True) as h:
-        assert h.attrs["format_version"] == 2
+        assert h.attrs["format_version"] == 3
         assert h.attrs["event_schema_version"] == 1
         assert str(h.attrs["producer"]).startswith("wsdscope ")
         config = json.loads(h.attrs["config"])
         assert config == start["config"]
-        assert list(h["runs"].keys()) == ["0"]
+        # Every run slot exists from the start; run_ids lists the ones that have started.
+        assert h.attrs["run_slots"] == len(h["runs"]) == 32
+        assert list(h["run_ids"][:]) == [0]
         r = h["runs/0"]
-        assert r.attrs["name"] == "trunk"
-        assert r.attrs["parent"] == -1 and r.attrs["fork_step"] == -1
-        assert r.attrs["layers"] == 2
-        assert json.loads(r.attrs["phases"]) == start["phases"]
-        assert json.loads(r.attrs["model"])["params"] == start["model"]["params"]
+        info = json.loads(bytes(r["info"][:]))
+        assert info == start
+        assert info["name"] == "trunk" and info["parent"] is None and info["fork_step"] is None
+        assert info["model"]["layers"] == 2
+        assert h["runs/1/info"].shape == (0,), "unused slot"
+        assert h["runs/1/step"].shape == (0,)
         np.testing.assert_array_equal(r["step"][:], [s["step"] for s in steps])
         np.testing.assert_array_equal(r["tokens"][:], [s["tokens"] for s in steps])
         for name in ["loss", "lr", "grad_norm", "update_norm", "param_norm", "tokens_per_s", "step_ms"]:
@@ -66,17 +69,20 @@ def test_h5py_reads_runs_metrics_and_attributes(tmp_path):
             want = [s["geometry"][key] if s["geometry"] else np.nan for s in steps]
             np.testing.assert_array_equal(r[name][:], want, err_msg=name)
         assert np.isnan(r["grad_cos"][0]) and np.all(np.abs(r["grad_cos"][1:]) <= 1)
-        assert json.loads(r.attrs["param_groups"]) == ["embedding", "hidden", "norm"]
+        assert info["param_groups"] == ["embedding", "hidden", "norm"]
         groups = r["grad_norm_per_group"][:]
         np.testing.assert_allclose(np.sqrt((groups ** 2).sum(axis=1)), r["grad_norm"][:], rtol=1e-12)
-        tracked = json.loads(r.attrs["tracked_tensors"])
+        tracked = info["tracked_tensors"]
         assert tracked[0] == "model.embed_tokens.weight"
         np.testing.assert_array_equal(r["max_update"][:], [s["max_update"] for s in steps])
-        # Periodic probes: scalars in runs/0/probes/<probe>, the same as the streamed events.
+        # Periodic probes: one table per kind under probes/, every run's rows with a run
+        # column, the same as the streamed events.
         probes = [e for e in events if e["type"] == "probe"]
         assert {p["probe"] for p in probes} == {"sharpness", "noise", "slice", "landscape"}
+        assert set(h["probes"].keys()) == {"sharpness", "noise", "slice", "landscape", "interp"}
         sharp = [p for p in probes if p["probe"] == "sharpness"]
-        g = r["probes/sharpness"]
+        g = h["probes/sharpness"]
+        assert list(g["run"][:]) == [0] * len(sharp)
         np.testing.assert_array_equal(g["step"][:], [p["step"] for p in sharp])
         np.testing.assert_array_equal(g["lambda_max"][:], [p["scalars"]["lambda_max"] for p in sharp])
         np.testing.assert_allclose(g["threshold"][:] * g["lr"][:], 38.0)
@@ -122,3 +128,84 @@ def test_h5py_opens_a_sigkilled_recording(tmp_path):
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__, "-v"]))
+
+
+def _compare_with_stream(h, events):
+    """Every streamed event is in the file: steps and evals in their runs' datasets, the rest
+    in the event log, with seq giving back the stream's order."""
+    log = [json.loads(line)["event"] for line in bytes(h["events"][:]).decode().splitlines()]
+    assert log == [e for e in events if e["type"] not in ("step", "eval")]
+    runs = sorted({e["run"] for e in events})
+    assert sorted(h["run_ids"][:]) == runs
+    for run in runs:
+        r = h[f"runs/{run}"]
+        steps = [e for e in events if e["type"] == "step" and e["run"] == run]
+        evals = [e for e in events if e["type"] == "eval" and e["run"] == run]
+        np.testing.assert_array_equal(r["step"][:], [s["step"] for s in steps])
+        np.testing.assert_array_equal(r["loss"][:], [s["loss"] for s in steps])
+        np.testing.assert_array_equal(r["eval/val_loss"][:], [e["val_loss"] for e in evals])
+    n = len(log) + sum(len(h[f"runs/{k}/seq"]) + len(h[f"runs/{k}/eval/seq"]) for k in runs)
+    assert n == len(events)
+
+
+def test_readers_never_harm_a_live_recording(tmp_path):
+    """A notebook holds the live file open with swmr=True for the whole run, re-reading it as
+    it grows, while other readers open and close it (with and without swmr) at any moment:
+    through periodic probes every 10 steps, two forks and the runs' ends, the recording goes
+    on to its end and every event is in the file."""
+    f = tmp_path / "live.h5"
+    cmd = [BIN, "record", "--out", str(f), *SMALL, "--jsonl", "--steps", "3000",
+           "--probe-every", "10", "--fork-at", "800,1600", "--branch-decay", "exp:300",
+           "--eval-every", "100"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not f.exists():
+        assert p.poll() is None, p.stderr.read()
+        assert time.monotonic() - t0 < 60, "the session file never appeared"
+        time.sleep(0.01)
+    held = h5py.File(f, "r", swmr=True)
+    seen_steps, seen_runs, plain_opens, swmr_opens = 0, 0, 0, 0
+    while p.poll() is None:
+        held["events"].refresh()
+        held["run_ids"].refresh()
+        ids = list(held["run_ids"][:])
+        seen_runs = max(seen_runs, len(ids))
+        for k in ids:
+            held[f"runs/{k}/step"].refresh()
+        held["runs/0/step"].refresh()
+        seen_steps = max(seen_steps, len(held["runs/0/step"]))
+        # Short-lived readers, as a second notebook cell or a plotting script would open.
+        try:
+            with h5py.File(f, "r", swmr=True) as other:
+                other["events"][:]
+                swmr_opens += 1
+        except OSError:
+            pass
+        try:
+            with h5py.File(f, "r") as other:
+                other.attrs["format_version"]
+                plain_opens += 1
+        except OSError:
+            pass  # HDF5 may refuse a non-SWMR open of a live SWMR file; the writer is unaffected.
+        time.sleep(0.05)
+    out, err = p.communicate()
+    assert p.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert seen_steps > 0 and swmr_opens > 0, (seen_steps, swmr_opens)
+    # The reader that held the file open the whole time sees the complete session.
+    for name in ["events", "run_ids", "runs/0/step", "runs/1/step", "runs/2/step",
+                 "runs/0/loss", "runs/1/loss", "runs/2/loss", "runs/0/eval/val_loss",
+                 "runs/1/eval/val_loss", "runs/2/eval/val_loss", "runs/0/seq",
+                 "runs/1/seq", "runs/2/seq", "runs/0/eval/seq", "runs/1/eval/seq",
+                 "runs/2/eval/seq"]:
+        held[name].refresh()
+    _compare_with_stream(held, events)
+    held.close()
+    kinds = {e["probe"] for e in events if e["type"] == "probe"}
+    assert kinds >= {"sharpness", "noise", "slice", "landscape", "interp"}, kinds
+    assert [e["run"] for e in events if e["type"] == "end"] == [1, 2, 0] or \
+        sorted(e["run"] for e in events if e["type"] == "end") == [0, 1, 2]
+    with h5py.File(f, "r") as h:
+        _compare_with_stream(h, events)
+    print(f"held reader saw {seen_steps} steps, {seen_runs} runs; {swmr_opens} SWMR and "
+          f"{plain_opens} plain opens during the run")

@@ -31,7 +31,7 @@ fn record_inspect_and_plot() {
     let i = run(&["inspect", fs, "--json"]);
     assert!(i.ok(), "{}", i.stderr);
     let v: serde_json::Value = serde_json::from_str(&i.stdout).unwrap();
-    assert_eq!(v["format_version"], 2);
+    assert_eq!(v["format_version"], 3);
     assert_eq!(v["config"]["steps"], 30);
     let run0 = &v["runs"][0];
     assert_eq!(
@@ -166,7 +166,9 @@ fn sigkill_loses_at_most_the_last_second() {
         last >= must_have && steps == last,
         "file holds {last} steps, needed {must_have}"
     );
-    assert_eq!(v["runs"][0]["status"], "running (or killed)");
+    // No end event and no live writer: the run was killed.
+    assert_eq!(v["runs"][0]["status"], "killed");
+    assert_eq!(v["writer_alive"], false);
     // Opening again works too (the status flags stay cleared).
     assert!(run(&["inspect", fs]).ok());
 }
@@ -288,9 +290,10 @@ fn bad_session_files_and_paths() {
 }
 
 /// A full disk, simulated with a file-size limit (writes past it fail with EFBIG, as they
-/// would with ENOSPC): training stops with a clear message and the session stays readable.
+/// would with ENOSPC): the recorder sees the space running out before a write fails, stops
+/// the run while there is room to record its end, and closes a complete file.
 #[test]
-fn a_failing_disk_stops_training_and_keeps_what_was_written() {
+fn a_full_disk_stops_training_and_keeps_a_complete_session() {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("full.h5");
@@ -301,10 +304,9 @@ fn a_failing_disk_stops_training_and_keeps_what_was_written() {
     unsafe {
         cmd.pre_exec(|| {
             let lim = libc::rlimit {
-                // Room for the first chunks of every dataset (uncompressed float columns take
-                // whole 32 KiB chunks) and a few hundred steps.
-                rlim_cur: 640 * 1024,
-                rlim_max: 640 * 1024,
+                // Room for the file's structure, a safety margin and a few hundred steps.
+                rlim_cur: 3 << 20,
+                rlim_max: 3 << 20,
             };
             libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
@@ -312,7 +314,7 @@ fn a_failing_disk_stops_training_and_keeps_what_was_written() {
         });
     }
     let r = wsdscope_tests::Ran::from(cmd.output().unwrap());
-    assert_ne!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
     let last = r
         .stderr
@@ -323,14 +325,29 @@ fn a_failing_disk_stops_training_and_keeps_what_was_written() {
         .to_string();
     assert!(
         last.starts_with("error: recording to")
-            && last.contains("failed")
+            && last.contains("the disk is nearly full")
             && last.contains("training stopped after step"),
         "{last}"
     );
     let i = run(&["inspect", fs, "--json"]);
     assert!(i.ok(), "the session must stay readable: {}", i.stderr);
+    assert!(
+        !i.stderr.contains("lost its last"),
+        "the file is complete, not cut short: {}",
+        i.stderr
+    );
     let v: serde_json::Value = serde_json::from_str(&i.stdout).unwrap();
-    let steps = v["runs"][0]["steps"].as_u64().unwrap();
+    let run0 = &v["runs"][0];
+    let steps = run0["steps"].as_u64().unwrap();
     eprintln!("{last}\nsession keeps {steps} steps");
     assert!(steps > 100, "{steps}");
+    assert_eq!(run0["status"], "stopped", "the end is recorded");
+    assert!(
+        run0["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("disk is nearly full"),
+        "{run0}"
+    );
+    assert_eq!(run0["last_step"].as_u64(), Some(steps));
 }

@@ -9,16 +9,22 @@ use crate::analysis::{BranchRow, branches, describe_fit, endpoint_fit};
 use crate::cli::InspectArgs;
 use crate::progress::duration;
 
-fn status(r: &RunInfo) -> &'static str {
+/// How a run stands. Without an `end` event it is running while a recorder still writes the
+/// file, and was killed (or its recorder was) once none does.
+fn status(r: &RunInfo, writer_alive: Option<bool>) -> &'static str {
     match &r.end {
-        None => "running (or killed)",
+        None => match writer_alive {
+            Some(true) => "running",
+            Some(false) => "killed",
+            None => "running (or killed)",
+        },
         Some((EndReason::Completed, _)) => "completed",
         Some((EndReason::Stopped, _)) => "stopped",
         Some((EndReason::Failed, _)) => "failed",
     }
 }
 
-fn run_json(r: &RunInfo) -> Value {
+fn run_json(r: &RunInfo, writer_alive: Option<bool>) -> Value {
     json!({
         "id": r.id,
         "name": r.name,
@@ -30,7 +36,7 @@ fn run_json(r: &RunInfo) -> Value {
         "final_train_loss": r.final_train_loss,
         "final_val_loss": r.final_val_loss,
         "evals": r.evals,
-        "status": status(r),
+        "status": status(r, writer_alive),
         "message": r.end.as_ref().and_then(|(_, m)| m.clone()),
         "wall_s": r.wall_s,
         "params": r.model.params,
@@ -86,6 +92,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let events = s.events()?;
     let predictions = crate::predict::predictions(&events);
     let probes = probe_counts(&events);
+    let writer = s.writer_alive();
     if a.json {
         let fit_json = fit.as_ref().map(|f| {
             json!({
@@ -101,7 +108,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "producer": s.root_attr("producer"),
             "created": s.root_attr("created"),
             "config": config,
-            "runs": s.runs().iter().map(run_json).collect::<Vec<_>>(),
+            "writer_alive": writer,
+            "runs": s.runs().iter().map(|r| run_json(r, writer)).collect::<Vec<_>>(),
             "predictions": predictions.iter().map(|p| json!({
                 "run": p.run, "fork_step": p.fork_step, "end_step": p.end_step,
                 "tail_steps": crate::predict::tail_len(p.end_step - p.fork_step),
@@ -150,7 +158,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             steps,
             opt(r.final_train_loss),
             opt(r.final_val_loss),
-            status(r),
+            status(r, writer),
             r.wall_s.map(duration).unwrap_or_else(|| "-".into())
         );
         if let Some((_, Some(m))) = &r.end {

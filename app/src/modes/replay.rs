@@ -65,4 +65,8 @@ impl Reload for Follow {
         self.last_full = Instant::now();
         Ok(Some(self.session.events()?))
     }
+
+    fn writer_alive(&self) -> Option<bool> {
+        self.session.writer_alive()
+    }
 }

@@ -67,6 +67,10 @@ impl Speed {
 /// is now (usually the old one plus a tail).
 pub trait Reload {
     fn reload(&mut self) -> Result<Option<Vec<RunEvent>>>;
+    /// Whether a process is still writing the session (`None`: cannot be told).
+    fn writer_alive(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// A recorded stream with the positions the cursor moves between.
@@ -144,6 +148,8 @@ pub struct ReplaySource {
     /// Attached to a growing session; `following` keeps the cursor at its end.
     reload: Option<Box<dyn Reload>>,
     following: bool,
+    /// The followed session's writer has gone.
+    writer_gone: bool,
     /// Recorded milliseconds the cursor may still advance by.
     credit_ms: f64,
     last_tick: Option<Instant>,
@@ -161,6 +167,7 @@ impl ReplaySource {
             speed: Speed::X1,
             reload,
             following,
+            writer_gone: false,
             credit_ms: 0.0,
             last_tick: None,
             last_reload: None,
@@ -212,6 +219,7 @@ impl ReplaySource {
             r.following = self.following;
             r.steps_shown = shown;
             r.steps_total = self.tl.steps.len() as u64;
+            r.writer_gone = self.writer_gone;
         }
     }
 
@@ -266,6 +274,8 @@ impl ReplaySource {
             return;
         }
         self.last_reload = Some(Instant::now());
+        // Asked before re-reading: a writer that closed the file has flushed everything.
+        let alive = reload.writer_alive();
         match reload.reload() {
             Ok(Some(events)) => self.replace(state, events),
             Ok(None) => {}
@@ -273,6 +283,15 @@ impl ReplaySource {
                 Level::Error,
                 format!("cannot re-read the session (retrying): {e:#}"),
             ),
+        }
+        if alive == Some(false) && !self.writer_gone {
+            self.writer_gone = true;
+            if state.training_active() {
+                state.set_status(
+                    Level::Error,
+                    "the process recording this session has gone without ending its runs (killed or crashed); everything it flushed is shown",
+                );
+            }
         }
     }
 

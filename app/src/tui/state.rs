@@ -442,6 +442,8 @@ pub struct ReplayUi {
     /// Step events applied (all runs) and recorded.
     pub steps_shown: u64,
     pub steps_total: u64,
+    /// Followed, and no process writes the session any more (finished, or killed).
+    pub writer_gone: bool,
 }
 
 impl Default for UiState {
@@ -500,6 +502,7 @@ impl TuiState {
             following: follow,
             steps_shown: 0,
             steps_total: 0,
+            writer_gone: false,
         });
         s
     }

@@ -93,8 +93,13 @@ impl Widget for Header<'_> {
         let (badge, color) = if state.ui.stopping && state.training_active() {
             ("■ stopping…", Color::Yellow)
         } else {
+            let writer_gone = state.ui.replay.as_ref().is_some_and(|r| r.writer_gone);
             match trunk.map(|t| t.status()) {
+                None if writer_gone => ("✖ no run recorded", Color::Red),
                 None => ("○ starting", LABEL),
+                Some(RunStatus::Running | RunStatus::Paused) if writer_gone => {
+                    ("✖ killed: no end recorded", Color::Red)
+                }
                 Some(RunStatus::Running) => ("● running", Color::Green),
                 Some(RunStatus::Paused) => ("❚❚ paused", Color::Yellow),
                 Some(RunStatus::Completed) => ("✔ completed", Color::Cyan),
@@ -108,7 +113,9 @@ impl Widget for Header<'_> {
         ));
         if let Some(r) = &state.ui.replay {
             status.push(Span::styled(SEP, label));
-            let (mark, what) = if r.following {
+            let (mark, what) = if r.follow && r.writer_gone {
+                ("■", "recording closed")
+            } else if r.following {
                 ("⟳", "following")
             } else if r.playing {
                 ("▶", "playing")
