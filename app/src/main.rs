@@ -7,6 +7,7 @@ mod modes;
 mod predict;
 mod progress;
 mod settings;
+mod signals;
 mod threads;
 mod tui;
 

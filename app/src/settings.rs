@@ -149,6 +149,10 @@ pub struct Settings {
     /// moments, bf16 forward and backward passes, f32 loss. bf16 needs --device cuda:N.
     #[arg(long, value_name = "f32|bf16")]
     pub precision: Option<String>,
+    /// Runs the session may hold in all, the trunk's included (default: the trunk, the
+    /// --fork-at branches and 31 more for live forks); the session file keeps a slot for each.
+    #[arg(long, value_name = "N")]
+    pub max_runs: Option<u32>,
 }
 
 /// `a.or(b)` for every field: values in `self` win over `base`.
@@ -239,7 +243,8 @@ impl Settings {
             probe_grid,
             track,
             reference_ops,
-            precision
+            precision,
+            max_runs
         )
     }
 
@@ -341,6 +346,7 @@ impl Settings {
                 Some(p) => Precision::parse(p)?,
                 None => Precision::default(),
             },
+            max_runs: self.max_runs,
         };
         if cfg.threads == 0 {
             bail!("--threads 0 is not allowed; it must be at least 1");
@@ -554,6 +560,208 @@ pub fn resolve(cli: Settings, config_file: Option<&Path>) -> Result<RunConfig> {
         None => cli,
     };
     settings.to_run_config()
+}
+
+/// On `--resume`: every setting that shapes what the run computes (a flag, or a key of
+/// `--config`) must agree with the saved run's value, so re-running the original command with
+/// `--resume DIR` appended works. One line names each that differs, with both values.
+pub fn check_resume(given: &Settings, saved: &RunConfig) -> Result<()> {
+    let differ: Vec<String> = given
+        .shaping_given()
+        .into_iter()
+        .filter_map(|key| resume_mismatch(key, given, saved))
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{}; drop {} (a resumed run continues the saved one unchanged; only --threads, --device, checkpoint, fork, policy, memory and probe flags may change) or start a new run without --resume",
+        differ.join(", "),
+        if differ.len() == 1 { "it" } else { "them" }
+    )
+}
+
+/// `Some("--KEY GIVEN differs from the saved run's SAVED")` when a shaping setting given on
+/// `--resume` does not reproduce the saved run's value.
+fn resume_mismatch(key: &str, given: &Settings, saved: &RunConfig) -> Option<String> {
+    fn num<T: PartialEq + std::fmt::Display>(g: Option<T>, s: T) -> Option<(String, String)> {
+        let g = g?;
+        (g != s).then(|| (g.to_string(), s.to_string()))
+    }
+    let path = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let m = &saved.model;
+    let steps = saved.steps;
+    let (g, s) = match key {
+        "preset" => num(given.preset.clone(), saved.preset.clone())?,
+        "steps" => num(given.steps, steps)?,
+        "batch" => num(given.batch, saved.batch)?,
+        "seq" => num(given.seq, saved.seq)?,
+        "seed" => num(given.seed, saved.seed)?,
+        "lr" => num(given.lr, saved.schedule.peak())?,
+        "hidden" => num(given.hidden, m.hidden)?,
+        "layers" => num(given.layers, m.layers)?,
+        "heads" => num(given.heads, m.heads)?,
+        "kv-heads" => num(given.kv_heads, m.kv_heads)?,
+        "ffn" => num(given.ffn, m.ffn)?,
+        "vocab" => num(given.vocab, m.vocab)?,
+        "eval-every" => num(given.eval_every, saved.eval_every)?,
+        "eval-batches" => num(given.eval_batches, saved.eval_batches)?,
+        "val-fraction" => num(given.val_fraction, saved.val_fraction)?,
+        "weight-decay" => num(given.weight_decay, saved.optim.weight_decay)?,
+        "clip" => num(given.clip, saved.optim.clip)?,
+        "warmup" => {
+            let f = given.warmup?;
+            let w = (f * steps as f64).round() as u64;
+            let have = saved.schedule.warmup();
+            (w != have).then(|| (format!("{f} ({w} steps)"), format!("{have} warmup steps")))?
+        }
+        "schedule" => num(given.schedule.clone(), saved.schedule.kind().to_string())?,
+        "decay" => {
+            let spec = given.decay.as_deref()?;
+            let same = match (parse_decay(spec, steps), &saved.schedule) {
+                (
+                    Ok((shape, d, floor)),
+                    Schedule::Wsd {
+                        shape: s,
+                        decay_steps,
+                        floor: f,
+                        ..
+                    },
+                ) => shape == *s && d == *decay_steps && floor == *f,
+                (Ok((_, _, floor)), Schedule::Cosine { floor: f, .. }) => floor == *f,
+                _ => false,
+            };
+            (!same).then(|| (format!("{spec:?}"), saved.schedule.describe()))?
+        }
+        "data" | "data-format" | "tokenizer" => {
+            let (d, f, t) = match &saved.data {
+                DataSpec::Synthetic => (None, None, None),
+                DataSpec::Text { path } => (Some(path.clone()), Some("text"), None),
+                DataSpec::Tokenized { path, tokenizer } => {
+                    (Some(path.clone()), Some("text"), Some(tokenizer.clone()))
+                }
+                DataSpec::Tokens { path, width: 2 } => (Some(path.clone()), Some("u16"), None),
+                DataSpec::Tokens { path, .. } => (Some(path.clone()), Some("u32"), None),
+            };
+            let merged = Settings {
+                data: given.data.clone().or(d),
+                data_format: given
+                    .data_format
+                    .clone()
+                    .or(f.map(String::from))
+                    .filter(|_| given.data.is_none() || given.data_format.is_some()),
+                tokenizer: given.tokenizer.clone().or(t),
+                ..Settings::default()
+            };
+            let same = match (merged.data_spec(), &saved.data) {
+                (Ok(DataSpec::Synthetic), DataSpec::Synthetic) => true,
+                (Ok(DataSpec::Text { path: a }), DataSpec::Text { path: b }) => path(&a) == path(b),
+                (
+                    Ok(DataSpec::Tokenized {
+                        path: a,
+                        tokenizer: ta,
+                    }),
+                    DataSpec::Tokenized {
+                        path: b,
+                        tokenizer: tb,
+                    },
+                ) => path(&a) == path(b) && path(&ta) == path(tb),
+                (
+                    Ok(DataSpec::Tokens { path: a, width: wa }),
+                    DataSpec::Tokens { path: b, width: wb },
+                ) => path(&a) == path(b) && wa == *wb,
+                _ => false,
+            };
+            let value = match key {
+                "data" => given.data.as_ref().map(|p| p.display().to_string()),
+                "data-format" => given.data_format.clone(),
+                _ => given.tokenizer.as_ref().map(|p| p.display().to_string()),
+            }?;
+            (!same).then(|| (value, saved.data.describe()))?
+        }
+        "init-from" => {
+            let g = given.init_from.as_deref()?;
+            let same = saved
+                .init_from
+                .as_deref()
+                .is_some_and(|s| path(s) == path(g));
+            (!same).then(|| {
+                (
+                    g.display().to_string(),
+                    saved
+                        .init_from
+                        .as_ref()
+                        .map_or("none (μP init)".into(), |p| p.display().to_string()),
+                )
+            })?
+        }
+        _ => return None,
+    };
+    Some(format!("--{key} {g} differs from the saved run's {s}"))
+}
+
+/// On `--resume`: applies the settings that may change without changing what the run
+/// computes (where and how fast it runs, checkpoints, new forks, probes, the session's run
+/// slots) to the saved configuration, and validates the result.
+pub fn apply_on_resume(given: &Settings, cfg: &mut RunConfig) -> Result<()> {
+    if let Some(t) = given.threads {
+        cfg.threads = t;
+    }
+    if let Some(d) = &given.device {
+        cfg.device = d.clone();
+    }
+    if let Some(n) = given.checkpoint_every {
+        cfg.checkpoint_every = n;
+    }
+    if given.checkpoint_dir.is_some() {
+        cfg.checkpoint_dir.clone_from(&given.checkpoint_dir);
+    }
+    // Forks do not change the trunk's losses, so a resumed run may script new ones.
+    if given.fork_at.is_some() {
+        cfg.forks = given.fork_plans()?;
+    } else if given.branch_decay.is_some() {
+        bail!("--branch-decay needs --fork-at S1,S2,… to say where branches start");
+    }
+    if given.policy.is_some() {
+        cfg.policy = given.policy_or_default()?;
+    }
+    if given.memory_budget.is_some() {
+        cfg.memory_budget_mb = given.memory_budget;
+    }
+    if let Some(k) = given.keep_branch_checkpoints {
+        cfg.keep_branch_checkpoints = k;
+    }
+    let p = &mut cfg.probes;
+    if let Some(n) = given.probe_every {
+        p.every = n;
+    }
+    if given.probe_budget.is_some() {
+        p.budget_pct = given.probe_budget;
+    }
+    if let Some(n) = given.probe_batch {
+        p.batch = n;
+    }
+    if let Some(n) = given.probe_grid {
+        p.grid = n;
+    }
+    if let Some(t) = &given.track {
+        p.track.clone_from(t);
+    }
+    if let Some(r) = given.reference_ops {
+        cfg.reference_ops = r;
+    }
+    if let Some(p) = &given.precision {
+        cfg.precision = Precision::parse(p)?;
+    }
+    if given.max_runs.is_some() {
+        cfg.max_runs = given.max_runs;
+    }
+    if cfg.threads == 0 {
+        bail!("--threads 0 is not allowed; it must be at least 1");
+    }
+    cfg.validate()?;
+    wsdscope_trainer::engine::device(&cfg.device)?;
+    Ok(())
 }
 
 /// A `--checkpoint-dir` must be creatable before training starts.

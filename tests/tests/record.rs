@@ -112,10 +112,42 @@ fn half_then_resume_equals_straight_through_the_cli() {
         joined, straight,
         "resumed losses differ from the straight run"
     );
-    // Shaping flags are refused on resume.
-    let r = run(&["record", "--resume", &step8, "--lr", "0.1"]);
-    assert_eq!(r.code, Some(2));
-    assert!(r.stderr.contains("drop --lr"), "{}", r.stderr);
+    // The original command line with --resume appended is accepted: every flag equals the
+    // saved run's value, and the run continues bit-identically.
+    let mut again = args(&[
+        "--steps",
+        "16",
+        "--jsonl",
+        "--checkpoint-every",
+        "8",
+        "--checkpoint-dir",
+        ck,
+    ]);
+    again.extend(["--resume", &step8]);
+    let again = run(&again);
+    assert!(again.ok(), "{}", again.stderr);
+    let mut joined = straight[..8].to_vec();
+    joined.extend(step_losses(&json_lines(&again.stdout)));
+    assert_eq!(joined, straight, "the same command line resumed differs");
+    // A flag that differs is refused with both values named, and nothing is written.
+    let r = run(&["record", "--resume", &step8, "--lr", "0.1", "--steps", "16"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--lr 0.1 differs from the saved run's 0.01; drop it"),
+        "{}",
+        r.stderr
+    );
+    let r = run(&["record", "--resume", &step8, "--steps", "40", "--seed", "7"]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("--steps 40 differs from the saved run's 16")
+            && r.stderr.contains("--seed 7 differs from the saved run's 0")
+            && r.stderr.contains("drop them"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

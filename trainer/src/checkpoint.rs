@@ -131,6 +131,23 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
 
 /// Loads the checkpoint `path` names (see [`resolve`]).
 pub fn load(path: &Path) -> Result<Checkpoint> {
+    let (dir, state) = read_state(path)?;
+    let read = |file: &str| -> Result<HashMap<String, Tensor>> {
+        let p = dir.join(file);
+        candle_core::safetensors::load(&p, &Device::Cpu)
+            .map_err(|e| ck_err(&p, format!("unreadable: {e}")))
+    };
+    Ok(Checkpoint {
+        model: read(MODEL_FILE)?,
+        optimizer: read(OPTIMIZER_FILE)?,
+        dir,
+        state,
+    })
+}
+
+/// The checkpoint directory `path` names (the newest under a root) and its trainer state,
+/// without reading any tensor: enough to check flags and estimate memory before loading.
+pub fn read_state(path: &Path) -> Result<(PathBuf, TrainerState)> {
     let dir = resolve(path)?;
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
@@ -145,17 +162,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             ),
         ));
     }
-    let read = |file: &str| -> Result<HashMap<String, Tensor>> {
-        let p = dir.join(file);
-        candle_core::safetensors::load(&p, &Device::Cpu)
-            .map_err(|e| ck_err(&p, format!("unreadable: {e}")))
-    };
-    Ok(Checkpoint {
-        model: read(MODEL_FILE)?,
-        optimizer: read(OPTIMIZER_FILE)?,
-        dir,
-        state,
-    })
+    Ok((dir, state))
 }
 
 /// Loads HF-named weights from one safetensors file (e.g. `--init-from`), as f32 on CPU.

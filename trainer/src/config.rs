@@ -524,7 +524,16 @@ pub struct RunConfig {
     /// f32, or bf16 mixed precision (CUDA only).
     #[serde(default)]
     pub precision: Precision,
+    /// Runs the session may hold in all, the trunk's included (the session file is created
+    /// with a slot for each). `None`: the trunk, the scripted forks and [`SPARE_RUNS`] more.
+    #[serde(default)]
+    pub max_runs: Option<u32>,
 }
+
+/// Run slots a session keeps for live forks beyond the trunk and its scripted forks.
+pub const SPARE_RUNS: u32 = 31;
+/// The most runs a session may hold (each slot costs about 8 KiB of file).
+pub const MAX_RUNS: u32 = 4096;
 
 /// What the probes measure and how much time the periodic ones may take.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -772,11 +781,27 @@ impl RunConfig {
                 "--checkpoint-every needs --checkpoint-dir DIR to say where checkpoints go".into(),
             ));
         }
+        if let Some(n) = self.max_runs {
+            let need = 1 + self.forks.len() as u32;
+            if n < need || n > MAX_RUNS {
+                return Err(Error::Config(format!(
+                    "--max-runs {n} is not allowed; it must be in {need}..={MAX_RUNS} (the trunk and its {} scripted forks need {need})",
+                    self.forks.len()
+                )));
+            }
+        }
         Ok(())
     }
 
     pub fn tokens_per_step(&self) -> u64 {
         (self.batch * self.seq) as u64
+    }
+
+    /// How many runs the session holds in all, the trunk's included: `--max-runs`, or the
+    /// trunk, the scripted forks and [`SPARE_RUNS`] more for live forks.
+    pub fn run_slots(&self) -> u32 {
+        self.max_runs
+            .unwrap_or_else(|| (1 + self.forks.len() as u32 + SPARE_RUNS).min(MAX_RUNS))
     }
 }
 

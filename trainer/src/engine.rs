@@ -594,6 +594,14 @@ pub enum Command {
     Pause,
     Resume,
     Stop,
+    /// Stop every run for a reason from outside (SIGINT, SIGTERM, a full disk): each run ends
+    /// `stopped` with `reason` as its message (e.g. "interrupted by SIGTERM"); the trunk writes
+    /// a final checkpoint into its `--checkpoint-dir`, or into `checkpoint_to` when it has
+    /// none (preemption: a job that is about to be killed keeps its progress).
+    StopWith {
+        reason: String,
+        checkpoint_to: Option<PathBuf>,
+    },
     /// Fork a decay branch from a run at its current step.
     Fork(ForkRequest),
     /// Fork a run (usually a decayed branch) into one that continues at the trunk's stable
@@ -670,6 +678,8 @@ fn default_budget() -> u64 {
 struct Runs {
     active: Vec<Trainer>,
     next_id: RunId,
+    /// Runs the session holds in all (`RunConfig::run_slots`): ids stay below it.
+    slots: u32,
     budget: u64,
     policy: Policy,
     rr: usize,
@@ -815,6 +825,12 @@ impl Runs {
                 "fork refused: run {parent} has not taken a step yet"
             ));
         }
+        if self.next_id >= self.slots {
+            return Err(format!(
+                "fork refused: the session has room for {} runs and all are taken (--max-runs N raises it for the next session)",
+                self.slots
+            ));
+        }
         let resident: u64 = self.active.iter().map(Trainer::resident_bytes).sum();
         let need = resident + p.resident_bytes() + p.activation_bytes();
         if need > self.budget {
@@ -848,13 +864,34 @@ impl Runs {
         Ok(id)
     }
 
+    /// Ends every run as `stopped` (branches first, the trunk last), with `message` and the
+    /// trunk's fallback checkpoint directory; the trunk's outcome goes to `trunk_outcome`.
+    fn stop_all(
+        &mut self,
+        message: Option<String>,
+        checkpoint_to: Option<&Path>,
+        trunk_outcome: &mut Option<Outcome>,
+        emit: &mut impl FnMut(RunEvent),
+    ) {
+        while !self.active.is_empty() {
+            let i = self.active.len() - 1;
+            let o = self.finish(i, EndReason::Stopped, message.clone(), checkpoint_to, emit);
+            if self.active.is_empty() {
+                trunk_outcome.get_or_insert(o);
+            }
+        }
+    }
+
     /// Ends run `i` with `reason`: its last checkpoint if asked for, its `end` event, and its
     /// memory freed.
+    /// `checkpoint_to`: where the trunk's final checkpoint goes when it has no
+    /// `--checkpoint-dir` (an interrupted run keeps its progress).
     fn finish(
         &mut self,
         i: usize,
         reason: EndReason,
         message: Option<String>,
+        checkpoint_to: Option<&Path>,
         emit: &mut impl FnMut(RunEvent),
     ) -> Outcome {
         let tr = self.active.remove(i);
@@ -862,7 +899,11 @@ impl Runs {
             self.rr -= 1;
         }
         let run = tr.run;
-        let dir = tr.cfg.checkpoint_dir.clone();
+        let dir = tr
+            .cfg
+            .checkpoint_dir
+            .clone()
+            .or_else(|| checkpoint_to.filter(|_| run == 0).map(Path::to_path_buf));
         let keep = if run == 0 {
             !tr.checkpoint_due()
         } else {
@@ -975,6 +1016,7 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
             .map(|mb| mb << 20)
             .unwrap_or_else(default_budget),
         policy: trunk.cfg.policy,
+        slots: trunk.cfg.run_slots(),
         active: vec![trunk],
         next_id: 1,
         rr: 0,
@@ -1010,13 +1052,19 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
                     note(&mut emit, 0, step0, "resumed".into());
                 }
                 Some(Command::Stop) | None => {
-                    while !runs.active.is_empty() {
-                        let o =
-                            runs.finish(runs.active.len() - 1, EndReason::Stopped, None, &mut emit);
-                        if runs.active.is_empty() {
-                            trunk_outcome.get_or_insert(o);
-                        }
-                    }
+                    runs.stop_all(None, None, &mut trunk_outcome, &mut emit);
+                    break 'steps;
+                }
+                Some(Command::StopWith {
+                    reason,
+                    checkpoint_to,
+                }) => {
+                    runs.stop_all(
+                        Some(reason),
+                        checkpoint_to.as_deref(),
+                        &mut trunk_outcome,
+                        &mut emit,
+                    );
                     break 'steps;
                 }
                 Some(Command::Fork(req)) => {
@@ -1125,7 +1173,7 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
                 .iter()
                 .position(|r| r.run == run)
                 .expect("active");
-            let o = runs.finish(i, reason, message, &mut emit);
+            let o = runs.finish(i, reason, message, None, &mut emit);
             if run == 0 {
                 trunk_outcome = Some(o.clone());
                 if reason == EndReason::Failed {
@@ -1135,6 +1183,7 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
                             runs.active.len() - 1,
                             EndReason::Stopped,
                             Some("stopped because the trunk failed".into()),
+                            None,
                             &mut emit,
                         );
                     }

@@ -171,6 +171,15 @@ impl Schedule {
         Ok(())
     }
 
+    /// The `--schedule` name of this schedule: `wsd`, `cosine` or `constant`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Schedule::Wsd { .. } => "wsd",
+            Schedule::Cosine { .. } => "cosine",
+            Schedule::Constant { .. } => "constant",
+        }
+    }
+
     pub fn peak(&self) -> f64 {
         match *self {
             Schedule::Wsd { peak, .. }

@@ -5,15 +5,17 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
-use wsdscope_sessions::{EndReason, RecordSummary, Recorder, RunEvent};
-use wsdscope_trainer::{Command, Engine, RunConfig, Trainer};
+use wsdscope_sessions::{EndReason, Notice, RecordSummary, Recorder, RunEvent, SessionPlan};
+use wsdscope_trainer::{Command, Engine, RunConfig, Trainer, checkpoint};
 
 use crate::cli::{RecordArgs, TrainArgs};
 use crate::progress::Progress;
-use crate::settings::{self, default_threads};
+use crate::settings::{self, Settings};
+use crate::signals::{self, Stop};
 use crate::threads;
 
 /// Events the engine may run ahead of the printer before it waits (nothing is dropped).
@@ -37,23 +39,75 @@ pub fn default_session_path() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Opens the session file a `record`/`run` invocation asks for, before any training starts.
-pub fn open_recorder(out: Option<&Path>, no_record: bool) -> Result<Option<Recorder>> {
+/// Where the session of a `record`/`run` invocation goes: `--out`, checked before any
+/// training starts (`None`: `--no-record`, or a default `sessions/<timestamp>.h5` picked when
+/// the file is created). A resumed run whose `--out` already exists (the command that
+/// recorded it, re-run with `--resume`) records next to it as `NAME.resume-STEP.h5`.
+pub(crate) fn session_path(args: &TrainArgs, resumed_at: Option<u64>) -> Result<Option<PathBuf>> {
+    if args.no_record {
+        return Ok(None);
+    }
+    let Some(p) = args.out.as_deref() else {
+        return Ok(None);
+    };
+    if p.extension().and_then(|e| e.to_str()) != Some("h5") {
+        bail!("--out {}: a session file must end in .h5", p.display());
+    }
+    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        bail!(
+            "--out {}: directory {} does not exist",
+            p.display(),
+            dir.display()
+        );
+    }
+    match resumed_at {
+        Some(step) if p.exists() => {
+            let stem = p.file_stem().unwrap_or_default().to_string_lossy();
+            let mut k = 1;
+            loop {
+                let name = if k == 1 {
+                    format!("{stem}.resume-{step}.h5")
+                } else {
+                    format!("{stem}.resume-{step}-{k}.h5")
+                };
+                let next = p.with_file_name(name);
+                if !next.exists() {
+                    return Ok(Some(next));
+                }
+                k += 1;
+            }
+        }
+        _ if p.exists() => bail!(
+            "--out {}: the file exists; choose a new path (nothing is overwritten)",
+            p.display()
+        ),
+        _ => Ok(Some(p.to_path_buf())),
+    }
+}
+
+/// Creates the session file for a trainer that is ready to start: `out`, or a fresh
+/// `sessions/<timestamp>.h5`; laid out for the trunk's shape and the runs it may hold.
+pub fn open_recorder(
+    out: Option<&Path>,
+    no_record: bool,
+    trainer: &Trainer,
+) -> Result<Option<Recorder>> {
     if no_record {
         return Ok(None);
     }
+    let RunEvent::RunStart(start) = trainer.run_start_event() else {
+        unreachable!("run_start_event is a run_start")
+    };
+    let plan = SessionPlan::for_trunk(&start, trainer.config().run_slots());
     match out {
-        Some(p) => {
-            if p.extension().and_then(|e| e.to_str()) != Some("h5") {
-                bail!("--out {}: a session file must end in .h5", p.display());
-            }
-            Ok(Some(Recorder::create(p)?))
-        }
+        Some(p) => Ok(Some(Recorder::create(p, &plan)?)),
         None => {
             // Another process may take the same timestamped name first: pick the next one.
             for _ in 0..100 {
                 let path = default_session_path()?;
-                match Recorder::create(&path) {
+                match Recorder::create(&path, &plan) {
                     Ok(r) => return Ok(Some(r)),
                     Err(_) if path.exists() => continue,
                     Err(e) => return Err(e.into()),
@@ -74,90 +128,195 @@ pub fn discard_recorder(rec: Option<Recorder>) {
 }
 
 pub fn run(args: RecordArgs) -> Result<ExitCode> {
-    match prepare(&args.train)? {
+    let interrupts = Interrupts::watch()?;
+    match prepare(&args.train, false)? {
         None => Ok(ExitCode::SUCCESS),
-        Some((trainer, recorder)) => train(trainer, recorder, args.jsonl),
+        Some(p) => train(p, args.jsonl, interrupts),
     }
 }
 
-/// Everything before training, shared by `record` and `run`: resolves the settings (or prints
-/// them and returns `None` for `--dry-run`), opens the session file, builds the trainer. A
-/// session file is never left behind when the trainer cannot start.
-pub(crate) fn prepare(args: &TrainArgs) -> Result<Option<(Trainer, Option<Recorder>)>> {
-    let cfg = if args.resume.is_none() {
-        let cfg = settings::resolve(args.settings.clone(), args.config.as_deref())?;
-        if args.dry_run {
-            print_dry_run(&cfg);
-            return Ok(None);
+/// A trainer ready to run and where its events and checkpoints go.
+pub(crate) struct Prepared {
+    pub trainer: Trainer,
+    pub recorder: Option<Recorder>,
+    /// Where an interrupted trunk checkpoints: its `--checkpoint-dir`, or next to the session
+    /// file (`NAME.checkpoints/`), or `checkpoints/` without one.
+    pub checkpoint_to: PathBuf,
+}
+
+/// Everything before training, shared by `record` and `run` (`tui`): resolves the settings
+/// (or, on `--resume`, checks them against the saved run), estimates the memory the run needs
+/// and refuses what does not fit, prints and returns `None` for `--dry-run`, builds the
+/// trainer, and only then creates the session file, so none is left behind when training
+/// cannot start.
+pub(crate) fn prepare(args: &TrainArgs, tui: bool) -> Result<Option<Prepared>> {
+    let (cfg, resumed_at) = match &args.resume {
+        None => (
+            settings::resolve(args.settings.clone(), args.config.as_deref())?,
+            None,
+        ),
+        Some(dir) => {
+            let (_, state) = checkpoint::read_state(dir)?;
+            let given = match &args.config {
+                Some(p) => args.settings.clone().over(Settings::from_file(p)?),
+                None => args.settings.clone(),
+            };
+            settings::check_resume(&given, &state.config)?;
+            let mut cfg = state.config;
+            settings::apply_on_resume(&given, &mut cfg)?;
+            if state.step >= cfg.steps {
+                bail!(
+                    "the checkpoint is at step {} of {}: the run is already complete",
+                    state.step,
+                    cfg.steps
+                );
+            }
+            (cfg, Some(state.step))
         }
-        Some(cfg)
-    } else {
-        None
     };
-    let recorder = open_recorder(args.out.as_deref(), args.no_record)?;
-    match start_trainer(args, cfg) {
-        Ok(t) => Ok(Some((t, recorder))),
-        Err(e) => {
-            discard_recorder(recorder);
-            Err(e)
+    let _ = tui;
+    if args.dry_run {
+        print_dry_run(&cfg);
+        return Ok(None);
+    }
+    let out = session_path(args, resumed_at)?;
+    settings::check_checkpoint_dir(&cfg.checkpoint_dir)?;
+    threads::init(cfg.threads)?;
+    let trainer = match &args.resume {
+        None => Trainer::new(cfg)?,
+        Some(dir) => Trainer::resume(dir, |c| *c = cfg)?,
+    };
+    let recorder = open_recorder(out.as_deref(), args.no_record, &trainer)?;
+    let checkpoint_to = match (&trainer.config().checkpoint_dir, &recorder) {
+        (Some(d), _) => d.clone(),
+        (None, Some(r)) => {
+            let p = r.path();
+            let stem = p.file_stem().unwrap_or_default().to_string_lossy();
+            p.with_file_name(format!("{stem}.checkpoints"))
         }
+        (None, None) => PathBuf::from("checkpoints"),
+    };
+    Ok(Some(Prepared {
+        trainer,
+        recorder,
+        checkpoint_to,
+    }))
+}
+
+/// SIGINT/SIGTERM for a training mode: watched from the start (a signal during set-up is
+/// acted on as soon as the engine runs) and delivered to the engine as
+/// [`Command::StopWith`].
+pub(crate) struct Interrupts {
+    watch: signals::Watch,
+    engine: Arc<Mutex<Option<EngineLink>>>,
+}
+
+/// Where an interrupt goes: the engine, and where its trunk checkpoints on SIGTERM.
+type EngineLink = (Sender<Command>, PathBuf);
+
+impl Interrupts {
+    pub(crate) fn watch() -> Result<Self> {
+        let engine: Arc<Mutex<Option<EngineLink>>> = Arc::default();
+        let target = Arc::clone(&engine);
+        let watch = signals::Watch::start(move |stop| {
+            if let Some((tx, to)) = &*target.lock().unwrap_or_else(|e| e.into_inner()) {
+                let _ = tx.send(interrupt(stop, to));
+            }
+        })?;
+        Ok(Interrupts { watch, engine })
+    }
+
+    /// From now on a signal stops the engine behind `commands`; one that came earlier stops
+    /// it now.
+    pub(crate) fn attach(&self, commands: Sender<Command>, checkpoint_to: PathBuf) {
+        let mut link = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stop) = self.watch.received() {
+            let _ = commands.send(interrupt(stop, &checkpoint_to));
+        }
+        *link = Some((commands, checkpoint_to));
+    }
+
+    /// The first signal received, if any.
+    pub(crate) fn received(&self) -> Option<Stop> {
+        self.watch.received()
     }
 }
 
-pub(crate) fn start_trainer(args: &TrainArgs, cfg: Option<RunConfig>) -> Result<Trainer> {
-    let trainer = if let Some(dir) = &args.resume {
-        let given = args.settings.shaping_given();
-        if !given.is_empty() {
-            bail!(
-                "--resume continues the saved run unchanged; drop --{} (only --threads, --device and checkpoint flags may change)",
-                given.join(", --")
-            );
-        }
-        if args.config.is_some() {
-            bail!("--resume continues the saved run unchanged; drop --config");
-        }
-        let s = args.settings.clone();
-        settings::check_checkpoint_dir(&s.checkpoint_dir)?;
-        threads::init(s.threads.unwrap_or_else(default_threads))?;
-        let forks = s.fork_plans()?;
-        let policy = s.policy_or_default()?;
-        Trainer::resume(dir, |c| {
-            c.threads = s.threads.unwrap_or_else(default_threads);
-            // Forks do not change the trunk's losses, so a resumed run may script new ones.
-            if !forks.is_empty() {
-                c.forks = forks;
-            }
-            c.policy = policy;
-            if s.memory_budget.is_some() {
-                c.memory_budget_mb = s.memory_budget;
-            }
-            if let Some(k) = s.keep_branch_checkpoints {
-                c.keep_branch_checkpoints = k;
-            }
-            if let Some(d) = s.device {
-                c.device = d;
-            }
-            if let Some(n) = s.checkpoint_every {
-                c.checkpoint_every = n;
-            }
-            if s.checkpoint_dir.is_some() {
-                c.checkpoint_dir = s.checkpoint_dir;
-            }
-        })?
-    } else {
-        let cfg = cfg.expect("resolved above");
-        settings::check_checkpoint_dir(&cfg.checkpoint_dir)?;
-        threads::init(cfg.threads)?;
-        Trainer::new(cfg)?
-    };
-    if trainer.is_done() {
-        bail!(
-            "the checkpoint is at step {} of {}: the run is already complete",
-            trainer.step_count(),
-            trainer.config().steps
-        );
+/// The engine command for a signal: SIGTERM (preemption) always checkpoints the trunk.
+fn interrupt(stop: Stop, checkpoint_to: &Path) -> Command {
+    Command::StopWith {
+        reason: format!("interrupted by {}", stop.name()),
+        checkpoint_to: (stop == Stop::Term).then(|| checkpoint_to.to_path_buf()),
     }
-    Ok(trainer)
+}
+
+/// What to tell the user after a signal stopped the run: where the session and the last
+/// checkpoint are, and the command that resumes it.
+pub(crate) fn interrupted_lines(
+    stop: Stop,
+    step: u64,
+    session: Option<&str>,
+    checkpoint: Option<&Path>,
+) -> Vec<String> {
+    let mut lines = vec![format!(
+        "interrupted by {}: stopped after step {step}",
+        stop.name()
+    )];
+    if let Some(s) = session {
+        lines.push(format!("session: {s}"));
+    }
+    match checkpoint {
+        Some(ck) => {
+            let root = ck.parent().unwrap_or(ck);
+            lines.push(format!("checkpoint: {}", ck.display()));
+            lines.push(format!("resume with: {}", resume_command(root)));
+        }
+        None => lines.push(
+            "no checkpoint was written (give --checkpoint-dir DIR to keep one on Ctrl-C; SIGTERM always writes one)"
+                .into(),
+        ),
+    }
+    lines
+}
+
+/// The command line that resumes this run from the checkpoints under `root`: the same
+/// arguments with `--resume ROOT` instead of any earlier `--resume`, quoted for a POSIX shell.
+pub(crate) fn resume_command(root: &Path) -> String {
+    let mut args: Vec<String> = Vec::new();
+    let mut skip = false;
+    for a in std::env::args() {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if a == "--resume" {
+            skip = true;
+            continue;
+        }
+        if !a.starts_with("--resume=") {
+            args.push(a);
+        }
+    }
+    if let Some(first) = args.first_mut() {
+        *first = "wsdscope".into();
+    }
+    args.push("--resume".into());
+    args.push(root.display().to_string());
+    args.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `a` as one POSIX shell word.
+fn shell_quote(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c));
+    if plain {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
 }
 
 /// Starts the engine with a sink that never drops an event: it waits for room in a channel
@@ -171,27 +330,51 @@ pub(crate) fn spawn_engine(trainer: Trainer) -> Result<(Engine, Receiver<RunEven
 }
 
 /// Hands every engine event to the session file first (the recorder never drops one), then to
-/// `each`, until the engine closes its sink. The first recording failure is passed to
-/// `on_record_error` (which stops training); nothing more is recorded after it, and what was
-/// written stays readable.
+/// `each`, until the engine closes its sink. The recorder's notices (a write failing and being
+/// retried, recovering) are handed to `each` as they come, between events. When the run must
+/// stop for the recording's sake — the writer failed (nothing more is recorded after that;
+/// what was written stays readable), or the disk is nearly full (the writer records the runs'
+/// ends and closes the file) — `on_stop` gets the reason, once.
 pub(crate) fn fan_out(
     events: Receiver<RunEvent>,
     recorder: Option<&Recorder>,
-    mut on_record_error: impl FnMut(&wsdscope_sessions::Error),
-    mut each: impl FnMut(&RunEvent) -> Result<()>,
+    mut on_stop: impl FnMut(String),
+    mut each: impl FnMut(Fanned<'_>) -> Result<()>,
 ) -> Result<()> {
     let mut recording_failed = false;
-    for ev in events {
-        if let Some(r) = recorder
-            && !recording_failed
-            && let Err(e) = r.record(ev.clone())
-        {
-            recording_failed = true;
-            on_record_error(&e);
+    let mut stopped = false;
+    let mut stop = |reason: String| {
+        if !std::mem::replace(&mut stopped, true) {
+            on_stop(reason);
         }
-        each(&ev)?;
+    };
+    for ev in events {
+        if let Some(r) = recorder {
+            if !recording_failed && let Err(e) = r.record(ev.clone()) {
+                recording_failed = true;
+                stop(format!("recording failed: {e}"));
+            }
+            for n in r.notices() {
+                if let Notice::MustStop(m) = &n {
+                    stop(m.clone());
+                }
+                each(Fanned::Notice(n))?;
+            }
+        }
+        each(Fanned::Event(&ev))?;
+    }
+    if let Some(r) = recorder {
+        for n in r.notices() {
+            each(Fanned::Notice(n))?;
+        }
     }
     Ok(())
+}
+
+/// What [`fan_out`] hands on: an engine event, or something the recorder has to say.
+pub(crate) enum Fanned<'a> {
+    Event(&'a RunEvent),
+    Notice(Notice),
 }
 
 /// Completes the session file. Its error says what failed and that the file keeps everything
@@ -210,9 +393,16 @@ pub(crate) fn finish_recording(
 }
 
 /// Runs the engine to its end, fanning every event out to the session file, `--jsonl` and the
-/// progress line. A recording failure stops training; what was written stays readable.
-fn train(trainer: Trainer, recorder: Option<Recorder>, jsonl: bool) -> Result<ExitCode> {
+/// progress line. A recording failure stops training; what was written stays readable. The
+/// first SIGINT/SIGTERM stops it cleanly (exit 130/143), the second at once.
+fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
+    let Prepared {
+        trainer,
+        recorder,
+        checkpoint_to,
+    } = p;
     let (engine, events) = spawn_engine(trainer)?;
+    interrupts.attach(engine.commands(), checkpoint_to);
     let stderr = std::io::stderr();
     let mut progress = Progress::new(stderr.lock(), stderr.is_terminal());
     if let Some(r) = &recorder {
@@ -221,30 +411,60 @@ fn train(trainer: Trainer, recorder: Option<Recorder>, jsonl: bool) -> Result<Ex
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failed = false;
+    let mut last_checkpoint: Option<PathBuf> = None;
     fan_out(
         events,
         recorder.as_ref(),
-        |_| engine.send(Command::Stop),
-        |ev| {
+        |reason| {
+            engine.send(Command::StopWith {
+                reason,
+                checkpoint_to: None,
+            })
+        },
+        |item| {
+            let ev = match item {
+                Fanned::Notice(n) => {
+                    progress.note(&n.to_string());
+                    return Ok(());
+                }
+                Fanned::Event(ev) => ev,
+            };
             if jsonl {
                 writeln!(out, "{}", ev.to_json_line())?;
                 out.flush()?;
             }
             progress.on_event(ev);
-            // The trunk's end decides the exit status; a failed branch is reported, not fatal.
-            if let RunEvent::End { reason, run: 0, .. } = ev {
-                failed = *reason == EndReason::Failed;
+            match ev {
+                // The trunk's end decides the exit status; a failed branch is reported, not
+                // fatal.
+                RunEvent::End { reason, run: 0, .. } => failed = *reason == EndReason::Failed,
+                RunEvent::Checkpoint { run: 0, path, .. } => {
+                    last_checkpoint = Some(PathBuf::from(path));
+                }
+                _ => {}
             }
             Ok(())
         },
     )?;
     let outcome = engine.join();
     let path = recorder.as_ref().map(|r| r.path().display().to_string());
-    if let (Some(path), Some(s)) = (path, finish_recording(recorder, outcome.step)?) {
+    let summary = finish_recording(recorder, outcome.step)?;
+    if let (Some(path), Some(s)) = (&path, &summary) {
         progress.note(&format!(
             "session: {path} ({} events, {} bytes)",
             s.events, s.bytes
         ));
+    }
+    if let Some(stop) = interrupts.received() {
+        for line in interrupted_lines(
+            stop,
+            outcome.step,
+            path.as_deref(),
+            last_checkpoint.as_deref(),
+        ) {
+            progress.note(&line);
+        }
+        return Ok(ExitCode::from(stop.exit_code()));
     }
     Ok(if failed {
         ExitCode::FAILURE

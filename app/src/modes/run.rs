@@ -21,7 +21,7 @@ use wsdscope_sessions::{EndReason, RunEvent};
 use wsdscope_trainer::Command;
 
 use crate::cli::RunArgs;
-use crate::modes::record;
+use crate::modes::record::{self, Fanned};
 use crate::progress::duration;
 use crate::tui::{self, LiveInfo};
 
@@ -36,7 +36,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             "wsdscope run draws a full-screen UI and needs a terminal on stdout; use `wsdscope record` for headless runs"
         );
     }
-    let Some((trainer, recorder)) = record::prepare(train)? else {
+    let interrupts = record::Interrupts::watch()?;
+    let Some(record::Prepared {
+        trainer,
+        recorder,
+        checkpoint_to,
+    }) = record::prepare(train, true)?
+    else {
         return Ok(ExitCode::SUCCESS);
     };
     let total = trainer.config().steps;
@@ -51,11 +57,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
+    interrupts.attach(engine.commands(), checkpoint_to);
     let commands = engine.commands();
     let (ui_tx, ui_rx) = mpsc::sync_channel(UI_BUFFER);
     let fan = {
         let stop = engine.commands();
         let alert = info.alert.clone();
+        let notices = info.notices.clone();
         let mut display = Display::new(ui_tx, info.dropped_display.clone());
         std::thread::Builder::new()
             .name("wsdscope-fanout".into())
@@ -64,15 +72,25 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 let result = record::fan_out(
                     events,
                     recorder.as_ref(),
-                    |e| {
+                    |reason| {
                         let _ = alert.set(format!(
-                            "recording failed: {e}; training stopped (the session keeps what was written)"
+                            "{reason}; training stopped (the session keeps what was written)"
                         ));
-                        let _ = stop.send(Command::Stop);
+                        let _ = stop.send(Command::StopWith {
+                            reason,
+                            checkpoint_to: None,
+                        });
                     },
-                    |ev| {
-                        summary.on_event(ev);
-                        display.send(ev.clone());
+                    |item| {
+                        match item {
+                            Fanned::Event(ev) => {
+                                summary.on_event(ev);
+                                display.send(ev.clone());
+                            }
+                            Fanned::Notice(n) => {
+                                notices.lock().unwrap_or_else(|e| e.into_inner()).push(n);
+                            }
+                        }
                         Ok(())
                     },
                 );
@@ -89,7 +107,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         }
     };
     let ui = tui::run_live(ui_rx, commands.clone(), info.clone());
-    // The run has ended or was asked to stop; make sure, then wait for its end event.
+    // The run has ended or was asked to stop; make sure, then wait for its end event. (After
+    // a signal the engine already has its StopWith, which comes first.)
     let _ = commands.send(Command::Stop);
     let outcome = engine.join();
     let (recorder, summary, fanned) = fan
@@ -110,6 +129,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         eprintln!(
             "the UI fell behind: {dropped} step samples were not drawn (all are in the session)"
         );
+    }
+    if let Some(stop) = interrupts.received() {
+        for line in
+            record::interrupted_lines(stop, outcome.step, None, summary.checkpoint.as_deref())
+        {
+            eprintln!("{line}");
+        }
+        recorded?;
+        return Ok(ExitCode::from(stop.exit_code()));
     }
     ui?;
     fanned?;
@@ -194,6 +222,8 @@ impl Display {
 /// What the one-line summary after the UI says.
 #[derive(Debug, Default)]
 struct Summary {
+    /// The trunk's last checkpoint.
+    checkpoint: Option<std::path::PathBuf>,
     step: u64,
     loss: Option<f64>,
     reason: Option<EndReason>,
@@ -208,6 +238,9 @@ impl Summary {
             RunEvent::Step(m) if m.run == 0 => {
                 self.step = m.step;
                 self.loss = Some(m.loss);
+            }
+            RunEvent::Checkpoint { run: 0, path, .. } => {
+                self.checkpoint = Some(path.into());
             }
             RunEvent::End {
                 run: 0,

@@ -32,14 +32,14 @@ mod tests;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ratatui::backend::Backend;
 use ratatui::crossterm::event::{self, Event};
 use ratatui::{Frame, Terminal};
-use wsdscope_sessions::RunEvent;
+use wsdscope_sessions::{Notice, RunEvent};
 use wsdscope_trainer::Command;
 
 pub use keys::{Action, handle_key, handle_mouse};
@@ -65,6 +65,9 @@ pub struct LiveInfo {
     /// Set once by the caller when something outside the event stream failed (the session
     /// file could not be written); shown in red in the header for the rest of the run.
     pub alert: Arc<OnceLock<String>>,
+    /// What the recorder reports while it works (a write retried, then recovered), shown on
+    /// the status line as it comes.
+    pub notices: Arc<Mutex<Vec<Notice>>>,
 }
 
 /// Whether the loop goes on.
@@ -111,6 +114,9 @@ where
         loop {
             if terminal::panicked() {
                 bail!("a thread panicked (its message is above); the UI stopped");
+            }
+            if terminal::interrupted() {
+                return Ok(());
             }
             let before = state.events;
             let flow = source.pump(state);
@@ -164,6 +170,7 @@ pub struct LiveSource {
     commands: Sender<Command>,
     dropped: Arc<AtomicU64>,
     alert: Arc<OnceLock<String>>,
+    notices: Arc<Mutex<Vec<Notice>>>,
     disconnected: bool,
 }
 
@@ -178,8 +185,15 @@ impl LiveSource {
             commands,
             dropped,
             alert: Default::default(),
+            notices: Default::default(),
             disconnected: false,
         }
+    }
+
+    /// Shows what the recorder reports on the status line.
+    pub fn with_notices(mut self, notices: Arc<Mutex<Vec<Notice>>>) -> Self {
+        self.notices = notices;
+        self
     }
 
     /// Shows `alert` in the header once it is set.
@@ -201,6 +215,13 @@ impl Source for LiveSource {
             && let Some(a) = self.alert.get()
         {
             state.ui.alert = Some(a.clone());
+        }
+        for n in std::mem::take(&mut *self.notices.lock().unwrap_or_else(|e| e.into_inner())) {
+            match n {
+                Notice::Retrying(m) => state.set_status(Level::Warn, m),
+                Notice::Recovered(m) => state.set_status(Level::Info, m),
+                Notice::MustStop(m) => state.set_status(Level::Error, m),
+            }
         }
         let t0 = Instant::now();
         while !self.disconnected && t0.elapsed() < DRAIN_BUDGET {
@@ -286,7 +307,9 @@ pub fn run_live(
         bail!("the TUI needs a terminal on stdout; use `wsdscope record` for headless runs");
     }
     let mut state = TuiState::live(info.session_path);
-    let mut source = LiveSource::new(events, commands, info.dropped_display).with_alert(info.alert);
+    let mut source = LiveSource::new(events, commands, info.dropped_display)
+        .with_alert(info.alert)
+        .with_notices(info.notices);
     let mut guard = match terminal::TerminalGuard::enter().context("cannot set up the terminal") {
         Ok(g) => g,
         Err(e) => {

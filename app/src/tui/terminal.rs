@@ -19,6 +19,8 @@ use ratatui::crossterm::terminal::{
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// Set by the panic hook: some thread panicked, so the UI loop should give up.
 static PANICKED: AtomicBool = AtomicBool::new(false);
+/// Set when the process was asked to end (SIGINT, SIGTERM): the UI loop quits.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static HOOK: Once = Once::new();
 
 pub type Term = Terminal<CrosstermBackend<Stdout>>;
@@ -72,6 +74,16 @@ pub fn restore() {
             Show
         );
     }
+}
+
+/// Asks the UI loop to quit (the process received SIGINT or SIGTERM).
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// True once the process was asked to end.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// True once any thread has panicked since the hook was installed.

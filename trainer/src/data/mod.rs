@@ -343,6 +343,7 @@ mod tests {
             probes: Default::default(),
             reference_ops: false,
             precision: Default::default(),
+            max_runs: None,
         }
     }
 

@@ -31,5 +31,6 @@ pub fn small_run(steps: u64) -> RunConfig {
         probes: Default::default(),
         reference_ops: false,
         precision: Default::default(),
+        max_runs: None,
     }
 }
