@@ -13,9 +13,12 @@
 //! In-place writes go through candle's `Tensor::inplace_op2/3`, which lock exactly one
 //! destination storage per call: the public API cannot write θ, m and v in one call. So
 //! one step is three in-place passes per tensor (m from g; v from g; θ from m and v, which
-//! also yields the statistics), with no allocation at all. Unlike the trainer's staged
-//! update, this is not transactional: the caller must decide before stepping (e.g. from a
-//! finite gradient norm) whether to step.
+//! also yields the statistics), with no allocation at all.
+//!
+//! In place, a step cannot be undone, so [`adamw_step_finite`] answers first, reading only,
+//! whether the step would leave every θ, m and v finite. Both compute each element through
+//! the same functions (`StepConsts`), so the answer is exact: a caller that checks every
+//! group before stepping any (as the trainer does) makes the step all-or-nothing.
 
 use std::sync::Mutex;
 
@@ -76,8 +79,63 @@ fn scaled<T: Real>(g: T, c: Option<T>) -> T {
     }
 }
 
-fn clip_factor<T: Real>(hp: &AdamWHparams) -> Option<T> {
-    (hp.grad_scale != 1.0).then(|| T::from_f64(hp.grad_scale))
+/// The constants of one step in the element type, and the arithmetic of one element. The
+/// in-place passes and the finiteness check both compute through these methods, so the
+/// check sees exactly the values the update writes.
+#[derive(Clone, Copy)]
+struct StepConsts<T> {
+    /// The clip factor c, or `None` for no clipping.
+    clip: Option<T>,
+    beta1: T,
+    one_minus_beta1: T,
+    beta2: T,
+    one_minus_beta2: T,
+    /// 1 − lr·wd, or exactly 1 without weight decay (θ·1 = θ, bit for bit).
+    decay: T,
+    inv_bc2: T,
+    eps: T,
+    /// lr / bc₁.
+    step: T,
+}
+
+impl<T: Real> StepConsts<T> {
+    fn new(hp: &AdamWHparams) -> Self {
+        StepConsts {
+            clip: (hp.grad_scale != 1.0).then(|| T::from_f64(hp.grad_scale)),
+            beta1: T::from_f64(hp.beta1),
+            one_minus_beta1: T::from_f64(1.0 - hp.beta1),
+            beta2: T::from_f64(hp.beta2),
+            one_minus_beta2: T::from_f64(1.0 - hp.beta2),
+            decay: if hp.weight_decay > 0.0 {
+                T::from_f64(1.0 - hp.lr * hp.weight_decay)
+            } else {
+                T::one()
+            },
+            inv_bc2: T::from_f64(1.0 / hp.bias_correction2_sqrt),
+            eps: T::from_f64(hp.eps),
+            step: T::from_f64(hp.lr / hp.bias_correction1),
+        }
+    }
+
+    /// m' = β₁·m + (1 − β₁)·g·c.
+    #[inline(always)]
+    fn exp_avg(self, m: T, g: T) -> T {
+        m * self.beta1 + scaled(g, self.clip) * self.one_minus_beta1
+    }
+
+    /// v' = β₂·v + (1 − β₂)·(g·c)².
+    #[inline(always)]
+    fn exp_avg_sq(self, v: T, g: T) -> T {
+        let g = scaled(g, self.clip);
+        v * self.beta2 + g * g * self.one_minus_beta2
+    }
+
+    /// θ' = θ·(1 − lr·wd) − (lr/bc₁)·m' / (√v'·(1/√bc₂) + ε), from the new moments.
+    #[inline(always)]
+    fn param(self, theta: T, m: T, v: T) -> T {
+        let denom = v.sqrt() * self.inv_bc2 + self.eps;
+        theta * self.decay - (m / denom) * self.step
+    }
 }
 
 /// In place on a moment: m ← β₁·m + (1 − β₁)·g·c, or with `second`
@@ -93,49 +151,24 @@ struct ParamUpdate {
 }
 
 fn moment<T: Real>(dst: &mut [T], g: &[T], hp: &AdamWHparams, second: bool) {
-    let c = clip_factor::<T>(hp);
-    let (beta, one_minus) = if second {
-        (T::from_f64(hp.beta2), T::from_f64(1.0 - hp.beta2))
-    } else {
-        (T::from_f64(hp.beta1), T::from_f64(1.0 - hp.beta1))
-    };
+    let k = StepConsts::<T>::new(hp);
     dst.par_chunks_mut(GRAIN)
         .zip(g.par_chunks(GRAIN))
         .for_each(|(dc, gc)| {
             if second {
                 for (v, &g) in dc.iter_mut().zip(gc) {
-                    let g = scaled(g, c);
-                    *v = *v * beta + g * g * one_minus;
+                    *v = k.exp_avg_sq(*v, g);
                 }
             } else {
                 for (m, &g) in dc.iter_mut().zip(gc) {
-                    *m = *m * beta + scaled(g, c) * one_minus;
+                    *m = k.exp_avg(*m, g);
                 }
             }
         });
 }
 
-/// The per-element constants of the θ update, in the element type.
-#[derive(Clone, Copy)]
-struct UpdateConsts<T> {
-    /// 1 − lr·wd, or exactly 1 without weight decay (θ·1 = θ, bit for bit).
-    decay: T,
-    inv_bc2: T,
-    eps: T,
-    step: T,
-}
-
 fn param_update<T: Real>(theta: &mut [T], m: &[T], v: &[T], hp: &AdamWHparams) -> AdamWStats {
-    let k = UpdateConsts {
-        decay: if hp.weight_decay > 0.0 {
-            T::from_f64(1.0 - hp.lr * hp.weight_decay)
-        } else {
-            T::one()
-        },
-        inv_bc2: T::from_f64(1.0 / hp.bias_correction2_sqrt),
-        eps: T::from_f64(hp.eps),
-        step: T::from_f64(hp.lr / hp.bias_correction1),
-    };
+    let k = StepConsts::<T>::new(hp);
     let parts: Vec<AdamWStats> = theta
         .par_chunks_mut(GRAIN)
         .zip(m.par_chunks(GRAIN).zip(v.par_chunks(GRAIN)))
@@ -149,7 +182,7 @@ fn param_update<T: Real>(theta: &mut [T], m: &[T], v: &[T], hp: &AdamWHparams) -
 /// Updates one chunk of θ, then takes the statistics from a small buffer of the deltas
 /// with lane-parallel reductions (a running f64 sum per element would not vectorise).
 #[inline(always)]
-fn update_chunk_body<T: Real>(theta: &mut [T], m: &[T], v: &[T], k: UpdateConsts<T>) -> AdamWStats {
+fn update_chunk_body<T: Real>(theta: &mut [T], m: &[T], v: &[T], k: StepConsts<T>) -> AdamWStats {
     const BLOCK: usize = 256;
     let mut s = AdamWStats::default();
     let mut delta = [T::zero(); BLOCK];
@@ -161,8 +194,7 @@ fn update_chunk_body<T: Real>(theta: &mut [T], m: &[T], v: &[T], k: UpdateConsts
         let dl = &mut delta[..tc.len()];
         for ((th, d), (&mi, &vi)) in tc.iter_mut().zip(dl.iter_mut()).zip(mc.iter().zip(vc)) {
             let old = *th;
-            let denom = vi.sqrt() * k.inv_bc2 + k.eps;
-            let new = old * k.decay - (mi / denom) * k.step;
+            let new = k.param(old, mi, vi);
             *th = new;
             *d = new - old;
         }
@@ -172,7 +204,48 @@ fn update_chunk_body<T: Real>(theta: &mut [T], m: &[T], v: &[T], k: UpdateConsts
     }
     s
 }
-simd_fn!(fn update_chunk<T: Real>(theta: &mut [T], m: &[T], v: &[T], k: UpdateConsts<T>) -> AdamWStats => update_chunk_body);
+simd_fn!(fn update_chunk<T: Real>(theta: &mut [T], m: &[T], v: &[T], k: StepConsts<T>) -> AdamWStats => update_chunk_body);
+
+/// Whether the new m, v and θ of every element of one chunk are finite. Every element is
+/// computed (no early exit), so the loop vectorises.
+#[inline(always)]
+fn finite_chunk_body<T: Real>(theta: &[T], g: &[T], m: &[T], v: &[T], k: StepConsts<T>) -> bool {
+    let n = theta.len();
+    let (g, m, v) = (&g[..n], &m[..n], &v[..n]);
+    let mut finite = true;
+    for i in 0..n {
+        let m1 = k.exp_avg(m[i], g[i]);
+        let v1 = k.exp_avg_sq(v[i], g[i]);
+        let theta1 = k.param(theta[i], m1, v1);
+        finite &= m1.is_finite() & v1.is_finite() & theta1.is_finite();
+    }
+    finite
+}
+simd_fn!(fn finite_chunk<T: Real>(theta: &[T], g: &[T], m: &[T], v: &[T], k: StepConsts<T>) -> bool => finite_chunk_body);
+
+/// [`adamw_step_finite`] for one CPU tensor with elements `T`: chunks on the rayon pool.
+fn step_finite<T: Real>(
+    theta: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    hp: &AdamWHparams,
+) -> Result<bool> {
+    let (ts, tl) = theta.storage_and_layout();
+    let (gs, gl) = grad.storage_and_layout();
+    let (ms, ml) = exp_avg.storage_and_layout();
+    let (vs, vl) = exp_avg_sq.storage_and_layout();
+    let th = cpu::storage_slice::<T>(&ts, tl, OP, "param")?;
+    let g = cpu::storage_slice::<T>(&gs, gl, OP, "grad")?;
+    let m = cpu::storage_slice::<T>(&ms, ml, OP, "exp_avg")?;
+    let v = cpu::storage_slice::<T>(&vs, vl, OP, "exp_avg_sq")?;
+    let k = StepConsts::<T>::new(hp);
+    Ok(th
+        .par_chunks(GRAIN)
+        .zip(g.par_chunks(GRAIN))
+        .zip(m.par_chunks(GRAIN).zip(v.par_chunks(GRAIN)))
+        .all(|((tc, gc), (mc, vc))| finite_chunk(tc, gc, mc, vc, k)))
+}
 
 fn moment_typed<T: Real>(
     dst: &mut CpuStorage,
@@ -312,7 +385,8 @@ fn check_group(
 /// (a `Var` passes as `&var` through `Deref`). All tensors are checked before any is
 /// written. Returns each tensor's [`AdamWStats`]. f32 or f64 on the CPU, contiguous. On
 /// CUDA: f32 (master weights), one fused kernel per tensor writing θ, m and v in one pass,
-/// and one host synchronisation per call (for the statistics).
+/// and one host synchronisation per call (for the statistics). What it writes is written
+/// even if it is not finite: ask [`adamw_step_finite`] first.
 pub fn adamw_step(
     params: &[&Tensor],
     grads: &[&Tensor],
@@ -339,6 +413,41 @@ pub fn adamw_step(
         out.push(upd.stats.into_inner().unwrap_or_else(|e| e.into_inner()));
     }
     Ok(out)
+}
+
+/// Whether [`adamw_step`] with the same arguments would leave every parameter and both
+/// moments of every tensor finite, without writing anything. Each element is computed
+/// exactly as the step computes it (the same functions; θ' in the element type), so `true`
+/// means the step writes only finite values and `false` that it would write at least one
+/// non-finite m, v or θ. The group is checked as [`adamw_step`] checks it. A caller that
+/// must not apply half a step checks every group before stepping any. On the CPU it reads
+/// θ, g, m and v once, on rayon's pool; on CUDA one read-only kernel per tensor and one host
+/// synchronisation per call (for the flag).
+pub fn adamw_step_finite(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    exp_avg: &[&Tensor],
+    exp_avg_sq: &[&Tensor],
+    hp: &AdamWHparams,
+) -> Result<bool> {
+    check_group(params, grads, exp_avg, exp_avg_sq)?;
+    #[cfg(feature = "cuda")]
+    if params.first().is_some_and(|p| p.device().is_cuda()) {
+        return crate::cuda_launch::adamw_step_finite(params, grads, exp_avg, exp_avg_sq, hp);
+    }
+    for i in 0..params.len() {
+        let g = grads[i].contiguous()?;
+        let (p, m, v) = (params[i], exp_avg[i], exp_avg_sq[i]);
+        let finite = match p.dtype() {
+            DType::F32 => step_finite::<f32>(p, &g, m, v, hp)?,
+            DType::F64 => step_finite::<f64>(p, &g, m, v, hp)?,
+            dt => return Err(unsupported(OP, dt)),
+        };
+        if !finite {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The result of [`adamw_step_slow`] for one tensor: new values instead of in-place writes.

@@ -23,6 +23,7 @@ pub(crate) trait Real: WithDType + Neg<Output = Self> + Send + Sync {
     fn ln(self) -> Self;
     fn sqrt(self) -> Self;
     fn fmax(self, other: Self) -> Self;
+    fn is_finite(self) -> bool;
     /// The element slice of a CPU storage of this dtype, mutable.
     fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]>;
 }
@@ -50,6 +51,10 @@ macro_rules! real {
             #[inline(always)]
             fn fmax(self, other: Self) -> Self {
                 <$t>::max(self, other)
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
             }
             fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
                 match s {

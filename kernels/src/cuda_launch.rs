@@ -911,6 +911,50 @@ struct AdamWParams {
 // SAFETY: a plain #[repr(C)] struct of eight floats, laid out as the C struct.
 unsafe impl DeviceRepr for AdamWParams {}
 
+impl AdamWParams {
+    fn new(hp: &AdamWHparams) -> Self {
+        AdamWParams {
+            lr: hp.lr as f32,
+            beta1: hp.beta1 as f32,
+            beta2: hp.beta2 as f32,
+            eps: hp.eps as f32,
+            weight_decay: hp.weight_decay as f32,
+            bias_correction1: hp.bias_correction1 as f32,
+            bias_correction2_sqrt: hp.bias_correction2_sqrt as f32,
+            grad_scale: hp.grad_scale as f32,
+        }
+    }
+}
+
+/// The CUDA device of an AdamW group, checking that every tensor is f32 (master weights) and
+/// on the device of `first`.
+fn adamw_device(
+    first: &Tensor,
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    exp_avg: &[&Tensor],
+    exp_avg_sq: &[&Tensor],
+) -> Result<CudaDevice> {
+    for t in params.iter().chain(grads).chain(exp_avg).chain(exp_avg_sq) {
+        if t.dtype() != DType::F32 {
+            return Err(cuda_err(
+                ADAMW,
+                format!(
+                    "on CUDA parameters, gradients and moments are f32 (master weights), got {:?}",
+                    t.dtype()
+                ),
+            ));
+        }
+        if !t.device().same_device(first.device()) {
+            return Err(cuda_err(
+                ADAMW,
+                "all tensors of a group must be on one device",
+            ));
+        }
+    }
+    Ok(first.device().as_cuda_device()?.clone())
+}
+
 /// One fused AdamW step on one tensor: θ in place (the op's destination), m and v in place
 /// through their device pointers, the step statistics into `stats` (3 doubles on the device).
 struct FusedStep<'a> {
@@ -1014,37 +1058,11 @@ pub(crate) fn adamw_step(
     let Some(first) = params.first() else {
         return Ok(Vec::new());
     };
-    for t in params.iter().chain(grads).chain(exp_avg).chain(exp_avg_sq) {
-        if t.dtype() != DType::F32 {
-            return Err(cuda_err(
-                ADAMW,
-                format!(
-                    "on CUDA parameters, gradients and moments are f32 (master weights), got {:?}",
-                    t.dtype()
-                ),
-            ));
-        }
-        if !t.device().same_device(first.device()) {
-            return Err(cuda_err(
-                ADAMW,
-                "all tensors of a group must be on one device",
-            ));
-        }
-    }
-    let dev = first.device().as_cuda_device()?.clone();
+    let dev = adamw_device(first, params, grads, exp_avg, exp_avg_sq)?;
     let stats = dev.alloc_zeros::<f64>(3 * params.len())?;
     let stream = dev.cuda_stream();
     let (base, sync) = stats.device_ptr(&stream);
-    let hp32 = AdamWParams {
-        lr: hp.lr as f32,
-        beta1: hp.beta1 as f32,
-        beta2: hp.beta2 as f32,
-        eps: hp.eps as f32,
-        weight_decay: hp.weight_decay as f32,
-        bias_correction1: hp.bias_correction1 as f32,
-        bias_correction2_sqrt: hp.bias_correction2_sqrt as f32,
-        grad_scale: hp.grad_scale as f32,
-    };
+    let hp32 = AdamWParams::new(hp);
     for i in 0..params.len() {
         let g = grads[i].contiguous()?;
         let op = FusedStep {
@@ -1064,6 +1082,58 @@ pub(crate) fn adamw_step(
             max_abs_update: s[2],
         })
         .collect())
+}
+
+/// [`crate::adamw_step_finite`] on CUDA: one read-only kernel per tensor computing the step
+/// as [`adamw_step`] would and raising one shared device flag if any new θ, m or v is not
+/// finite; the flag is copied to the host once at the end. f32 (master weights).
+pub(crate) fn adamw_step_finite(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    exp_avg: &[&Tensor],
+    exp_avg_sq: &[&Tensor],
+    hp: &AdamWHparams,
+) -> Result<bool> {
+    let Some(first) = params.first() else {
+        return Ok(true);
+    };
+    let dev = adamw_device(first, params, grads, exp_avg, exp_avg_sq)?;
+    let mut nonfinite = dev.alloc_zeros::<i32>(1)?;
+    let stream = dev.cuda_stream();
+    let hp32 = AdamWParams::new(hp);
+    let f = function(&dev, "adamw.cu", "adamw_check_f32")?;
+    for i in 0..params.len() {
+        let g = grads[i].contiguous()?;
+        let (ts, tl) = params[i].storage_and_layout();
+        let (gs, gl) = g.storage_and_layout();
+        let (ms, ml) = exp_avg[i].storage_and_layout();
+        let (vs, vl) = exp_avg_sq[i].storage_and_layout();
+        let tv = view::<f32>(cuda(&ts, ADAMW, "param")?, tl, ADAMW, "param")?;
+        let gv = view::<f32>(cuda(&gs, ADAMW, "grad")?, gl, ADAMW, "grad")?;
+        let mv = view::<f32>(cuda(&ms, ADAMW, "exp_avg")?, ml, ADAMW, "exp_avg")?;
+        let vv = view::<f32>(cuda(&vs, ADAMW, "exp_avg_sq")?, vl, ADAMW, "exp_avg_sq")?;
+        let n = tl.shape().elem_count();
+        let blocks = stride_blocks(n, REDUCE_BLOCKS);
+        let mut bld = stream.launch_builder(&f);
+        bld.arg(&tv)
+            .arg(&gv)
+            .arg(&mv)
+            .arg(&vv)
+            .arg(&n)
+            .arg(&hp32)
+            .arg(&mut nonfinite);
+        // SAFETY: matches adamw_check_f32(const float* theta, const float* grad,
+        // const float* m, const float* v, size_t n, AdamWParams hp, int* nonfinite); the four
+        // views hold n floats each (shapes checked by the caller) and are only read, and live
+        // until the launch is queued (their storages are read-locked for this iteration;
+        // frees are ordered on this one stream). The kernel writes nothing but the one int
+        // of `nonfinite`, which no other kernel touches.
+        if n > 0 {
+            unsafe { bld.launch(config((blocks, 1), BLOCK)) }.w()?;
+        }
+    }
+    let host = dev.clone_dtoh(&nonfinite)?;
+    Ok(host[0] == 0)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -14,7 +14,10 @@
 //! Optimiser and statistics (no autograd):
 //! - [`adamw_step`]: one AdamW step for a parameter group, in place on parameters and both
 //!   moments (three in-place passes per tensor: candle's in-place API writes one tensor per
-//!   call), returning Σ(Δθ)², Σθ², max|Δθ| per tensor ([`AdamWStats`]). Not transactional.
+//!   call), returning Σ(Δθ)², Σθ², max|Δθ| per tensor ([`AdamWStats`]).
+//! - [`adamw_step_finite`]: whether that step would leave every θ, m and v finite, computed
+//!   with the step's own arithmetic and writing nothing; checking every group first makes a
+//!   step all-or-nothing.
 //! - [`sum_sq_many`], [`dot_many`], [`dot_diff_many`]: per-tensor Σx², ⟨a, b⟩ and
 //!   ⟨g, a − b⟩ accumulated in f64.
 //!
@@ -51,7 +54,9 @@ mod rope;
 pub mod slices;
 mod swiglu;
 
-pub use adamw::{AdamWHparams, AdamWSlowStep, AdamWStats, adamw_step, adamw_step_slow};
+pub use adamw::{
+    AdamWHparams, AdamWSlowStep, AdamWStats, adamw_step, adamw_step_finite, adamw_step_slow,
+};
 pub use attention::{attention, attention_slow};
 pub use cross_entropy::{cross_entropy, cross_entropy_slow};
 pub use cuda::{CUDA_COMMON_HEADER, CUDA_SOURCES, cuda_kernel_names};

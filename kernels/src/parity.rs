@@ -1,7 +1,9 @@
 //! Parity of every fused op with its `*_slow` twin on one device: forward outputs and
 //! gradients (against a seeded random upstream gradient) on seeded random inputs, and the
 //! optimiser step and reductions, each as the worst |Δ| relative to the reference's largest
-//! magnitude. This is the check a CUDA build runs on a GPU (`wsdscope bench --kernels`).
+//! magnitude; and whether the step's finiteness check agrees with the twin, on a finite step
+//! and on two that overflow. This is the check a CUDA build runs on a GPU (`wsdscope bench
+//! --kernels`).
 //!
 //! Dtypes: f32 and f64 on the CPU, f32 and bf16 on CUDA. For bf16 the reference runs in f32
 //! on the same bf16-rounded inputs, so a row measures the kernel's own error (its bf16
@@ -10,9 +12,9 @@
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::{
-    AdamWHparams, adamw_step, adamw_step_slow, attention, attention_slow, cross_entropy,
-    cross_entropy_slow, dot_diff_many, dot_diff_many_slow, dot_many, dot_many_slow, rms_norm,
-    rms_norm_slow, rope, rope_slow, sum_sq_many, sum_sq_many_slow, swiglu, swiglu_slow,
+    AdamWHparams, adamw_step, adamw_step_finite, adamw_step_slow, attention, attention_slow,
+    cross_entropy, cross_entropy_slow, dot_diff_many, dot_diff_many_slow, dot_many, dot_many_slow,
+    rms_norm, rms_norm_slow, rope, rope_slow, sum_sq_many, sum_sq_many_slow, swiglu, swiglu_slow,
 };
 
 /// One compared tensor (or statistic).
@@ -364,7 +366,54 @@ fn adamw(device: &Device, dt: DType) -> Result<Vec<Row>> {
     worst("update_sq", stat(|s| s.update_sq), st);
     worst("param_sq", stat(|s| s.param_sq), st);
     worst("max_abs_update", stat(|s| s.max_abs_update), st);
+
+    // The finiteness check against the twin's outputs, on the untouched originals: this
+    // step; |g| = 1e20 unclipped (v' overflows in f32); an enormous lr where v = g = 0 and
+    // m = 1 (θ' = … − (lr/bc₁)·β₁/ε overflows).
+    let at = shapes[1][0] - 1;
+    let finite = |what, g: &[Tensor], m: &[Tensor], v: &[Tensor], hp: &AdamWHparams| {
+        let check = adamw_step_finite(&refs(&params), &refs(g), &refs(m), &refs(v), hp)?;
+        let mut twin = true;
+        for s in adamw_step_slow(&refs(&params), &refs(g), &refs(m), &refs(v), hp)? {
+            for t in [&s.param, &s.exp_avg, &s.exp_avg_sq] {
+                let x = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+                twin &= x.iter().all(|x| x.is_finite());
+            }
+        }
+        Ok::<_, candle_core::Error>(Row {
+            op: "adamw_step_finite",
+            dtype: name,
+            what,
+            max_abs: if check == twin { 0.0 } else { 1.0 },
+            scale: 1.0,
+            tol: 0.0,
+        })
+    };
+    rows.push(finite("agrees: finite step", &grads, &ms, &vs, &hp)?);
+    let mut g = grads.clone();
+    g[1] = planted(&g[1], at, 1e20)?;
+    let unclipped = AdamWHparams {
+        grad_scale: 1.0,
+        ..hp
+    };
+    rows.push(finite("agrees: |g| = 1e20", &g, &ms, &vs, &unclipped)?);
+    let (mut g, mut m, mut v) = (grads.clone(), ms.clone(), vs.clone());
+    g[1] = planted(&g[1], at, 0.0)?;
+    m[1] = planted(&m[1], at, 1.0)?;
+    v[1] = planted(&v[1], at, 0.0)?;
+    let huge = AdamWHparams {
+        lr: if dt == DType::F64 { 1e300 } else { 1e31 },
+        ..hp
+    };
+    rows.push(finite("agrees: huge lr", &g, &m, &v, &huge)?);
     Ok(rows)
+}
+
+/// `t` with element `i` (of its flattened view) set to `x`, on `t`'s device.
+fn planted(t: &Tensor, i: usize, x: f64) -> Result<Tensor> {
+    let mut v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    v[i] = x;
+    Tensor::from_vec(v, t.dims(), t.device())?.to_dtype(t.dtype())
 }
 
 /// The multi-tensor reductions against their plain-op twins.

@@ -1,6 +1,7 @@
 //! The fused AdamW step and the multi-tensor reductions against their `*_slow` twins, the
-//! first AdamW step against its closed form, in-place semantics, and independence of the
-//! results from the rayon pool's size. Run with `--nocapture` to see each max |Δ|.
+//! first AdamW step against its closed form, in-place semantics, the step's finiteness
+//! check against the twin and the step, and independence of the results from the rayon
+//! pool's size. Run with `--nocapture` to see each max |Δ|.
 
 mod common;
 
@@ -266,4 +267,164 @@ fn results_do_not_depend_on_the_pool_size() {
     eprintln!(
         "pool-size independence: rms_norm dw, attention dk, sum_sq bitwise equal for 1 and 3 threads"
     );
+}
+
+/// `t` with element `i` (of its flattened view) set to `x`.
+fn with(t: &Tensor, i: usize, x: f64) -> Tensor {
+    let mut v = t
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    v[i] = x;
+    Tensor::from_vec(v, t.dims(), &Device::Cpu)
+        .unwrap()
+        .to_dtype(t.dtype())
+        .unwrap()
+}
+
+fn all_finite(t: &Tensor) -> bool {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
+        .iter()
+        .all(|x| x.is_finite())
+}
+
+/// The raw bits of every element, to show that nothing was written.
+fn bits(ts: &[Tensor]) -> Vec<Vec<u64>> {
+    ts.iter()
+        .map(|t| {
+            t.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        })
+        .collect()
+}
+
+/// Whether the slow twin's new (θ, m, v) are each all finite, over the group.
+fn slow_finite(
+    p: &[Tensor],
+    g: &[Tensor],
+    m: &[Tensor],
+    v: &[Tensor],
+    hp: &k::AdamWHparams,
+) -> [bool; 3] {
+    let slow = k::adamw_step_slow(&refs(p), &refs(g), &refs(m), &refs(v), hp).unwrap();
+    [
+        slow.iter().all(|s| all_finite(&s.param)),
+        slow.iter().all(|s| all_finite(&s.exp_avg)),
+        slow.iter().all(|s| all_finite(&s.exp_avg_sq)),
+    ]
+}
+
+/// The finiteness check against the slow twin and against the in-place step itself, on
+/// finite steps and on steps that overflow in one element of the tensor larger than a
+/// rayon chunk: |g| = 1e20 without clipping (g² overflows f32, so v' is infinite while θ'
+/// stays finite) and an enormous lr with v = 0 (θ' overflows, m' and v' do not). The check
+/// writes nothing.
+#[test]
+fn adamw_finite_check_agrees_with_slow() {
+    let last = SHAPES.len() - 1;
+    let at = 70_000; // in the last rayon chunk of the largest tensor
+    for dtype in [DType::F32, DType::F64] {
+        // Finite steps; with and without clipping and decay.
+        for (wd, clip) in [(0.1, 0.7), (0.0, 1.0)] {
+            let mut rng = Rng::new(21);
+            let [p, g, m, v] = group(&mut rng, dtype);
+            let hp = hparams(3, wd, clip);
+            let got = k::adamw_step_finite(&refs(&p), &refs(&g), &refs(&m), &refs(&v), &hp);
+            eprintln!("adamw check {dtype:?} wd {wd} clip {clip}: {got:?}");
+            assert!(got.unwrap());
+            assert_eq!(slow_finite(&p, &g, &m, &v, &hp), [true; 3]);
+        }
+
+        // |g| = 1e20, no clipping: v' = β₂·v + (1 − β₂)·1e40 is +∞ in f32, finite in f64.
+        let mut rng = Rng::new(22);
+        let [p, mut g, m, v] = group(&mut rng, dtype);
+        g[last] = with(&g[last], at, -1e20);
+        let hp = hparams(3, 0.1, 1.0);
+        let before = bits(&[p.clone(), m.clone(), v.clone()].concat());
+        let got = k::adamw_step_finite(&refs(&p), &refs(&g), &refs(&m), &refs(&v), &hp).unwrap();
+        let slow = slow_finite(&p, &g, &m, &v, &hp);
+        eprintln!("adamw check {dtype:?} |g| = 1e20: {got} (slow θ, m, v finite: {slow:?})");
+        let f32 = dtype == DType::F32;
+        assert_eq!(
+            slow,
+            [true, true, !f32],
+            "the case does not overflow as meant"
+        );
+        assert_eq!(got, !f32);
+        assert_eq!(bits(&[p.clone(), m.clone(), v.clone()].concat()), before);
+
+        // An enormous lr where v = g = 0 and m ≠ 0: m'/(√v'·… + ε) = β₁·m/ε, so
+        // θ' = θ·(1 − lr·wd) − (lr/bc₁)·β₁·m/ε overflows; m' and v' stay finite.
+        let mut rng = Rng::new(23);
+        let [p, mut g, mut m, mut v] = group(&mut rng, dtype);
+        g[last] = with(&g[last], at, 0.0);
+        m[last] = with(&m[last], at, 1.0);
+        v[last] = with(&v[last], at, 0.0);
+        let mut hp = hparams(3, 0.1, 1.0);
+        hp.lr = if f32 { 1e31 } else { 1e300 };
+        let got = k::adamw_step_finite(&refs(&p), &refs(&g), &refs(&m), &refs(&v), &hp).unwrap();
+        let slow = slow_finite(&p, &g, &m, &v, &hp);
+        eprintln!(
+            "adamw check {dtype:?} lr {:e}: {got} (slow θ, m, v finite: {slow:?})",
+            hp.lr
+        );
+        assert_eq!(
+            slow,
+            [false, true, true],
+            "the case does not overflow as meant"
+        );
+        assert!(!got);
+
+        // The same enormous lr without the planted element: every θ' is finite.
+        let mut rng = Rng::new(23);
+        let [p, g, m, v] = group(&mut rng, dtype);
+        let got = k::adamw_step_finite(&refs(&p), &refs(&g), &refs(&m), &refs(&v), &hp).unwrap();
+        assert_eq!(got, slow_finite(&p, &g, &m, &v, &hp) == [true; 3]);
+
+        // A NaN gradient makes every new value NaN.
+        let mut rng = Rng::new(24);
+        let [p, mut g, m, v] = group(&mut rng, dtype);
+        g[0] = with(&g[0], 3, f64::NAN);
+        let hp = hparams(3, 0.1, 0.5);
+        assert!(!k::adamw_step_finite(&refs(&p), &refs(&g), &refs(&m), &refs(&v), &hp).unwrap());
+    }
+}
+
+/// The check answers exactly what the in-place step then writes, in f32, for lrs from
+/// ordinary to overflowing (each step on fresh copies).
+#[test]
+fn adamw_finite_check_agrees_with_the_step() {
+    let mut rng = Rng::new(25);
+    let [p, g, m, v] = group(&mut rng, DType::F32);
+    let mut seen = [false; 2];
+    for lr in [1e-3, 1e30, 1e33, 1e35, 1e36, 1e37, 1e38, 1e39] {
+        let mut hp = hparams(2, 0.1, 0.9);
+        hp.lr = lr;
+        let copies =
+            |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.copy().unwrap()).collect() };
+        let (pc, mc, vc) = (copies(&p), copies(&m), copies(&v));
+        let check =
+            k::adamw_step_finite(&refs(&pc), &refs(&g), &refs(&mc), &refs(&vc), &hp).unwrap();
+        k::adamw_step(&refs(&pc), &refs(&g), &refs(&mc), &refs(&vc), &hp).unwrap();
+        let wrote = pc.iter().chain(&mc).chain(&vc).all(all_finite);
+        eprintln!("adamw check vs step, lr {lr:e}: check {check}, step wrote finite {wrote}");
+        assert_eq!(check, wrote, "lr {lr:e}");
+        seen[check as usize] = true;
+    }
+    assert_eq!(seen, [true, true], "the lrs should give both answers");
 }

@@ -110,6 +110,19 @@ pub struct Trainer {
     /// Sums of the noise-scale estimates so far (tr Σ, |G|²): their ratio is the run's
     /// averaged B_simple (McCandlish et al. average numerator and denominator apart).
     noise_sums: (f64, f64),
+    /// A fault for the next step to meet ([`Trainer::inject_fault`], a test hook).
+    fault: Option<Fault>,
+}
+
+/// What [`Trainer::inject_fault`] makes the next training step meet. A test hook: it lets
+/// tests check that a non-finite step applies nothing, on the path real runs take.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// One element of a gradient is NaN, before the gradient norm is checked.
+    NonFiniteGradient,
+    /// The optimiser gets an infinite learning rate, so its update is not finite.
+    NonFiniteUpdate,
 }
 
 /// Indices (in parameter order) of the tracked tensors of `cfg`.
@@ -183,6 +196,7 @@ impl Trainer {
             step: 0,
             tokens: 0,
             last_val: None,
+            fault: None,
         })
     }
 
@@ -275,6 +289,7 @@ impl Trainer {
             tokens: self.tokens,
             rng: self.rng,
             last_val: self.last_val,
+            fault: None,
         })
     }
 
@@ -338,14 +353,27 @@ impl Trainer {
         Ok((x, y))
     }
 
-    /// Runs the next training step. On a non-finite loss or gradient nothing is applied and
-    /// an error naming the step is returned.
+    /// Runs the next training step. A step whose loss, gradient or update is not finite
+    /// applies nothing: it returns an error naming the step and what was not finite, and
+    /// parameters, AdamW's moments and t, the step and token counts, the RNG, the last
+    /// validation loss and the per-step tracker are as they were before it.
     pub fn train_step(&mut self) -> Result<StepMetrics> {
         let t0 = Instant::now();
+        let fault = self.fault.take();
         let s = self.step + 1;
         let lr = self.cfg.schedule.lr(s);
         let (x, y) = self.tensors(&self.data.train_batch(s))?;
-        let (loss, grads) = self.model.loss_and_grads(&x, &y)?;
+        let (loss, mut grads) = self.model.loss_and_grads(&x, &y)?;
+        // Test hook (`inject_fault`): one NaN in the first parameter's gradient.
+        if fault == Some(Fault::NonFiniteGradient)
+            && let Some(p) = self.opt.params().first()
+            && let Some(g) = grads.get(&p.var)
+        {
+            let mut v = g.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+            v[0] = f64::NAN;
+            let bad = Tensor::from_vec(v, g.dims(), g.device())?.to_dtype(g.dtype())?;
+            grads.insert(&p.var, bad);
+        }
         let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let non_finite = |what| Error::NonFinite {
             run: self.run,
@@ -386,8 +414,16 @@ impl Trainer {
         } else {
             (None, Vec::new())
         };
-        let Some((stats, max_abs)) = self.opt.step(&grads, lr, norms.total)? else {
-            return Err(non_finite("parameters after the update"));
+        // Everything above only read the run's state; from here the step is applied whole
+        // or not at all (the optimiser writes nothing if its update would not be finite).
+        // The test hook's update fault is an infinite learning rate.
+        let opt_lr = if fault == Some(Fault::NonFiniteUpdate) {
+            f64::INFINITY
+        } else {
+            lr
+        };
+        let Some((stats, max_abs)) = self.opt.step(&grads, opt_lr, norms.total)? else {
+            return Err(non_finite("update"));
         };
         drop(grads);
         let max_update = if per_step {
@@ -423,6 +459,13 @@ impl Trainer {
             geometry,
             max_update,
         })
+    }
+
+    /// Test hook: the next [`Self::train_step`] (only that one) meets `fault`, so that tests
+    /// can check on the path real runs take that a non-finite step applies nothing.
+    #[doc(hidden)]
+    pub fn inject_fault(&mut self, fault: Fault) {
+        self.fault = Some(fault);
     }
 
     /// Mean wall time of this run's recent steps, in seconds.

@@ -47,7 +47,7 @@ pub struct AdamW {
     t: u64,
 }
 
-use wsdscope_kernels::sum_sq_many;
+use wsdscope_kernels::{AdamWHparams, adamw_step, adamw_step_finite, sum_sq_many};
 
 /// Gradient norms before clipping: global, per decoder layer and per μP group.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,14 +175,14 @@ impl AdamW {
 
     /// One AdamW step at base learning rate `lr`. `grad_norm` is [`Self::grad_norm`] of the
     /// same gradients, which the caller has checked is finite. On success returns the step's
-    /// statistics and max |Δθ| of every parameter, in parameter order; `Ok(None)` if the new
-    /// parameters are not all finite.
+    /// statistics and max |Δθ| of every parameter, in parameter order.
     ///
-    /// The staged path computes everything first and commits only finite parameters, so
-    /// `None` leaves the state untouched. The fused path updates in place (three passes per
-    /// tensor, no allocation); with finite gradients, parameters and learning rate its
-    /// update is bounded (|Δθ| ≤ lr·(1 + wd·|θ|)·O(1/(1−β₂)^½)), so `None` there means
-    /// parameters near the f32 limit, and the run is stopped without a checkpoint after it.
+    /// The step is all or nothing: `Ok(None)` if any new parameter or moment would not be
+    /// finite, and then no tensor was written and t is unchanged. The staged path computes
+    /// every new tensor first and commits them only if all are finite. The fused path first
+    /// asks [`wsdscope_kernels::adamw_step_finite`] of every group, which computes each new
+    /// θ, m and v exactly as the in-place update does, and only then updates in place (three
+    /// passes per tensor, no allocation).
     pub fn step(
         &mut self,
         grads: &GradStore,
@@ -210,6 +210,23 @@ impl AdamW {
             .ok_or_else(|| Error::Config(format!("parameter {} received no gradient", p.name)))
     }
 
+    /// The parameters, gradients and moments of the tensors `idx`, for the fused kernels.
+    fn group_tensors<'a>(
+        &'a self,
+        grads: &'a GradStore,
+        idx: &[usize],
+    ) -> Result<[Vec<&'a Tensor>; 4]> {
+        let ps = idx.iter().map(|&i| &self.params[i]);
+        Ok([
+            ps.clone().map(|p| p.var.as_tensor()).collect(),
+            ps.clone()
+                .map(|p| self.grad_of(grads, p))
+                .collect::<Result<_>>()?,
+            ps.clone().map(|p| &p.exp_avg).collect(),
+            ps.map(|p| &p.exp_avg_sq).collect(),
+        ])
+    }
+
     fn step_fused(
         &mut self,
         grads: &GradStore,
@@ -219,37 +236,40 @@ impl AdamW {
         let t = (self.t + 1) as i32;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let clip = self.clip_scale(grad_norm);
+        // Each μP group's tensors (indices in parameter order) and hyper-parameters.
+        let groups: Vec<(Vec<usize>, AdamWHparams)> = ParamGroup::ALL
+            .into_iter()
+            .filter_map(|group| {
+                let idx: Vec<usize> = (0..self.params.len())
+                    .filter(|&i| self.params[i].group == group)
+                    .collect();
+                let (lr_mult, wd) = self.group_hparams(group);
+                let hp = AdamWHparams {
+                    lr: lr * lr_mult,
+                    beta1: b1,
+                    beta2: b2,
+                    eps: self.cfg.eps,
+                    weight_decay: wd,
+                    bias_correction1: 1.0 - b1.powi(t),
+                    bias_correction2_sqrt: (1.0 - b2.powi(t)).sqrt(),
+                    grad_scale: clip,
+                };
+                (!idx.is_empty()).then_some((idx, hp))
+            })
+            .collect();
+        // Nothing is written unless every group's update is finite: in place, a half-applied
+        // step could not be taken back.
+        for (idx, hp) in &groups {
+            let [p, g, m, v] = self.group_tensors(grads, idx)?;
+            if !adamw_step_finite(&p, &g, &m, &v, hp)? {
+                return Ok(None);
+            }
+        }
         let mut max_abs = vec![0.0; self.params.len()];
         let (mut upd_sq, mut par_sq) = (0.0, 0.0);
-        for group in ParamGroup::ALL {
-            let idx: Vec<usize> = (0..self.params.len())
-                .filter(|&i| self.params[i].group == group)
-                .collect();
-            if idx.is_empty() {
-                continue;
-            }
-            let (lr_mult, wd) = self.group_hparams(group);
-            let hp = wsdscope_kernels::AdamWHparams {
-                lr: lr * lr_mult,
-                beta1: b1,
-                beta2: b2,
-                eps: self.cfg.eps,
-                weight_decay: wd,
-                bias_correction1: 1.0 - b1.powi(t),
-                bias_correction2_sqrt: (1.0 - b2.powi(t)).sqrt(),
-                grad_scale: clip,
-            };
-            let params: Vec<&Tensor> = idx
-                .iter()
-                .map(|&i| self.params[i].var.as_tensor())
-                .collect();
-            let g: Vec<&Tensor> = idx
-                .iter()
-                .map(|&i| self.grad_of(grads, &self.params[i]))
-                .collect::<Result<_>>()?;
-            let m: Vec<&Tensor> = idx.iter().map(|&i| &self.params[i].exp_avg).collect();
-            let v: Vec<&Tensor> = idx.iter().map(|&i| &self.params[i].exp_avg_sq).collect();
-            let stats = wsdscope_kernels::adamw_step(&params, &g, &m, &v, &hp)?;
+        for (idx, hp) in &groups {
+            let [p, g, m, v] = self.group_tensors(grads, idx)?;
+            let stats = adamw_step(&p, &g, &m, &v, hp)?;
             for (&i, s) in idx.iter().zip(stats) {
                 upd_sq += s.update_sq;
                 par_sq += s.param_sq;
@@ -257,9 +277,6 @@ impl AdamW {
             }
         }
         self.t += 1;
-        if !par_sq.is_finite() {
-            return Ok(None);
-        }
         Ok(Some((
             StepStats {
                 grad_norm,
@@ -282,6 +299,7 @@ impl AdamW {
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
         let clip = self.clip_scale(grad_norm);
         let (mut upd_sq, mut par_sq) = (0.0, 0.0);
+        let mut moments_finite = true;
         let mut staged = Vec::with_capacity(self.params.len());
         for p in &self.params {
             let (lr_mult, wd) = self.group_hparams(p.group);
@@ -303,9 +321,11 @@ impl AdamW {
             let denom = ((v.sqrt()? / bc2_sqrt)? + self.cfg.eps)?;
             let new = (decayed - (m.div(&denom)? * (lr_p / bc1))?)?;
             let delta = (&new - theta)?;
-            let sums = sum_sq_many(&[&delta, &new])?;
+            let sums = sum_sq_many(&[&delta, &new, &m, &v])?;
             upd_sq += sums[0];
             par_sq += sums[1];
+            // Σx² in f64 is finite exactly when every element is (for f32 tensors).
+            moments_finite &= sums[2].is_finite() && sums[3].is_finite();
             let max = delta
                 .abs()?
                 .max_all()?
@@ -313,7 +333,7 @@ impl AdamW {
                 .to_scalar::<f64>()?;
             staged.push((new, m, v, max));
         }
-        if !par_sq.is_finite() {
+        if !(par_sq.is_finite() && moments_finite) {
             return Ok(None);
         }
         let mut max_abs = Vec::with_capacity(staged.len());
@@ -494,6 +514,90 @@ mod tests {
             );
             for (p, q) in x.iter().zip(&y) {
                 assert!((p - q).abs() < 1e-6, "{p} vs {q}");
+            }
+        }
+    }
+
+    /// Every parameter and moment as raw bits, and t.
+    fn state_bits(opt: &AdamW) -> (Vec<Vec<u32>>, u64) {
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
+        let tensors = opt
+            .params()
+            .iter()
+            .flat_map(|p| {
+                [
+                    bits(p.var.as_tensor()),
+                    bits(&p.exp_avg),
+                    bits(&p.exp_avg_sq),
+                ]
+            })
+            .collect();
+        (tensors, opt.steps_taken())
+    }
+
+    /// A step whose update would not be finite returns `None` and writes nothing, on both
+    /// paths: an infinite v' (|g| = 1e20 unclipped, whose θ' is finite: √v' = ∞ zeroes the
+    /// update) and an overflowing θ' (an enormous lr). The next finite step then matches a
+    /// twin that never saw the bad one.
+    #[test]
+    fn a_non_finite_update_writes_nothing() {
+        let dev = Device::Cpu;
+        let named = || {
+            let emb = Var::from_vec(vec![0.1f32, -0.2, 0.3, 0.4], (2, 2), &dev).unwrap();
+            let hid = Var::from_vec(vec![0.5f32, -0.1, 0.2, 0.3], (2, 2), &dev).unwrap();
+            let gain = Var::from_vec(vec![1.0f32, 0.9], 2, &dev).unwrap();
+            vec![
+                ("model.embed_tokens.weight".to_string(), emb),
+                ("model.layers.0.mlp.up_proj.weight".to_string(), hid),
+                ("model.norm.weight".to_string(), gain),
+            ]
+        };
+        // The gradients of scale·Σθ: `scale` everywhere.
+        let grads = |named: &[(String, Var)], scale: f64| {
+            named
+                .iter()
+                .map(|(_, v)| (v.as_tensor().sum_all().unwrap() * scale).unwrap())
+                .reduce(|a, b| (a + b).unwrap())
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let cfg = OptimConfig {
+            clip: 0.0,
+            ..OptimConfig::default()
+        };
+        for fused in [true, false] {
+            for (what, scale, lr) in [("v'", 1e20, 0.01), ("θ'", 1.0, 1e39)] {
+                let (a, b) = (named(), named());
+                let (ga, gb, bad) = (grads(&a, 1.0), grads(&b, 1.0), grads(&a, scale));
+                let mut opt = AdamW::new(&a, cfg.clone(), 2.0).unwrap();
+                let mut twin = AdamW::new(&b, cfg.clone(), 2.0).unwrap();
+                opt.set_fused(fused);
+                twin.set_fused(fused);
+                let gn = opt.grad_norm(&ga).unwrap();
+                opt.step(&ga, 0.01, gn).unwrap().unwrap();
+                twin.step(&gb, 0.01, gn).unwrap().unwrap();
+                let before = state_bits(&opt);
+                let bad_norm = opt.grad_norm(&bad).unwrap();
+                assert!(bad_norm.is_finite());
+                let got = opt.step(&bad, lr, bad_norm).unwrap();
+                assert!(got.is_none(), "fused {fused}, non-finite {what}: applied");
+                assert!(state_bits(&opt) == before, "fused {fused}, {what}: wrote");
+                let (sa, _) = opt.step(&ga, 0.01, gn).unwrap().unwrap();
+                let (sb, _) = twin.step(&gb, 0.01, gn).unwrap().unwrap();
+                assert_eq!(sa, sb);
+                assert!(
+                    state_bits(&opt) == state_bits(&twin),
+                    "fused {fused}, {what}"
+                );
             }
         }
     }
