@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use wsdscope_tests::wsdscope;
 
-/// The estimate `record --dry-run FLAGS` prints as `estimated peak memory: N MiB`, in MiB.
+/// The estimate `record --dry-run --no-record FLAGS` prints as `estimated peak memory: N
+/// MiB`, in MiB (`--no-record` as in the measured run: no session writer to count).
 fn estimate_mib(flags: &[&str]) -> u64 {
     let out = wsdscope()
-        .args(["record", "--dry-run"])
+        .args(["record", "--dry-run", "--no-record"])
         .args(flags)
         .output()
         .expect("wsdscope runs");
