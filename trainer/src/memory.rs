@@ -11,7 +11,7 @@
 //! same time.
 //!
 //! The CPU step (`model/cpu_step.rs`) keeps every buffer it ever took in its model's pool,
-//! so the pool's size is what one pass takes at once; [`cpu_step_pool`] replays the pass's
+//! so the pool's size is what one pass takes at once; `cpu_step_pool` replays the pass's
 //! takes and gives on lengths alone (a test checks it against the real pool).
 //!
 //! Nothing here allocates in proportion to the batch or the sequence, and the arithmetic is
@@ -550,15 +550,13 @@ fn cpu_step_pool(d: &Dims, grad: bool) -> u128 {
 /// `MI_LARGE_MAX_OBJ_SIZE`, 512 KiB); smaller ones share pages.
 const LARGE_OBJECT: u128 = 512 * KIB;
 
-/// The huge-page tail of `count` buffers of `elems` f32 each: a buffer that is a page of its
-/// own starts and ends inside 2 MiB huge pages that are resident in full; on average half a
-/// huge page per buffer is resident beyond its bytes.
-fn huge_page_tail(count: u128, bytes_each: u128) -> u128 {
-    if bytes_each >= LARGE_OBJECT {
-        count * HUGE_PAGE / 2
-    } else {
-        0
-    }
+/// What `count` large buffers hold beyond their bytes. mimalloc advises transparent huge
+/// pages for its arenas, so the kernel maps them 2 MiB at a time: a buffer that is a page of
+/// its own begins and ends inside huge pages that are resident in full, on average half a
+/// huge page per buffer. (Measured: with `MIMALLOC_ALLOW_THP=0` the calibration runs' peaks
+/// fall by 4–15%, which this term accounts for.)
+fn huge_page_tail(count: u128) -> u128 {
+    count * HUGE_PAGE / 2
 }
 
 /// How many parameter tensors of a model are at least [`LARGE_OBJECT`], over one copy.
@@ -653,22 +651,25 @@ impl RunParts {
         }
         if uses_cpu_step(cfg) {
             let pool = cpu_step_pool(d, true) * 4;
+            // Per layer ((nh + 2·kv)·hd + 2F, H) f32.
             let stacked = d.layers * d.stacked_per_layer() * 4;
             parts.push((
-                "CPU step's stacked q/k/v and gate/up weights: per layer ((nh + 2·kv)·hd + 2F, H) f32",
+                "CPU step's stacked q/k/v and gate/up weights, f32",
                 stacked,
                 Lever::Shape,
             ));
+            // Per layer the activations the backward keeps: (N, H) ×4, (N, nh·hd) ×3,
+            // (N, kv·hd) ×2, (B, nh, T), (N, 2F), (N, F); then (N, V) logits and the
+            // backward's buffers; f32, N = batch × seq.
             parts.push((
-                "CPU step's scratch pool: per layer the activations its backward keeps (N, H)×4, \
-                 (N, nh·hd)×3, (N, kv·hd)×2, (B, nh, T), (N, 2F), (N, F), then (N, V) logits and \
-                 the backward's buffers; f32, N = batch × seq",
+                "CPU step's scratch pool at batch × seq: the activations its backward keeps, \
+                 (N, V) logits and the backward's buffers, f32",
                 pool.saturating_sub(stacked),
                 Lever::Tokens,
             ));
             parts.push((
                 "allocator: the pool's large buffers end in 2 MiB huge pages",
-                huge_page_tail(large_pool_buffers(d, true), LARGE_OBJECT),
+                huge_page_tail(large_pool_buffers(d, true)),
                 Lever::Tokens,
             ));
         }
@@ -871,12 +872,14 @@ fn add_probe_parts(est: &mut MemoryEstimate, cfg: &RunConfig, d: &Dims) {
     let convert = 16 * d.largest_tensor();
     // The step's batch read again, and the probe sequences as tensors.
     let batch = 8 * d.n + 8 * probe_seqs * d.t;
+    // The large f64 vectors and the copy's large tensors (parameters and gradients) end in
+    // huge pages.
+    let large_vector = u128::from(8 * p >= LARGE_OBJECT);
     let tail = |vectors: u128| -> u128 {
-        // Each f64 vector and the copy's tensors end in huge pages.
         if cuda {
             0
         } else {
-            huge_page_tail(vectors + large_param_tensors(d) * 2, LARGE_OBJECT)
+            huge_page_tail(vectors * large_vector + large_param_tensors(d) * 2)
         }
     };
 
