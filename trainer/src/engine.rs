@@ -293,19 +293,17 @@ impl Trainer {
         })
     }
 
-    /// Bytes this run keeps while it lives: f32 parameters, two AdamW moments, and the
-    /// gradient and update of the last step (kept for the per-step geometry).
+    /// Bytes this run keeps while it lives: f32 parameters, two AdamW moments, the
+    /// gradient and update of the last step (kept for the per-step geometry) and the CPU
+    /// step's scratch pool (see [`crate::memory`]).
     pub fn resident_bytes(&self) -> u64 {
-        20 * self.cfg.model.total_params()
+        crate::memory::run_bytes(&self.cfg)
     }
 
-    /// Transient bytes of one training step's activations (shared: runs step one at a time).
+    /// Transient bytes of one training step on top of what the runs keep (shared: runs step
+    /// one at a time).
     pub fn activation_bytes(&self) -> u64 {
-        let m = &self.cfg.model;
-        let tokens = (self.cfg.batch * self.cfg.seq) as u64;
-        let per_layer =
-            12 * m.hidden as u64 + 3 * m.ffn as u64 + 4 * (m.heads * self.cfg.seq) as u64;
-        4 * tokens * (m.layers as u64 * per_layer + 3 * m.vocab as u64)
+        crate::memory::step_bytes(&self.cfg)
     }
 
     pub fn model(&self) -> &MiniCpm {

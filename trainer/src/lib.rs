@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod memory;
 pub mod model;
 pub mod objective;
 pub mod optim;
@@ -23,6 +24,7 @@ pub use config::{
 };
 pub use engine::{Command, Engine, ForkRequest, Outcome, Trainer};
 pub use error::{Error, Result};
+pub use memory::{MemoryEstimate, available_host, check_fits, estimate};
 pub use schedule::{DecayShape, Schedule};
 /// The fused kernels' parity check against their plain-op twins (`wsdscope bench --kernels`).
 pub use wsdscope_kernels::parity;

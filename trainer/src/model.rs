@@ -295,6 +295,12 @@ impl MiniCpm {
         self.max_seq
     }
 
+    /// Bytes the CPU step's scratch pool holds between steps (what the memory estimate
+    /// models; see `memory.rs`).
+    pub fn scratch_bytes(&self) -> u64 {
+        self.scratch.bytes()
+    }
+
     /// Every parameter with its HF name, in checkpoint order.
     pub fn named_vars(&self) -> &[(String, Var)] {
         &self.named

@@ -4,7 +4,8 @@
 //! checkpoint, or a branch forked from a run, sees exactly the batches its parent would have.
 //! Sources: the embedded synthetic language ([`synthetic`]), a UTF-8 text file read as bytes,
 //! a text file encoded by a Hugging Face `tokenizer.json`, or pre-tokenized little-endian
-//! uint16/uint32 files. Token streams are laid out like the PyTorch reference: row `b` of
+//! uint16/uint32 files. Text and token files are memory-mapped, never read whole into
+//! memory (a text file's bytes are its tokens); only tokenizer-encoded ids are owned. Token streams are laid out like the PyTorch reference: row `b` of
 //! step `s` (1-based) is the window of `seq + 1` tokens starting at `((s−1)·B + b)·seq`,
 //! wrapping around the training part; the last `val_fraction` of the stream is held out and
 //! evaluated on fixed, evenly spaced windows.
@@ -50,7 +51,8 @@ impl Batch {
     }
 }
 
-/// A token stream held in memory or mapped from disk.
+/// A token stream held in memory or mapped from disk: little-endian integers of `width`
+/// bytes (1 for text read as bytes).
 enum Tokens {
     Owned(Vec<u32>),
     Mapped { map: Mmap, width: u8 },
@@ -68,6 +70,7 @@ impl Tokens {
     fn get(&self, i: usize) -> u32 {
         match self {
             Tokens::Owned(v) => v[i],
+            Tokens::Mapped { map, width: 1 } => map[i] as u32,
             Tokens::Mapped { map, width: 2 } => {
                 u16::from_le_bytes([map[2 * i], map[2 * i + 1]]) as u32
             }
@@ -80,6 +83,7 @@ impl Tokens {
     fn max(&self) -> u32 {
         match self {
             Tokens::Owned(v) => v.iter().copied().max().unwrap_or(0),
+            Tokens::Mapped { map, width: 1 } => map.iter().copied().max().unwrap_or(0) as u32,
             _ => (0..self.len()).map(|i| self.get(i)).max().unwrap_or(0),
         }
     }
@@ -117,15 +121,14 @@ impl Dataset {
                 )
             }
             DataSpec::Text { path } => {
-                let text = read_utf8(path)?;
-                let tokens: Vec<u32> = text.bytes().map(u32::from).collect();
-                (
-                    stream(path, Tokens::Owned(tokens), cfg)?,
-                    cfg.data.describe(),
-                )
+                // One token per byte, read through the map: nothing is copied.
+                let map = map_utf8(path)?;
+                let tokens = Tokens::Mapped { map, width: 1 };
+                (stream(path, tokens, cfg)?, cfg.data.describe())
             }
             DataSpec::Tokenized { path, tokenizer } => {
-                let text = read_utf8(path)?;
+                let map = map_utf8(path)?;
+                let text = utf8(path, &map)?;
                 let tok = tokenizer::load(tokenizer)?;
                 let tv = tok.get_vocab_size(true);
                 if tv > vocab {
@@ -134,7 +137,7 @@ impl Dataset {
                         tokenizer.display()
                     )));
                 }
-                let ids = tokenizer::encode(&tok, &text)?;
+                let ids = tokenizer::encode(&tok, text)?;
                 (stream(path, Tokens::Owned(ids), cfg)?, cfg.data.describe())
             }
             DataSpec::Tokens { path, width } => {
@@ -229,18 +232,28 @@ impl Dataset {
     }
 }
 
-fn read_utf8(path: &Path) -> Result<String> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+/// Maps a text file and checks, over the mapped bytes, that it is UTF-8.
+fn map_utf8(path: &Path) -> Result<Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
         return Err(data_err(path, "is a directory, not a text file"));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| {
+    // SAFETY: the file is opened read-only and we only read it; if another process truncates
+    // it while we train, reads may fault, as with any mapped input.
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    utf8(path, &map)?;
+    Ok(map)
+}
+
+/// The mapped bytes as text, validated in place (no copy).
+fn utf8<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|e| {
         data_err(
             path,
             format!(
                 "is not UTF-8 text (invalid byte at offset {}); pass pre-tokenized files with --data-format u16|u32",
-                e.utf8_error().valid_up_to()
+                e.valid_up_to()
             ),
         )
     })
@@ -439,6 +452,30 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(e.contains("has 3 tokens"), "{e}");
+    }
+
+    #[test]
+    fn text_is_mapped_and_read_byte_by_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.txt");
+        std::fs::write(&p, "héllo wörld, ".repeat(20)).unwrap();
+        let ds = Dataset::open(&cfg(DataSpec::Text { path: p }, 256)).unwrap();
+        let Source::Stream { tokens, .. } = &ds.source else {
+            panic!("a text file is a token stream")
+        };
+        assert!(matches!(tokens, Tokens::Mapped { width: 1, .. }));
+        // 'é' is two UTF-8 bytes, each its own token.
+        assert_eq!(&ds.train_batch(1).inputs[..3], &[b'h' as u32, 0xc3, 0xa9]);
+        // An invalid byte is reported at its offset, past valid multi-byte text.
+        let bad = dir.path().join("bad.txt");
+        let mut bytes = "é".repeat(10).into_bytes();
+        bytes.push(0xff);
+        std::fs::write(&bad, bytes).unwrap();
+        let e = Dataset::open(&cfg(DataSpec::Text { path: bad }, 256))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("invalid byte at offset 20"), "{e}");
     }
 
     #[test]

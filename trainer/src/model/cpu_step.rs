@@ -64,6 +64,12 @@ impl Scratch {
         let mut free = self.0.lock().unwrap_or_else(|e| e.into_inner());
         free.extend(bufs.into_iter().filter(|b| !b.is_empty()));
     }
+
+    /// Bytes of the buffers the pool holds (between steps: every buffer it ever handed out).
+    pub(super) fn bytes(&self) -> u64 {
+        let free = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        free.iter().map(|b| 4 * b.len() as u64).sum()
+    }
 }
 
 /// y (N, out) = x (N, in) · wᵀ for w (out, in).
