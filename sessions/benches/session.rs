@@ -4,11 +4,12 @@
 //!
 //!     cargo bench -p wsdscope-sessions --bench session [-- STEPS]
 
+mod common;
+
 use std::time::Instant;
 
 use wsdscope_sessions::{
-    DataSummary, EVENT_SCHEMA_VERSION, ModelSummary, Phase, PhaseBounds, Recorder, RunEvent,
-    RunStart, Session, SessionPlan, StepGeometry, StepMetrics,
+    Phase, Recorder, RunEvent, Session, SessionPlan, StepGeometry, StepMetrics,
 };
 
 fn main() {
@@ -16,58 +17,19 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let layers = 4;
+    let layers = common::LAYERS;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bench.h5");
 
     let t = Instant::now();
-    let trunk = RunStart {
-        run: 0,
-        schema_version: EVENT_SCHEMA_VERSION,
-        name: "trunk".into(),
-        parent: None,
-        fork_step: None,
-        model: ModelSummary {
-            preset: "tiny".into(),
-            params: 853_120,
-            non_embedding_params: 787_584,
-            hidden: 128,
-            layers,
-            heads: 2,
-            kv_heads: 1,
-            ffn: 384,
-            vocab: 512,
-        },
-        data: DataSummary {
-            description: "synthetic".into(),
-            entropy_floor: Some(0.99),
-            train_tokens: None,
-            val_tokens: None,
-        },
-        phases: PhaseBounds {
-            warmup_end: steps / 10,
-            decay_start: steps - steps / 10,
-            total: steps,
-        },
-        start_step: 0,
-        batch: 16,
-        seq: 128,
-        device: "cpu".into(),
-        threads: 2,
-        config: serde_json::json!({"steps": steps}),
-        param_groups: vec!["embedding".into(), "hidden".into(), "norm".into()],
-        tracked_tensors: vec!["a".into(), "b".into()],
-    };
+    let trunk = common::run_start(0, None, steps);
     let rec = Recorder::create(&path, &SessionPlan::for_trunk(&trunk, 32)).expect("create");
     rec.record(RunEvent::RunStart(Box::new(trunk)))
         .expect("record");
     // A noisy, slowly falling loss: a realistic thing to compress.
-    let mut x = 0x2545F4914F6CDD1Du64;
+    let mut rng = common::Noise(0x2545F4914F6CDD1D);
     for s in 1..=steps {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let noise = (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+        let noise = rng.next();
         let loss = 1.0 + 8.0 / (1.0 + s as f64 / 100.0) + 0.05 * noise;
         rec.record(RunEvent::Step(StepMetrics {
             run: 0,
@@ -89,7 +51,7 @@ fn main() {
                 d2: 5.0 + noise,
                 curvature: 5.0 + noise,
             }),
-            max_update: vec![1e-3, 2e-3],
+            max_update: vec![1e-3; common::TRACKED],
         }))
         .expect("record");
         if s % 1000 == 0 {

@@ -79,11 +79,19 @@ pub const RUN_SLOTS: &str = "run_slots";
 
 /// Rows per chunk of 1-D datasets (32 KiB of float64).
 pub const CHUNK: usize = 4096;
-/// Rows per chunk of per-layer 2-D datasets.
+/// Rows per chunk of per-layer 2-D datasets: 512, fewer for very wide rows so that no chunk
+/// exceeds [`MAX_CHUNK_BYTES`].
 pub const CHUNK_2D: usize = 512;
+/// The largest chunk of any dataset (the event log's; the 1-D columns' are 32 KiB).
+pub const MAX_CHUNK_BYTES: usize = 1 << 16;
 /// Deflate level of the integer columns (after byte shuffling; they compress very well).
 /// Float64 columns are stored uncompressed (see the recorder).
 pub const DEFLATE: u8 = 1;
+
+/// Rows per chunk of a 2-D float64 dataset of `width` columns.
+pub fn chunk_rows_2d(width: usize) -> usize {
+    (MAX_CHUNK_BYTES / (8 * width.max(1))).clamp(1, CHUNK_2D)
+}
 
 /// Metric names a reader can query per run: the float64 step metrics and `val_loss`.
 pub fn metric_names() -> Vec<&'static str> {

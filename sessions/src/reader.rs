@@ -667,7 +667,13 @@ fn merge_by_seq(sources: Vec<Vec<(u64, RunEvent)>>) -> Vec<RunEvent> {
 /// (100, with exponential back-off) makes a damaged file look like a hang of many minutes.
 fn open_swmr(path: &Path) -> hdf5::Result<File> {
     File::with_options()
-        .with_fapl(|p| p.metadata_read_attempts(READ_ATTEMPTS))
+        .with_fapl(|p| {
+            p.metadata_read_attempts(READ_ATTEMPTS).chunk_cache(
+                crate::recorder::CHUNK_CACHE_SLOTS,
+                crate::recorder::CHUNK_CACHE_BYTES,
+                1.0,
+            )
+        })
         .open_as(path, OpenMode::ReadSWMR)
 }
 

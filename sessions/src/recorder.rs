@@ -43,11 +43,32 @@ pub const CHANNEL_CAPACITY: usize = 8192;
 /// How long a write failure that can pass (a lock, a busy file) is retried before it counts
 /// as persistent.
 pub const RETRY_FOR: Duration = Duration::from_secs(60);
+/// Raw-data chunk cache of every dataset the writer holds open: room for the chunk each
+/// appends to and one more (no chunk is larger than [`MAX_CHUNK_BYTES`]). HDF5 2's default,
+/// 8191 slots and 8 MiB per dataset, costs about 80 KiB per open dataset and fills with
+/// finished chunks: a long session's memory would grow with it. Fully written chunks go first
+/// (w0 = 1).
+pub(crate) const CHUNK_CACHE_SLOTS: usize = 11;
+pub(crate) const CHUNK_CACHE_BYTES: usize = 2 * MAX_CHUNK_BYTES;
+/// The metadata cache of a session file: at most 4 MiB. A writer touches a few blocks of
+/// each dataset's chunk index per flush; HDF5's default lets the cache grow to 32 MiB of
+/// index blocks it will not need again, so a long session's memory would grow with it.
+pub(crate) fn metadata_cache() -> hdf5::plist::file_access::MetadataCacheConfig {
+    hdf5::plist::file_access::MetadataCacheConfig {
+        initial_size: 1 << 21,
+        max_size: 1 << 22,
+        ..Default::default()
+    }
+}
+
 /// The longest wait between two retries.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Step rows the writer holds while a retry waits before it stops taking events (the engine
 /// then waits on the full channel: nothing is dropped, memory stays bounded).
 const MAX_PENDING_ROWS: usize = 1 << 16;
+/// Rows after which the writer flushes without waiting for [`FLUSH_INTERVAL`]: keeps its
+/// buffers small when events arrive faster than the timer (a fast model, a replayed stream).
+const FLUSH_ROWS: usize = 1 << 12;
 
 /// What the file is created for: the trunk's configuration and how many runs it can hold.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +110,9 @@ pub struct RecordSummary {
     pub events: u64,
     pub runs: usize,
     pub bytes: u64,
+    /// Notices the writer gave after the last [`Recorder::notices`] call (e.g. a recovery
+    /// while it wrote its last rows).
+    pub notices: Vec<Notice>,
 }
 
 /// What the writer reports while it works, besides its final result.
@@ -140,6 +164,7 @@ impl Recorder {
         if path.file_name().is_none() {
             return Err(write_err(path, "not a file name"));
         }
+        limit_hdf5_free_lists();
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let (ready_tx, ready_rx) = mpsc::channel();
         let owned = path.to_path_buf();
@@ -206,9 +231,11 @@ impl Recorder {
     pub fn finish(mut self) -> Result<RecordSummary> {
         self.tx.take();
         let thread = self.thread.take().expect("recorder not finished");
-        thread
+        let mut summary = thread
             .join()
-            .unwrap_or_else(|_| Err(write_err(&self.path, "the writer thread panicked")))
+            .unwrap_or_else(|_| Err(write_err(&self.path, "the writer thread panicked")))?;
+        summary.notices = self.notices();
+        Ok(summary)
     }
 }
 
@@ -219,6 +246,30 @@ impl Drop for Recorder {
             let _ = t.join();
         }
     }
+}
+
+/// Caps the memory HDF5 keeps on its internal free lists for reuse (by default up to 16 MiB
+/// of chunk-sized blocks alone, which a long recording fills and never returns). Once per
+/// process.
+fn limit_hdf5_free_lists() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        hdf5::sync::sync(|| {
+            // SAFETY: a plain call into the library, under the crate's global HDF5 lock; the
+            // arguments are byte limits (global, per list) for the regular, array and block
+            // free lists.
+            unsafe {
+                hdf5_sys::h5::H5set_free_list_limits(
+                    1 << 20,
+                    1 << 18,
+                    1 << 20,
+                    1 << 16,
+                    1 << 21,
+                    1 << 18,
+                )
+            };
+        });
+    });
 }
 
 /// Places where tests can stop the writer, to kill it there.
@@ -268,9 +319,12 @@ impl TestHooks {
             PausePoint::Fork => "fork",
             PausePoint::Probe => "probe",
         };
-        eprintln!(
-            "wsdscope-test: paused at {name} (events before seq {durable_seq} are in the file)"
+        // Straight to fd 2: the training side may hold the stderr lock for its progress line.
+        let line = format!(
+            "wsdscope-test: paused at {name} (events before seq {durable_seq} are in the file)\n"
         );
+        // SAFETY: write(2) from a buffer that lives for the call.
+        unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
         std::thread::sleep(Duration::from_secs(120));
     }
 }
@@ -342,10 +396,11 @@ struct Col<T> {
 impl<T: H5Type + Copy> Col<T> {
     fn open(g: &Group, name: &str) -> hdf5::Result<Self> {
         let ds = g.dataset(name)?;
-        let width = if ds.ndim() == 2 { ds.shape()[1] } else { 0 };
+        let shape = ds.shape();
+        let width = if shape.len() == 2 { shape[1] } else { 0 };
         Ok(Col {
             ds,
-            len: 0,
+            len: shape.first().copied().unwrap_or(0),
             width,
             buf: Vec::new(),
         })
@@ -398,10 +453,43 @@ fn new_f64(g: &Group, name: &str) -> hdf5::Result<Dataset> {
     g.new_dataset::<f64>().chunk(CHUNK).shape(0..).create(name)
 }
 
-/// The datasets of one run slot.
+/// Creates run slot `id`: its group and every dataset a run appends to.
+fn create_slot(runs: &Group, id: RunId, widths: [usize; WIDE.len()]) -> hdf5::Result<()> {
+    let g = runs.create_group(&id.to_string())?;
+    put(&g, "id", id)?;
+    g.new_dataset::<u8>()
+        .chunk(1 << 12)
+        .shape(0..)
+        .create(RUN_INFO)?;
+    for name in U64_COLUMNS {
+        new_1d::<u64>(&g, name)?;
+    }
+    new_1d::<u8>(&g, PHASE)?;
+    for name in F64_METRICS {
+        new_f64(&g, name)?;
+    }
+    for (name, w) in WIDE.iter().zip(widths) {
+        // Wide rows are read once per replay, not column by column: compressing them costs
+        // less and saves more than for the 1-D columns.
+        g.new_dataset::<f64>()
+            .chunk((chunk_rows_2d(w), w.max(1)))
+            .deflate(DEFLATE)
+            .shape((0.., w))
+            .create(*name)?;
+    }
+    let e = g.create_group(EVAL)?;
+    for name in U64_COLUMNS {
+        new_1d::<u64>(&e, name)?;
+    }
+    new_f64(&e, "val_loss")?;
+    Ok(())
+}
+
+/// The open datasets of a run that has started (an open dataset costs memory in HDF5, so
+/// unused slots stay closed).
 struct RunSlot {
-    /// The run's own widths of the [`WIDE`] rows, once it has started.
-    started: Option<[usize; WIDE.len()]>,
+    /// The run's own widths of the [`WIDE`] rows.
+    widths: [usize; WIDE.len()],
     info: Col<u8>,
     u64s: [Col<u64>; 3], // seq, step, tokens
     phase: Col<u8>,
@@ -412,35 +500,9 @@ struct RunSlot {
 }
 
 impl RunSlot {
-    /// Creates slot `id` with its datasets.
-    fn create(runs: &Group, id: RunId, widths: [usize; WIDE.len()]) -> hdf5::Result<Self> {
-        let g = runs.create_group(&id.to_string())?;
-        put(&g, "id", id)?;
-        g.new_dataset::<u8>()
-            .chunk(1 << 12)
-            .shape(0..)
-            .create(RUN_INFO)?;
-        for name in U64_COLUMNS {
-            new_1d::<u64>(&g, name)?;
-        }
-        new_1d::<u8>(&g, PHASE)?;
-        for name in F64_METRICS {
-            new_f64(&g, name)?;
-        }
-        for (name, w) in WIDE.iter().zip(widths) {
-            // Wide rows are read once per replay, not column by column: compressing them costs
-            // less and saves more than for the 1-D columns.
-            g.new_dataset::<f64>()
-                .chunk((CHUNK_2D, w.max(1)))
-                .deflate(DEFLATE)
-                .shape((0.., w))
-                .create(*name)?;
-        }
-        let e = g.create_group(EVAL)?;
-        for name in U64_COLUMNS {
-            new_1d::<u64>(&e, name)?;
-        }
-        new_f64(&e, "val_loss")?;
+    /// Opens the datasets of slot `id` for a run of `widths`.
+    fn open(file: &File, id: RunId, widths: [usize; WIDE.len()]) -> hdf5::Result<Self> {
+        let g = file.group(&run_group(id))?;
         let e = g.group(EVAL)?;
         let u64s = |g: &Group| -> hdf5::Result<[Col<u64>; 3]> {
             Ok([
@@ -450,7 +512,7 @@ impl RunSlot {
             ])
         };
         Ok(RunSlot {
-            started: None,
+            widths,
             info: Col::open(&g, RUN_INFO)?,
             u64s: u64s(&g)?,
             phase: Col::open(&g, PHASE)?,
@@ -559,7 +621,15 @@ struct SessionWriter {
     file: Option<File>,
     events: Col<u8>,
     run_ids: Col<u32>,
-    slots: Vec<RunSlot>,
+    /// One entry per run slot of the file: the open datasets of runs that have started.
+    slots: Vec<Option<RunSlot>>,
+    /// The widths of the run that took each slot (a slot is never reused).
+    taken: Vec<Option<[usize; WIDE.len()]>>,
+    /// Runs that have ended: their datasets are closed after the next flush writes their
+    /// last rows, so a long session with many branches holds only its live runs open.
+    ended: Vec<RunId>,
+    /// Columns of the slots' [`WIDE`] datasets.
+    slot_widths: [usize; WIDE.len()],
     probes: Vec<ProbeTable>,
     seq: u64,
     /// Events before this seq are in the file (as of the last completed flush).
@@ -635,7 +705,11 @@ impl SessionWriter {
     ) -> Result<Self> {
         let err = |e: hdf5::Error| write_err(path, e);
         let file = File::with_options()
-            .with_fapl(|p| p.libver_v110())
+            .with_fapl(|p| {
+                p.libver_v110()
+                    .chunk_cache(CHUNK_CACHE_SLOTS, CHUNK_CACHE_BYTES, 1.0)
+                    .mdc_config(&metadata_cache())
+            })
             .create_excl(tmp)
             .map_err(err)?;
         let root: &Location = &file;
@@ -651,7 +725,7 @@ impl SessionWriter {
         put_str(root, "config", &plan.config.to_string()).map_err(err)?;
         put(root, RUN_SLOTS, plan.runs).map_err(err)?;
         file.new_dataset::<u8>()
-            .chunk(1 << 16)
+            .chunk(MAX_CHUNK_BYTES)
             .deflate(DEFLATE)
             .shape(0..)
             .create(EVENTS)
@@ -662,14 +736,14 @@ impl SessionWriter {
             .create(RUN_IDS)
             .map_err(err)?;
         let runs = file.create_group(RUNS).map_err(err)?;
-        let mut slots = Vec::with_capacity(plan.runs as usize);
         for id in 0..plan.runs {
             if id == plan.runs / 2 && hooks.pause == Some(PausePoint::Create) {
                 file.flush().map_err(err)?;
                 TestHooks::pause(PausePoint::Create, 0);
             }
-            slots.push(RunSlot::create(&runs, id, plan.widths).map_err(err)?);
+            create_slot(&runs, id, plan.widths).map_err(err)?;
         }
+        drop(runs);
         let probes = file.create_group(PROBES).map_err(err)?;
         let tables = PROBE_KINDS
             .iter()
@@ -679,8 +753,7 @@ impl SessionWriter {
         let events = Col::open(&file, EVENTS).map_err(err)?;
         let run_ids = Col::open(&file, RUN_IDS).map_err(err)?;
         file.flush().map_err(err)?;
-        // Every dataset the writer appends to is open (held in a `Col`) before SWMR starts,
-        // as HDF5 requires; from here on the writer only appends.
+        // From here on the writer only appends (a run's slot is opened when it starts).
         file.start_swmr().map_err(err)?;
         file.flush().map_err(err)?;
         Ok(SessionWriter {
@@ -688,7 +761,10 @@ impl SessionWriter {
             file: Some(file),
             events,
             run_ids,
-            slots,
+            slots: (0..plan.runs).map(|_| None).collect(),
+            taken: vec![None; plan.runs as usize],
+            ended: Vec::new(),
+            slot_widths: plan.widths,
             probes: tables,
             seq: 0,
             durable_seq: 0,
@@ -711,7 +787,11 @@ impl SessionWriter {
 
     /// Rows waiting for the file (log bytes counted per KiB).
     fn pending_rows(&self) -> usize {
-        self.slots.iter().map(RunSlot::pending_rows).sum::<usize>()
+        self.slots
+            .iter()
+            .flatten()
+            .map(RunSlot::pending_rows)
+            .sum::<usize>()
             + self.probes.iter().map(|t| t.run.rows()).sum::<usize>()
             + self.events.buf.len() / 1024
     }
@@ -724,9 +804,10 @@ impl SessionWriter {
         let mut open = true;
         let mut urgent = false;
         loop {
+            let full = self.pending_rows() >= FLUSH_ROWS;
             let wake = match &retry {
                 Some(r) => r.next,
-                None if urgent || !open => Instant::now(),
+                None if urgent || !open || full => Instant::now(),
                 None => last_flush + FLUSH_INTERVAL,
             };
             if open && self.pending_rows() < MAX_PENDING_ROWS {
@@ -741,7 +822,12 @@ impl SessionWriter {
             let now = Instant::now();
             let due = match &retry {
                 Some(r) => now >= r.next,
-                None => urgent || !open || now >= last_flush + FLUSH_INTERVAL,
+                None => {
+                    urgent
+                        || !open
+                        || now >= last_flush + FLUSH_INTERVAL
+                        || self.pending_rows() >= FLUSH_ROWS
+                }
             };
             if !due {
                 continue;
@@ -814,8 +900,9 @@ impl SessionWriter {
         let summary = RecordSummary {
             path: self.path.clone(),
             events: self.seq,
-            runs: self.slots.iter().filter(|s| s.started.is_some()).count(),
+            runs: self.taken.iter().flatten().count(),
             bytes: 0,
+            notices: Vec::new(),
         };
         let path = self.path.clone();
         let stopping = self.stopping.take();
@@ -853,6 +940,7 @@ impl SessionWriter {
             other => {
                 let mut urgent = matches!(other, RunEvent::End { .. });
                 match &other {
+                    RunEvent::End { run, .. } => self.ended.push(*run),
                     RunEvent::RunStart(s) => {
                         self.start_run(s)?;
                         urgent = true;
@@ -881,50 +969,62 @@ impl SessionWriter {
         }
     }
 
+    /// The open datasets of a run that has started (reopened if it had ended).
     fn slot(&mut self, run: RunId) -> Result<&mut RunSlot> {
-        match self.slots.get_mut(run as usize) {
-            Some(s) if s.started.is_some() => Ok(s),
-            _ => Err(write_err(
+        let i = run as usize;
+        let Some(Some(widths)) = self.taken.get(i).copied() else {
+            return Err(write_err(
                 &self.path,
                 format!("event for run {run} before its run_start"),
-            )),
+            ));
+        };
+        if self.slots[i].is_none() {
+            let file = self.file.as_ref().expect("open");
+            let slot = RunSlot::open(file, run, widths).map_err(|e| write_err(&self.path, e))?;
+            self.slots[i] = Some(slot);
         }
+        Ok(self.slots[i].as_mut().expect("opened"))
     }
 
-    /// Takes the slot of a run that starts: its `run_start` goes into the slot's `info`.
+    /// Takes the slot of a run that starts: its datasets are opened and its `run_start` goes
+    /// into the slot's `info`.
     fn start_run(&mut self, s: &RunStart) -> Result<()> {
         let slots = self.slots.len();
         let widths = run_widths(s);
-        let Some(slot) = self.slots.get_mut(s.run as usize) else {
-            return Err(write_err(
-                &self.path,
-                format!(
-                    "run {} cannot be recorded: the session was created with room for {slots} runs",
-                    s.run
-                ),
-            ));
-        };
-        if slot.started.is_some() {
-            return Err(write_err(
-                &self.path,
-                format!("run {} started twice", s.run),
-            ));
-        }
-        for ((name, want), have) in WIDE.iter().zip(widths).zip(&slot.wide) {
-            if want > have.width {
+        let path = self.path.clone();
+        match self.taken.get(s.run as usize) {
+            None => {
                 return Err(write_err(
-                    &self.path,
+                    &path,
                     format!(
-                        "run {} has {want} columns of {name}; the session was created for {}",
-                        s.run, have.width
+                        "run {} cannot be recorded: the session was created with room for {slots} runs",
+                        s.run
+                    ),
+                ));
+            }
+            Some(Some(_)) => {
+                return Err(write_err(&path, format!("run {} started twice", s.run)));
+            }
+            Some(None) => {}
+        }
+        for ((name, want), have) in WIDE.iter().zip(widths).zip(self.slot_widths) {
+            if want > have {
+                return Err(write_err(
+                    &path,
+                    format!(
+                        "run {} has {want} columns of {name}; the session was created for {have}",
+                        s.run
                     ),
                 ));
             }
         }
-        slot.started = Some(widths);
+        let file = self.file.as_ref().expect("open");
+        let mut slot = RunSlot::open(file, s.run, widths).map_err(|e| write_err(&path, e))?;
         let json =
             serde_json::to_vec(&RunEvent::RunStart(Box::new(s.clone()))).expect("events serialise");
         slot.info.buf.extend_from_slice(&json);
+        self.slots[s.run as usize] = Some(slot);
+        self.taken[s.run as usize] = Some(widths);
         self.run_ids.buf.push(s.run);
         Ok(())
     }
@@ -932,7 +1032,7 @@ impl SessionWriter {
     fn push_step(&mut self, seq: u64, m: &StepMetrics) -> Result<()> {
         let path = self.path.clone();
         let slot = self.slot(m.run)?;
-        let widths = slot.started.expect("checked by slot()");
+        let widths = slot.widths;
         let rows = [
             &m.grad_norm_per_layer,
             &m.grad_norm_per_group,
@@ -994,10 +1094,15 @@ impl SessionWriter {
                 transient: false,
             });
         }
-        for s in &mut self.slots {
+        for s in self.slots.iter_mut().flatten() {
             s.flush()?;
         }
-        if self.hooks.busy_flushes > 0 && self.slots.iter().any(|s| s.started.is_some()) {
+        for run in self.ended.drain(..) {
+            if let Some(slot) = self.slots.get_mut(run as usize) {
+                *slot = None;
+            }
+        }
+        if self.hooks.busy_flushes > 0 && self.taken.iter().any(Option::is_some) {
             self.hooks.busy_flushes -= 1;
             return Err(Failure {
                 message: "H5Dwrite(): unable to lock file, errno = 11, error message = 'Resource temporarily unavailable' (injected by WSDSCOPE_TEST_FAULTS)".into(),
