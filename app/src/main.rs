@@ -3,6 +3,7 @@
 
 mod analysis;
 mod cli;
+mod memory;
 mod modes;
 mod predict;
 mod progress;

@@ -8,6 +8,7 @@ use std::mem::size_of;
 use wsdscope_sessions::recorder::CHANNEL_CAPACITY;
 use wsdscope_sessions::{Phase, ProbeResult, RunEvent};
 use wsdscope_trainer::RunConfig;
+use wsdscope_trainer::memory::{self, MemoryEstimate, Place};
 
 /// Events the engine may run ahead of the printer (`modes/record.rs`, `EVENT_BUFFER`).
 const EVENT_BUFFER: u64 = 4096;
@@ -20,12 +21,14 @@ const COLUMNS: u64 = 10;
 const PLAIN: u64 = 4;
 /// Samples per level-0 block of a column's pyramid (`tui/series.rs`, `BLOCK`).
 const BLOCK: u64 = 32;
-/// What the HDF5 writer holds while it records one run: the library itself, the run's
-/// datasets' chunk caches and the rows it buffers between flushes (measured: `record --out`
-/// against `--no-record` of the same run, 15 MiB with one run, 32 MiB with four).
-const HDF5_WRITER: u64 = 9 << 20;
-/// What each run adds to the writer: its own datasets and caches.
-pub const HDF5_PER_RUN: u64 = 6 << 20;
+/// What the HDF5 writer holds while it records one run: the library itself, its metadata
+/// cache, the run's open datasets and the rows it buffers between flushes (measured with
+/// session format 3: `record --out` against `--no-record` of the same run, 14 MiB with one
+/// run, 16 MiB with four).
+const HDF5_WRITER: u64 = 12 << 20;
+/// What each run adds to the writer: its datasets opened, each caching the chunk it appends
+/// to.
+pub const HDF5_PER_RUN: u64 = 1 << 20;
 
 /// Capacity of a vector grown by `push` to `len` elements: amortised doubling from 4.
 fn grown(len: u64) -> u64 {
@@ -115,6 +118,45 @@ fn slot_bytes() -> u64 {
 /// writer's buffers for the trunk (each branch adds [`HDF5_PER_RUN`]).
 pub fn recorder_bytes() -> u64 {
     (CHANNEL_CAPACITY as u64 + EVENT_BUFFER) * slot_bytes() + HDF5_WRITER + HDF5_PER_RUN
+}
+
+/// The estimate of a run as this invocation runs it: the trainer's parts, the TUI's series
+/// (`tui`) and the session recorder (`recording`).
+pub fn estimate(cfg: &RunConfig, tui: bool, recording: bool) -> MemoryEstimate {
+    let mut e = memory::estimate(cfg);
+    let display = display_bytes(cfg, tui);
+    if display > 0 {
+        e.add("the TUI's series and event queue", display);
+    }
+    if recording {
+        let runs = memory::branches_alive(cfg);
+        e.add(
+            "the session recorder",
+            recorder_bytes().saturating_add(HDF5_PER_RUN.saturating_mul(runs)),
+        );
+    }
+    e
+}
+
+/// Refuses, in one line, a run whose estimate exceeds the memory available: host memory
+/// (`MemAvailable`) for the whole run on the CPU, for its host side on CUDA (the device's
+/// own memory is not asked for before CUDA starts).
+pub fn check(e: &MemoryEstimate) -> anyhow::Result<()> {
+    let Some(available) = memory::available_host() else {
+        return Ok(());
+    };
+    if e.is_cuda() {
+        let host = e.peak(Place::Host);
+        if host > available {
+            anyhow::bail!(
+                "the run needs about {} of host memory besides the device's, but {} is available (MemAvailable); lower --batch or --eval-batches, or use a smaller --data file",
+                memory::human(host),
+                memory::human(available)
+            );
+        }
+        return Ok(());
+    }
+    memory::check_fits(e, available, "MemAvailable").map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

@@ -73,6 +73,31 @@ fn invalid_values_are_named() {
         (&["record", "--checkpoint-every", "5"], "--checkpoint-dir"),
         (&["tokenizer", "train", t, "--vocab", "10"], "--vocab 10"),
         (&["bench", "--heads", "3"], "not divisible by --heads 3"),
+        // A run that cannot fit is refused before anything is allocated.
+        (
+            &["record", "--batch", "100000000"],
+            "(MemAvailable); lower --batch or --seq",
+        ),
+        (
+            &["record", "--seq", "100000000"],
+            "at --batch 16 × --seq 100000000",
+        ),
+        (
+            &["record", "--max-runs", "0"],
+            "--max-runs 0 is not allowed",
+        ),
+        (
+            &[
+                "record",
+                "--steps",
+                "100",
+                "--fork-at",
+                "10,20",
+                "--max-runs",
+                "2",
+            ],
+            "--max-runs 2 is not allowed; it must be in 3..=4096",
+        ),
     ];
     for (args, want) in cases {
         refused(args, want);

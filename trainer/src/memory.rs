@@ -1073,6 +1073,7 @@ mod tests {
             probes: ProbeConfig::default(),
             reference_ops: false,
             precision: Precision::F32,
+            max_runs: None,
         }
     }
 

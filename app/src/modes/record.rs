@@ -13,6 +13,7 @@ use wsdscope_sessions::{EndReason, Notice, RecordSummary, Recorder, RunEvent, Se
 use wsdscope_trainer::{Command, Engine, RunConfig, Trainer, checkpoint};
 
 use crate::cli::{RecordArgs, TrainArgs};
+use crate::memory;
 use crate::progress::Progress;
 use crate::settings::{self, Settings};
 use crate::signals::{self, Stop};
@@ -174,11 +175,14 @@ pub(crate) fn prepare(args: &TrainArgs, tui: bool) -> Result<Option<Prepared>> {
             (cfg, Some(state.step))
         }
     };
-    let _ = tui;
+    let estimate = memory::estimate(&cfg, tui, !args.no_record);
     if args.dry_run {
         print_dry_run(&cfg);
+        println!("estimated peak memory: {} MiB", estimate.total() >> 20);
+        print!("{estimate}");
         return Ok(None);
     }
+    memory::check(&estimate)?;
     let out = session_path(args, resumed_at)?;
     settings::check_checkpoint_dir(&cfg.checkpoint_dir)?;
     threads::init(cfg.threads)?;
@@ -450,6 +454,9 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
     let path = recorder.as_ref().map(|r| r.path().display().to_string());
     let summary = finish_recording(recorder, outcome.step)?;
     if let (Some(path), Some(s)) = (&path, &summary) {
+        for n in &s.notices {
+            progress.note(&n.to_string());
+        }
         progress.note(&format!(
             "session: {path} ({} events, {} bytes)",
             s.events, s.bytes
