@@ -164,8 +164,12 @@ pub struct InspectArgs {
     /// A session file written by `record`.
     pub file: PathBuf,
     /// Print one JSON object instead of text.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "events")]
     pub json: bool,
+    /// Print the session's whole event stream, one JSON object per line: exactly what
+    /// `record --jsonl` printed while it ran.
+    #[arg(long)]
+    pub events: bool,
 }
 
 #[derive(Args, Debug)]

@@ -72,14 +72,20 @@ impl Watch {
                         }
                         None => {
                             terminal::restore();
-                            eprintln!(
-                                "\nwsdscope: second {}: exiting now; the session keeps what was flushed (at most the last half second is lost)",
+                            // Straight to fd 2: the mode may hold the stderr lock (its progress
+                            // line) and be waiting for what the first signal started.
+                            let line = format!(
+                                "\nwsdscope: second {}: exiting now; the session keeps what was flushed (at most the last half second is lost)\n",
                                 stop.name()
                             );
-                            // SAFETY: `_exit` ends the process without running atexit handlers
-                            // or destructors, which could touch the HDF5 file from this thread
+                            // SAFETY: write(2) from a buffer that lives for the call; then
+                            // `_exit` ends the process without running atexit handlers or
+                            // destructors, which could touch the HDF5 file from this thread
                             // while the recorder writes it; SWMR keeps the file consistent.
-                            unsafe { libc::_exit(i32::from(stop.exit_code())) };
+                            unsafe {
+                                libc::write(2, line.as_ptr().cast(), line.len());
+                                libc::_exit(i32::from(stop.exit_code()));
+                            }
                         }
                     }
                 }

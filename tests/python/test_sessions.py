@@ -157,10 +157,12 @@ def test_readers_never_harm_a_live_recording(tmp_path):
     cmd = [BIN, "record", "--out", str(f), *SMALL, "--jsonl", "--steps", "3000",
            "--probe-every", "10", "--fork-at", "800,1600", "--branch-decay", "exp:300",
            "--eval-every", "100"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stream, log = tmp_path / "events.jsonl", tmp_path / "stderr.txt"
+    with open(stream, "w") as out, open(log, "w") as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
     t0 = time.monotonic()
     while not f.exists():
-        assert p.poll() is None, p.stderr.read()
+        assert p.poll() is None, log.read_text()
         assert time.monotonic() - t0 < 60, "the session file never appeared"
         time.sleep(0.01)
     held = h5py.File(f, "r", swmr=True)
@@ -188,9 +190,8 @@ def test_readers_never_harm_a_live_recording(tmp_path):
         except OSError:
             pass  # HDF5 may refuse a non-SWMR open of a live SWMR file; the writer is unaffected.
         time.sleep(0.05)
-    out, err = p.communicate()
-    assert p.returncode == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
+    assert p.wait() == 0, log.read_text()
+    events = [json.loads(line) for line in stream.read_text().splitlines()]
     assert seen_steps > 0 and swmr_opens > 0, (seen_steps, swmr_opens)
     # The reader that held the file open the whole time sees the complete session.
     for name in ["events", "run_ids", "runs/0/step", "runs/1/step", "runs/2/step",

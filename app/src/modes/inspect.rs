@@ -1,5 +1,6 @@
-//! `wsdscope inspect FILE.h5 [--json]`: what a session holds — its configuration, its runs
-//! (id, name, parent, fork step, steps, final train and val loss, status, duration).
+//! `wsdscope inspect FILE.h5 [--json | --events]`: what a session holds — its configuration,
+//! its runs (id, name, parent, fork step, steps, final train and val loss, status, duration) —
+//! or its whole event stream as the JSON lines the run printed.
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -82,6 +83,16 @@ pub fn run(a: InspectArgs) -> Result<()> {
             a.file.display(),
             want - have
         );
+    }
+    if a.events {
+        use std::io::Write;
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        for e in s.events()? {
+            writeln!(out, "{}", e.to_json_line())?;
+        }
+        out.flush()?;
+        return Ok(());
     }
     let config: Value = s
         .root_attr("config")

@@ -119,7 +119,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     // The terminal is restored by now: say where the session is and how the run went.
     if let Some(p) = &path {
         match &recorded {
-            Ok(Some(s)) => eprintln!("session: {p} ({} events, {} bytes)", s.events, s.bytes),
+            Ok(Some(s)) => {
+                for n in &s.notices {
+                    eprintln!("{n}");
+                }
+                eprintln!("session: {p} ({} events, {} bytes)", s.events, s.bytes)
+            }
             _ => eprintln!("session: {p}"),
         }
     }
