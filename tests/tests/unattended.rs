@@ -215,6 +215,22 @@ fn sigint_stops_cleanly_with_and_without_a_checkpoint_dir() {
         inspect(&dir.path().join("a.h5"))["runs"][0]["status"],
         "stopped"
     );
+    // The same command line with --resume continues bit-identically.
+    let resumed = Job::start(
+        dir.path(),
+        &[
+            &["--out", "a.h5", "--checkpoint-dir", "ck"],
+            JOB,
+            &["--resume", "ck"],
+        ]
+        .concat(),
+        &[],
+    );
+    let (code, err, after) = resumed.finish();
+    assert_eq!(code, Some(0), "{err}");
+    let mut joined: Vec<f64> = step_losses(&events)[..at as usize].to_vec();
+    joined.extend(step_losses(&after));
+    assert_eq!(joined, straight_losses(), "the resumed run differs");
 
     let mut job = Job::start(dir.path(), &[&["--out", "b.h5"], JOB].concat(), &[]);
     job.wait_for_step(100);
@@ -402,4 +418,87 @@ fn transient_write_failures_are_retried_and_nothing_is_lost() {
         .unwrap();
     assert!(back.status.success());
     assert_eq!(json_lines(&String::from_utf8_lossy(&back.stdout)), events);
+}
+
+/// SIGKILL at random instants — during start-up, between steps, inside probes and forks —
+/// never leaves an unreadable session: the path holds either nothing (killed before the file
+/// was complete) or a session that opens and holds a prefix of the stream the run printed.
+#[test]
+fn sigkill_at_random_instants_never_leaves_an_unreadable_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let mut x = seed | 1;
+    let mut opened = 0;
+    for i in 0..8 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = Duration::from_millis(10 + x % 1500);
+        let name = format!("r{i}.h5");
+        let mut child = wsdscope()
+            .current_dir(dir.path())
+            .arg("record")
+            .args(SMALL)
+            .args(["--out", &name, "--jsonl", "--steps", "100000"])
+            .args([
+                "--probe-every",
+                "7",
+                "--fork-at",
+                "30,200",
+                "--branch-decay",
+                "exp:100",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let printed = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+                .collect::<Vec<_>>()
+        });
+        std::thread::sleep(delay);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let printed = printed.join().unwrap();
+        let path = dir.path().join(&name);
+        if !path.exists() {
+            eprintln!("killed after {delay:?} (seed {seed}): no file yet");
+            continue;
+        }
+        let back = wsdscope()
+            .current_dir(dir.path())
+            .args(["inspect", &name, "--events"])
+            .output()
+            .unwrap();
+        assert!(
+            back.status.success(),
+            "killed after {delay:?} (seed {seed}): {}",
+            String::from_utf8_lossy(&back.stderr)
+        );
+        let back = json_lines(&String::from_utf8_lossy(&back.stdout));
+        // Events reach the recorder before the printer: the overlap must agree.
+        let n = back.len().min(printed.len());
+        assert_eq!(
+            back[..n],
+            printed[..n],
+            "killed after {delay:?} (seed {seed})"
+        );
+        opened += 1;
+        eprintln!(
+            "killed after {delay:?}: {} events in the file, {} printed",
+            back.len(),
+            printed.len()
+        );
+    }
+    assert!(
+        opened > 0,
+        "every kill came before the file existed (seed {seed})"
+    );
 }
