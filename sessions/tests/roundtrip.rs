@@ -467,3 +467,44 @@ fn narrower_runs_read_back_at_their_width() {
     let f = hdf5::File::open(&path).unwrap();
     assert_eq!(f.dataset("runs/0/max_update").unwrap().shape(), [5, 3]);
 }
+
+/// A run's datasets are closed once its end is written; an event for it that still comes
+/// later (a late eval) reopens them and lands after its rows, and the stream reads back whole.
+#[test]
+fn events_after_a_runs_end_are_still_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.h5");
+    let mut events = vec![start(0, None, None)];
+    events.extend((1..=3).map(|s| step(0, s)));
+    events.push(RunEvent::End {
+        run: 0,
+        step: 3,
+        reason: EndReason::Stopped,
+        message: None,
+        final_val_loss: None,
+        wall_s: 1.0,
+    });
+    let rec = wsdscope_sessions::Recorder::create(&path, &plan(1)).unwrap();
+    for e in &events {
+        rec.record(e.clone()).unwrap();
+    }
+    // Past the flush that closes run 0's datasets.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let late = [
+        step(0, 4),
+        RunEvent::Eval {
+            run: 0,
+            step: 4,
+            val_loss: 2.0,
+            tokens: 256,
+        },
+    ];
+    for e in &late {
+        rec.record(e.clone()).unwrap();
+    }
+    rec.finish().unwrap();
+    events.extend(late);
+    let s = Session::open(&path).unwrap();
+    assert_eq!(s.events().unwrap(), events);
+    assert_eq!(s.runs()[0].steps, 4);
+}
