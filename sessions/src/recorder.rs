@@ -812,7 +812,16 @@ impl SessionWriter {
             };
             if open && self.pending_rows() < MAX_PENDING_ROWS {
                 match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-                    Ok(ev) => urgent |= self.handle(ev)?,
+                    Ok(ev) => match self.handle(ev) {
+                        Ok(u) => urgent |= u,
+                        Err(e) => {
+                            // An event the file cannot take (a run beyond its slots): keep
+                            // everything before it, then stop.
+                            let _ = self.flush();
+                            let _ = self.close();
+                            return Err(e);
+                        }
+                    },
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => open = false,
                 }
