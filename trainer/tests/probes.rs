@@ -148,6 +148,27 @@ fn periodic_probes_every_n_steps_with_results_of_the_stated_shapes() {
         1,
         "one interpolation when the branch completes"
     );
+    // Every kind, scalar and series is in the session's closed vocabulary: the session file
+    // creates its probe tables from it before anything is recorded.
+    use wsdscope_sessions::vocabulary::{probe_columns, probe_spec};
+    for p in &ps {
+        let spec = probe_spec(&p.probe)
+            .unwrap_or_else(|| panic!("probe kind {:?} is not in the vocabulary", p.probe));
+        for k in p.scalars.keys() {
+            assert!(
+                probe_columns(spec).any(|c| c == k),
+                "{}: scalar {k:?} is not in the vocabulary",
+                p.probe
+            );
+        }
+        for k in p.series.keys() {
+            assert!(
+                spec.series.contains(&k.as_str()),
+                "{}: series {k:?} is not in the vocabulary",
+                p.probe
+            );
+        }
+    }
     // The branch is probed too (it inherits the probe configuration).
     assert!(ps.iter().any(|p| p.run == 1 && p.probe != "interp"));
 }
