@@ -10,10 +10,8 @@ use wsdscope_sessions::{Phase, ProbeResult, RunEvent};
 use wsdscope_trainer::RunConfig;
 use wsdscope_trainer::memory::{self, MemoryEstimate, Place};
 
-/// Events the engine may run ahead of the printer (`modes/record.rs`, `EVENT_BUFFER`).
-const EVENT_BUFFER: u64 = 4096;
-/// Events the UI may fall behind by (`modes/run.rs`, `UI_BUFFER`).
-const UI_BUFFER: u64 = 8192;
+use crate::modes::record::EVENT_BUFFER;
+use crate::modes::run::UI_BUFFER;
 /// Metric columns with a min/max pyramid per run: loss, its EMA, lr, gradient and update
 /// norms, cos, D1, D2, curvature and its EMA (`RunData` in `tui/state.rs`).
 const COLUMNS: u64 = 10;
@@ -101,7 +99,7 @@ pub fn display_bytes(cfg: &RunConfig, tui: bool) -> u64 {
     } else {
         0
     };
-    let slots = UI_BUFFER.saturating_mul(slot_bytes());
+    let slots = (UI_BUFFER as u64).saturating_mul(slot_bytes());
     series
         .saturating_add(probes.saturating_mul(probe_result_bytes(cfg)))
         .saturating_add(slots)
@@ -117,7 +115,7 @@ fn slot_bytes() -> u64 {
 /// events), the engine's channel to the printer (`EVENT_BUFFER` events) and the HDF5
 /// writer's buffers for the trunk (each branch adds [`HDF5_PER_RUN`]).
 pub fn recorder_bytes() -> u64 {
-    (CHANNEL_CAPACITY as u64 + EVENT_BUFFER) * slot_bytes() + HDF5_WRITER + HDF5_PER_RUN
+    (CHANNEL_CAPACITY + EVENT_BUFFER) as u64 * slot_bytes() + HDF5_WRITER + HDF5_PER_RUN
 }
 
 /// The estimate of a run as this invocation runs it: the trainer's parts, the TUI's series

@@ -20,7 +20,7 @@ use crate::signals::{self, Stop};
 use crate::threads;
 
 /// Events the engine may run ahead of the printer before it waits (nothing is dropped).
-const EVENT_BUFFER: usize = 4096;
+pub(crate) const EVENT_BUFFER: usize = 4096;
 
 /// A fresh `sessions/<UTC timestamp>.h5` in the current directory.
 pub fn default_session_path() -> Result<PathBuf> {

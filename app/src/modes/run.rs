@@ -26,7 +26,7 @@ use crate::progress::duration;
 use crate::tui::{self, LiveInfo};
 
 /// Events the UI may fall behind by before steps are dropped from the display.
-const UI_BUFFER: usize = 8192;
+pub(crate) const UI_BUFFER: usize = 8192;
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     use std::io::IsTerminal;
