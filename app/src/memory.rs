@@ -12,6 +12,7 @@ use wsdscope_trainer::memory::{self, MemoryEstimate, Place};
 
 use crate::modes::record::EVENT_BUFFER;
 use crate::modes::run::UI_BUFFER;
+
 /// Metric columns with a min/max pyramid per run: loss, its EMA, lr, gradient and update
 /// norms, cos, D1, D2, curvature and its EMA (`RunData` in `tui/state.rs`).
 const COLUMNS: u64 = 10;
