@@ -96,6 +96,33 @@ pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The whole event stream of the session `file` (relative to `dir`), as `wsdscope inspect FILE
+/// --events` prints it; `Err` with what it printed on stderr when it cannot be read.
+pub fn session_events(dir: &std::path::Path, file: &str) -> Result<Vec<serde_json::Value>, String> {
+    let out = wsdscope()
+        .current_dir(dir)
+        .args(["inspect", file, "--events"])
+        .output()
+        .expect("wsdscope runs");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(json_lines(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Collects the `--jsonl` lines a child prints on `stdout`, on a thread: join it for them.
+/// Every line must be JSON, except a last one cut short because the child was killed.
+pub fn collect_json_lines(
+    mut stdout: impl std::io::Read + Send + 'static,
+) -> std::thread::JoinHandle<Vec<serde_json::Value>> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).expect("stdout reads");
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        json_lines(complete)
+    })
+}
+
 /// The losses of the `step` events of `--jsonl` output.
 pub fn step_losses(events: &[serde_json::Value]) -> Vec<f64> {
     events

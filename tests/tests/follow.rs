@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use wsdscope_tests::{SMALL, Tmux, binary, json_lines, wsdscope};
+use wsdscope_tests::{SMALL, Tmux, binary, json_lines, session_events, wsdscope};
 
 /// `wsdscope ARGS…` as a shell command that prints its exit status when it ends.
 fn shell(args: &[&str]) -> String {
@@ -43,20 +43,6 @@ fn wait_for_file(p: &Path) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn session_events(dir: &Path) -> Vec<serde_json::Value> {
-    let out = wsdscope()
-        .current_dir(dir)
-        .args(["inspect", "s.h5", "--events"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_lines(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// A follower attached for the whole of a headless run with probes every 10 steps and two
@@ -94,7 +80,7 @@ fn a_follower_never_harms_the_run_and_shows_its_end() {
     );
     let streamed = json_lines(&std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap());
     assert_eq!(
-        session_events(dir.path()),
+        session_events(dir.path(), "s.h5").unwrap(),
         streamed,
         "every event is in the file"
     );
@@ -174,7 +160,7 @@ fn sigterm_stops_a_tui_run_and_restores_the_terminal() {
         "{end}"
     );
     assert!(!end.contains("● running"), "the TUI is gone:\n{end}");
-    let events = session_events(dir.path());
+    let events = session_events(dir.path(), "s.h5").unwrap();
     let trunk_end = events
         .iter()
         .rev()

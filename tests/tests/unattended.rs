@@ -10,7 +10,9 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wsdscope_tests::{SMALL, json_lines, run, step_losses, wsdscope};
+use wsdscope_tests::{
+    SMALL, collect_json_lines, json_lines, run, session_events, step_losses, wsdscope,
+};
 
 /// A `record` child whose `--jsonl` lines arrive on a channel as they are printed.
 struct Job {
@@ -304,13 +306,7 @@ fn kill_at(dir: &Path, out: &str, point: &str, extra: &[&str]) -> (u64, Vec<Valu
     let t0 = Instant::now();
     let mut child = cmd.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
-    let printed = std::thread::spawn(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .map(|l| serde_json::from_str::<Value>(&l).unwrap())
-            .collect::<Vec<_>>()
-    });
+    let printed = collect_json_lines(stdout);
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let mut durable = None;
     for line in stderr.lines() {
@@ -373,17 +369,7 @@ fn sigkill_at_the_recorders_pause_points_leaves_a_readable_session() {
         let v = inspect(&path);
         assert_eq!(v["writer_alive"], false);
         // Every event flushed before the kill is in the file, as printed.
-        let back = wsdscope()
-            .current_dir(dir.path())
-            .args(["inspect", &name, "--events"])
-            .output()
-            .unwrap();
-        assert!(
-            back.status.success(),
-            "{}",
-            String::from_utf8_lossy(&back.stderr)
-        );
-        let back = json_lines(&String::from_utf8_lossy(&back.stdout));
+        let back = session_events(dir.path(), &name).unwrap_or_else(|e| panic!("{point}: {e}"));
         assert!(
             back.len() as u64 >= durable,
             "{point}: {} events in the file, {durable} were flushed",
@@ -411,13 +397,7 @@ fn transient_write_failures_are_retried_and_nothing_is_lost() {
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("retrying with backoff"), "{err}");
     assert!(err.contains("recovered after 4 retries"), "{err}");
-    let back = wsdscope()
-        .current_dir(dir.path())
-        .args(["inspect", "s.h5", "--events"])
-        .output()
-        .unwrap();
-    assert!(back.status.success());
-    assert_eq!(json_lines(&String::from_utf8_lossy(&back.stdout)), events);
+    assert_eq!(session_events(dir.path(), "s.h5").unwrap(), events);
 }
 
 /// SIGKILL at random instants — during start-up, between steps, inside probes and forks —
@@ -456,13 +436,7 @@ fn sigkill_at_random_instants_never_leaves_an_unreadable_session() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let printed = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
-                .collect::<Vec<_>>()
-        });
+        let printed = collect_json_lines(stdout);
         std::thread::sleep(delay);
         child.kill().unwrap();
         child.wait().unwrap();
@@ -472,17 +446,8 @@ fn sigkill_at_random_instants_never_leaves_an_unreadable_session() {
             eprintln!("killed after {delay:?} (seed {seed}): no file yet");
             continue;
         }
-        let back = wsdscope()
-            .current_dir(dir.path())
-            .args(["inspect", &name, "--events"])
-            .output()
-            .unwrap();
-        assert!(
-            back.status.success(),
-            "killed after {delay:?} (seed {seed}): {}",
-            String::from_utf8_lossy(&back.stderr)
-        );
-        let back = json_lines(&String::from_utf8_lossy(&back.stdout));
+        let back = session_events(dir.path(), &name)
+            .unwrap_or_else(|e| panic!("killed after {delay:?} (seed {seed}): {e}"));
         // Events reach the recorder before the printer: the overlap must agree.
         let n = back.len().min(printed.len());
         assert_eq!(
