@@ -348,9 +348,6 @@ impl Settings {
             },
             max_runs: self.max_runs,
         };
-        if cfg.threads == 0 {
-            bail!("--threads 0 is not allowed; it must be at least 1");
-        }
         cfg.validate()?;
         wsdscope_trainer::engine::device(&cfg.device)?;
         if let Some(p) = &cfg.init_from
@@ -755,9 +752,6 @@ pub fn apply_on_resume(given: &Settings, cfg: &mut RunConfig) -> Result<()> {
     }
     if given.max_runs.is_some() {
         cfg.max_runs = given.max_runs;
-    }
-    if cfg.threads == 0 {
-        bail!("--threads 0 is not allowed; it must be at least 1");
     }
     cfg.validate()?;
     wsdscope_trainer::engine::device(&cfg.device)?;

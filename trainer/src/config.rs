@@ -702,6 +702,11 @@ impl RunConfig {
                 "--batch 0 is not allowed; it must be at least 1".into(),
             ));
         }
+        if self.threads == 0 {
+            return Err(Error::Config(
+                "--threads 0 is not allowed; it must be at least 1".into(),
+            ));
+        }
         if self.seq < 2 {
             return Err(Error::Config(format!(
                 "--seq {} is not allowed; it must be at least 2",
