@@ -24,6 +24,11 @@ pub enum Error {
     #[error("{op}: {msg}")]
     Cuda { op: &'static str, msg: String },
 
+    /// The CPU executor of the CUDA sources could not build or run a kernel (a compile
+    /// error, a deadlock at a barrier, a divergent shuffle, a bad argument list).
+    #[error("CUDA executor: {0}")]
+    Executor(String),
+
     #[error("{op}: {what} must be contiguous")]
     NonContiguous {
         op: &'static str,
