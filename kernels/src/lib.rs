@@ -46,7 +46,9 @@ mod cross_entropy;
 mod cuda;
 #[cfg(feature = "cuda")]
 mod cuda_launch;
+pub mod emu;
 mod error;
+pub mod launch;
 pub mod parity;
 mod reduce;
 mod rms_norm;
