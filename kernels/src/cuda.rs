@@ -1,8 +1,9 @@
 //! CUDA C sources of the kernels (f32 and bf16 variants), embedded so a CUDA backend can
 //! compile them at run time with NVRTC. Each source includes `common.cuh` by name; pass
 //! [`CUDA_COMMON_HEADER`] to NVRTC as that in-memory header. They are compiled to PTX by
-//! `tests/nvrtc.rs` when NVRTC is present. With the `cuda` feature, `cuda_launch` compiles
-//! them at first use on each device and launches them for CUDA tensors.
+//! `tests/nvrtc.rs` (with the NVRTC `scripts/test` provides; skipped without one). With the
+//! `cuda` feature, `cuda_launch` compiles them at first use on each device and launches them
+//! for CUDA tensors.
 
 use std::sync::Mutex;
 

@@ -34,10 +34,11 @@
 //! plus a GEMM, for hand-written backward passes (the trainer's CPU step uses them).
 //!
 //! CUDA C sources for the same ops (f32 and bf16) are embedded as [`CUDA_SOURCES`] with
-//! their shared header [`CUDA_COMMON_HEADER`]; a test compiles them to PTX with NVRTC when
-//! the library is present. With the `cuda` feature every op also runs on CUDA tensors: the
-//! sources are compiled by NVRTC at first use on each device and launched on candle's stream
-//! (bf16 in and out, f32 accumulation; AdamW on f32 master weights).
+//! their shared header [`CUDA_COMMON_HEADER`]; a test compiles them to PTX with NVRTC
+//! (`scripts/test` provides it; a plain `cargo test` skips that step without it). With the
+//! `cuda` feature every op also runs on CUDA tensors: the sources are compiled by NVRTC at
+//! first use on each device and launched on candle's stream (bf16 in and out, f32
+//! accumulation; AdamW on f32 master weights).
 
 mod adamw;
 mod attention;
