@@ -10,50 +10,31 @@
 //! and keep their statistics (log-sum-exps, reciprocal RMSs, softmax deltas) in f32, the
 //! reductions and AdamW statistics in f64. Every output is a fresh allocation except
 //! AdamW's, which updates parameters and moments in place.
+//!
+//! Which kernels an op launches, with what grid, block and arguments, is not decided here:
+//! `crate::launch` describes every launch once, and [`Driver`] hands each description to
+//! `cuLaunchKernel` as it is. The CPU executor (`crate::emu`) runs the same descriptions, so
+//! the geometry and argument lists a GPU gets are the ones every test run executes.
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::{CudaDType, WrapErr};
+use candle_core::cuda::WrapErr;
 use candle_core::op::BackpropOp;
 use candle_core::{
-    CudaDevice, CudaStorage, DType, InplaceOp3, Layout, Result, Shape, Storage, Tensor, WithDType,
+    CudaDevice, CudaStorage, DType, InplaceOp3, Layout, Result, Shape, Storage, Tensor,
 };
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaView, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop,
 };
 use half::bf16;
 
 use crate::adamw::{AdamWHparams, AdamWStats};
 use crate::cuda::{CUDA_COMMON_HEADER, CUDA_SOURCES};
 use crate::error::Error;
-
-/// An element type the kernels take, with the suffix of its kernel names.
-pub(crate) trait Elem: CudaDType + DeviceRepr + WithDType {
-    const SUFFIX: &'static str;
-}
-
-impl Elem for f32 {
-    const SUFFIX: &'static str = "f32";
-}
-
-impl Elem for bf16 {
-    const SUFFIX: &'static str = "bf16";
-}
-
-/// Runs `f::<T>(args…)` for the element type of `dtype` (f32 or bf16).
-macro_rules! dispatch {
-    ($op:expr, $dtype:expr, $f:ident($($arg:expr),* $(,)?)) => {
-        match $dtype {
-            DType::F32 => $f::<f32>($($arg),*),
-            DType::BF16 => $f::<bf16>($($arg),*),
-            dtype => Err(Error::UnsupportedCudaDType { op: $op, dtype }.into()),
-        }
-    };
-}
+use crate::launch::{self, AdamWParams, AttnDims, DevPtr, Elem, Gpu, Launch, Reduction};
 
 fn cuda_err(op: &'static str, msg: impl Into<String>) -> candle_core::Error {
     Error::Cuda {
@@ -207,39 +188,81 @@ fn function(dev: &CudaDevice, file: &'static str, name: &str) -> Result<CudaFunc
 }
 
 // ---------------------------------------------------------------------------------------
-// Plumbing
+// Launching: the shared launch descriptions of `crate::launch`, run by the driver
 // ---------------------------------------------------------------------------------------
 
-/// Threads per block of the grid-stride and column kernels.
-const BLOCK: u32 = 256;
-/// Blocks of a grid-stride loop (enough to fill an H100/H200 several times over).
-const MAX_BLOCKS: usize = 8192;
-/// Blocks of a two-stage reduction (each writes one partial).
-const REDUCE_BLOCKS: usize = 1024;
+/// Runs [`Launch`]es on one device's candle stream: the kernel's CUfunction, the launch's
+/// geometry and its parameter array go to `cuLaunchKernel` unchanged. Temporaries are freed
+/// (stream-ordered) when it is dropped, after the launches that use them are queued.
+pub(crate) struct Driver {
+    dev: CudaDevice,
+    stream: Arc<CudaStream>,
+    scratch: Vec<CudaSlice<u8>>,
+}
 
-fn config(grid: (u32, u32), block: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid.0, grid.1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
+impl Driver {
+    pub(crate) fn new(dev: &CudaDevice) -> Self {
+        Self {
+            dev: dev.clone(),
+            stream: dev.cuda_stream(),
+            scratch: Vec::new(),
+        }
     }
 }
 
-/// Blocks for a grid-stride loop over `n` elements.
-fn stride_blocks(n: usize, cap: usize) -> u32 {
-    n.div_ceil(BLOCK as usize).clamp(1, cap) as u32
+impl Gpu for Driver {
+    fn scratch(&mut self, bytes: usize) -> std::result::Result<DevPtr, Error> {
+        // SAFETY: scratch contents are unspecified by contract: the kernels that use a
+        // temporary write it before reading it.
+        let s = unsafe { self.dev.alloc::<u8>(bytes.max(1)) }.map_err(|e| Error::Cuda {
+            op: "scratch",
+            msg: e.to_string(),
+        })?;
+        let (p, sync) = s.device_ptr(&self.stream);
+        drop(sync);
+        self.scratch.push(s);
+        Ok(p)
+    }
+
+    fn launch(&mut self, l: &Launch) -> std::result::Result<(), Error> {
+        let f = function(&self.dev, l.source, &l.kernel).map_err(|e| Error::Cuda {
+            op: "launch",
+            msg: e.to_string(),
+        })?;
+        let mut params = l.params();
+        // SAFETY: the launch's arguments match the kernel's parameters (the op functions of
+        // `crate::launch` build them per kernel, and the CPU executor checks every list
+        // against the compiled kernel's parameter sizes); `params` points at them and lives
+        // across the call; every pointer argument is a live device buffer of this stream
+        // (its guard or owner outlives the queued launch: frees are stream-ordered).
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                l.grid,
+                l.block,
+                l.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| Error::Cuda {
+            op: "launch",
+            msg: format!("{}: {e}", l.kernel),
+        })
+    }
 }
 
-/// Threads for a one-block-per-row kernel on rows of `len`: a multiple of 32 (the block
-/// reductions need whole warps), at most 1024.
-fn row_block(len: usize) -> u32 {
-    (len.div_ceil(32) * 32).clamp(32, 1024) as u32
+fn lerr(e: Error) -> candle_core::Error {
+    e.into()
 }
 
-/// A size as the kernels' `int`.
-fn int(op: &'static str, what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v)
-        .map_err(|_| cuda_err(op, format!("{what} = {v} exceeds the kernels' int range")))
+/// The kernels' element type of a tensor dtype.
+fn elem(op: &'static str, dtype: DType) -> Result<Elem> {
+    match dtype {
+        DType::F32 => Ok(Elem::F32),
+        DType::BF16 => Ok(Elem::Bf16),
+        dtype => Err(Error::UnsupportedCudaDType { op, dtype }.into()),
+    }
 }
 
 /// The CUDA storage behind a (read-locked) tensor storage.
@@ -256,31 +279,57 @@ fn cuda<'a>(s: &'a Storage, op: &'static str, what: &'static str) -> Result<&'a 
     }
 }
 
-/// The contiguous elements of `l` in `s`.
-fn view<'a, T: CudaDType + DeviceRepr>(
+/// Device address of the contiguous elements of `l` in `s`, with the guard that orders the
+/// access on `stream` (keep it until the launches that use the address are queued).
+fn addr<'a>(
     s: &'a CudaStorage,
     l: &Layout,
+    stream: &'a CudaStream,
     op: &'static str,
     what: &'static str,
-) -> Result<CudaView<'a, T>> {
-    let (a, b) = l
+) -> Result<(DevPtr, SyncOnDrop<'a>)> {
+    let (a, _) = l
         .contiguous_offsets()
         .ok_or(Error::NonContiguous { op, what })?;
-    Ok(s.as_cuda_slice::<T>()?.slice(a..b))
+    let (base, size, sync) = match s.dtype() {
+        DType::F32 => {
+            let (p, g) = s.as_cuda_slice::<f32>()?.device_ptr(stream);
+            (p, 4, g)
+        }
+        DType::BF16 => {
+            let (p, g) = s.as_cuda_slice::<bf16>()?.device_ptr(stream);
+            (p, 2, g)
+        }
+        DType::U32 => {
+            let (p, g) = s.as_cuda_slice::<u32>()?.device_ptr(stream);
+            (p, 4, g)
+        }
+        dtype => return Err(Error::UnsupportedCudaDType { op, dtype }.into()),
+    };
+    Ok((base + (a * size) as u64, sync))
 }
 
-/// A fresh device buffer of `n` elements that a kernel fills completely.
-fn output<T: DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
-    // SAFETY: every caller launches a kernel that writes all `n` elements before anything
-    // reads them (and never reads them itself).
-    unsafe { dev.alloc::<T>(n.max(1)) }
+/// A fresh device buffer of `n` elements of `dtype` that the op's kernels fill completely.
+fn fresh(dev: &CudaDevice, dtype: DType, n: usize) -> Result<CudaStorage> {
+    let n = n.max(1);
+    // SAFETY: every caller launches kernels that write all elements before anything reads
+    // them (and never reads them itself).
+    unsafe {
+        Ok(match dtype {
+            DType::F32 => CudaStorage::wrap_cuda_slice(dev.alloc::<f32>(n)?, dev.clone()),
+            DType::BF16 => CudaStorage::wrap_cuda_slice(dev.alloc::<bf16>(n)?, dev.clone()),
+            DType::F64 => CudaStorage::wrap_cuda_slice(dev.alloc::<f64>(n)?, dev.clone()),
+            dtype => {
+                return Err(Error::UnsupportedCudaDType { op: "alloc", dtype }.into());
+            }
+        })
+    }
 }
 
 /// A tensor (no autograd history) over a device buffer.
-fn tensor<T: CudaDType>(slice: CudaSlice<T>, dev: &CudaDevice, dims: &[usize]) -> Tensor {
-    let storage = CudaStorage::wrap_cuda_slice(slice, dev.clone());
+fn tensor(s: CudaStorage, dims: &[usize]) -> Tensor {
     Tensor::from_storage(
-        Storage::Cuda(storage),
+        Storage::Cuda(s),
         Shape::from_dims(dims),
         BackpropOp::none(),
         false,
@@ -294,8 +343,17 @@ fn row_len(op: &'static str, l: &Layout) -> Result<usize> {
         .ok_or_else(|| cuda_err(op, "a scalar has no rows"))
 }
 
+/// A tensor's storage and layout, read-locked, as CUDA storage.
+macro_rules! cuda_in {
+    ($t:expr, $op:expr, $what:expr, $guard:ident, $s:ident, $l:ident) => {
+        let $guard = $t.storage_and_layout();
+        let $s = cuda(&$guard.0, $op, $what)?;
+        let $l = $guard.1;
+    };
+}
+
 // ---------------------------------------------------------------------------------------
-// RMSNorm
+// The ops
 // ---------------------------------------------------------------------------------------
 
 const RMS: &str = "rms_norm";
@@ -308,43 +366,22 @@ pub(crate) fn rms_norm_fwd(
     wl: &Layout,
     eps: f64,
 ) -> Result<(CudaStorage, Tensor)> {
-    dispatch!(RMS, x.dtype(), rms_norm_fwd_t(x, xl, w, wl, eps))
-}
-
-fn rms_norm_fwd_t<T: Elem>(
-    x: &CudaStorage,
-    xl: &Layout,
-    w: &CudaStorage,
-    wl: &Layout,
-    eps: f64,
-) -> Result<(CudaStorage, Tensor)> {
     let dev = &x.device;
+    let e = elem(RMS, x.dtype())?;
     let h = row_len(RMS, xl)?;
     let n = xl.shape().elem_count() / h.max(1);
-    let xv = view::<T>(x, xl, RMS, "x")?;
-    let wv = view::<T>(w, wl, RMS, "w")?;
-    let mut y = output::<T>(dev, n * h)?;
-    let mut rstd = output::<f32>(dev, n)?;
-    if n > 0 && h > 0 {
-        let f = function(dev, "rms_norm.cu", &format!("rms_norm_fwd_{}", T::SUFFIX))?;
-        let stream = dev.cuda_stream();
-        let (hi, epsf) = (int(RMS, "H", h)?, eps as f32);
-        let mut b = stream.launch_builder(&f);
-        b.arg(&xv)
-            .arg(&wv)
-            .arg(&mut y)
-            .arg(&mut rstd)
-            .arg(&hi)
-            .arg(&epsf);
-        // SAFETY: the arguments match rms_norm_fwd_<T>(const T* x, const T* w, T* y,
-        // float* rstd, int h, float eps) in rms_norm.cu: x and y hold n·h elements, w h,
-        // rstd n; one block per row (grid n), whole warps per block as block_sum needs.
-        unsafe { b.launch(config((n as u32, 1), row_block(h))) }.w()?;
+    let y = fresh(dev, x.dtype(), n * h)?;
+    let rstd = fresh(dev, DType::F32, n)?;
+    {
+        let st = dev.cuda_stream();
+        let (xp, _gx) = addr(x, xl, &st, RMS, "x")?;
+        let (wp, _gw) = addr(w, wl, &st, RMS, "w")?;
+        let (yp, _gy) = addr(&y, &Layout::contiguous(n * h), &st, RMS, "y")?;
+        let (rp, _gr) = addr(&rstd, &Layout::contiguous(n), &st, RMS, "rstd")?;
+        let mut d = Driver::new(dev);
+        launch::rms_norm_fwd(&mut d, e, xp, wp, yp, rp, n, h, eps as f32).map_err(lerr)?;
     }
-    Ok((
-        CudaStorage::wrap_cuda_slice(y, dev.clone()),
-        tensor(rstd, dev, &[n]),
-    ))
+    Ok((y, tensor(rstd, &[n])))
 }
 
 /// (dx, dw) of rms_norm from x, w, the upstream gradient and the saved 1/rms.
@@ -354,90 +391,29 @@ pub(crate) fn rms_norm_bwd(
     dy: &Tensor,
     rstd: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
-    let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = w.storage_and_layout();
-    let (ds, dl) = dy.storage_and_layout();
-    let (rs, rl) = rstd.storage_and_layout();
-    let xs = cuda(&xs, RMS, "x")?;
-    let ws = cuda(&ws, RMS, "w")?;
-    let ds = cuda(&ds, RMS, "grad")?;
-    let rs = cuda(&rs, RMS, "rstd")?;
-    dispatch!(
-        RMS,
-        x.dtype(),
-        rms_norm_bwd_t((xs, xl), (ws, wl), (ds, dl), (rs, rl))
-    )
-}
-
-type In<'a> = (&'a CudaStorage, &'a Layout);
-
-fn rms_norm_bwd_t<T: Elem>(x: In, w: In, dy: In, rstd: In) -> Result<(Tensor, Tensor)> {
-    let dev = &x.0.device;
-    let h = row_len(RMS, x.1)?;
-    let n = x.1.shape().elem_count() / h.max(1);
-    let xv = view::<T>(x.0, x.1, RMS, "x")?;
-    let wv = view::<T>(w.0, w.1, RMS, "w")?;
-    let dv = view::<T>(dy.0, dy.1, RMS, "grad")?;
-    let rv = view::<f32>(rstd.0, rstd.1, RMS, "rstd")?;
-    let mut dx = output::<T>(dev, n * h)?;
-    let mut dw = output::<T>(dev, h)?;
-    if n > 0 && h > 0 {
-        let stream = dev.cuda_stream();
-        let (ni, hi) = (int(RMS, "rows", n)?, int(RMS, "H", h)?);
-        let f = function(
-            dev,
-            "rms_norm.cu",
-            &format!("rms_norm_bwd_dx_{}", T::SUFFIX),
-        )?;
-        let mut b = stream.launch_builder(&f);
-        b.arg(&xv).arg(&wv).arg(&dv).arg(&rv).arg(&mut dx).arg(&hi);
-        // SAFETY: matches rms_norm_bwd_dx_<T>(const T* x, const T* w, const T* dy,
-        // const float* rstd, T* dx, int h): n rows of h, one block per row, whole warps.
-        unsafe { b.launch(config((n as u32, 1), row_block(h))) }.w()?;
-
-        // dw in two deterministic stages: per chunk of rows, then over the chunks in order.
-        let rows_per_chunk = n.div_ceil(256).max(16);
-        let chunks = n.div_ceil(rows_per_chunk);
-        let mut partial = output::<f32>(dev, chunks * h)?;
-        let (rpc, ci) = (
-            int(RMS, "rows", rows_per_chunk)?,
-            int(RMS, "chunks", chunks)?,
-        );
-        let cols = h.div_ceil(BLOCK as usize) as u32;
-        let f = function(
-            dev,
-            "rms_norm.cu",
-            &format!("rms_norm_bwd_dw_partial_{}", T::SUFFIX),
-        )?;
-        let mut b = stream.launch_builder(&f);
-        b.arg(&xv)
-            .arg(&dv)
-            .arg(&rv)
-            .arg(&mut partial)
-            .arg(&ni)
-            .arg(&hi)
-            .arg(&rpc);
-        // SAFETY: matches rms_norm_bwd_dw_partial_<T>(const T* x, const T* dy,
-        // const float* rstd, float* partial, int n, int h, int rows_per_chunk); grid
-        // (⌈h/BLOCK⌉, chunks) covers every (chunk, column) of `partial` (chunks·h floats).
-        unsafe { b.launch(config((cols, chunks as u32), BLOCK)) }.w()?;
-        let f = function(
-            dev,
-            "rms_norm.cu",
-            &format!("rms_norm_bwd_dw_finish_{}", T::SUFFIX),
-        )?;
-        let mut b = stream.launch_builder(&f);
-        b.arg(&partial).arg(&mut dw).arg(&ci).arg(&hi);
-        // SAFETY: matches rms_norm_bwd_dw_finish_<T>(const float* partial, T* dw,
-        // int chunks, int h); one thread per column of dw (h elements).
-        unsafe { b.launch(config((cols, 1), BLOCK)) }.w()?;
+    cuda_in!(x, RMS, "x", gx, xs, xl);
+    cuda_in!(w, RMS, "w", gw, ws, wl);
+    cuda_in!(dy, RMS, "grad", gd, ds, dl);
+    cuda_in!(rstd, RMS, "rstd", gr, rs, rl);
+    let dev = &xs.device;
+    let e = elem(RMS, x.dtype())?;
+    let h = row_len(RMS, xl)?;
+    let n = xl.shape().elem_count() / h.max(1);
+    let dx = fresh(dev, x.dtype(), n * h)?;
+    let dw = fresh(dev, x.dtype(), h)?;
+    {
+        let st = dev.cuda_stream();
+        let (xp, _a) = addr(xs, xl, &st, RMS, "x")?;
+        let (wp, _b) = addr(ws, wl, &st, RMS, "w")?;
+        let (dp, _c) = addr(ds, dl, &st, RMS, "grad")?;
+        let (rp, _d) = addr(rs, rl, &st, RMS, "rstd")?;
+        let (dxp, _e) = addr(&dx, &Layout::contiguous(n * h), &st, RMS, "dx")?;
+        let (dwp, _f) = addr(&dw, &Layout::contiguous(h), &st, RMS, "dw")?;
+        let mut d = Driver::new(dev);
+        launch::rms_norm_bwd(&mut d, e, xp, wp, dp, rp, dxp, dwp, n, h).map_err(lerr)?;
     }
-    Ok((tensor(dx, dev, x.1.dims()), tensor(dw, dev, w.1.dims())))
+    Ok((tensor(dx, x.dims()), tensor(dw, w.dims())))
 }
-
-// ---------------------------------------------------------------------------------------
-// SwiGLU
-// ---------------------------------------------------------------------------------------
 
 const SWIGLU: &str = "swiglu";
 
@@ -448,75 +424,42 @@ pub(crate) fn swiglu_fwd(
     u: &CudaStorage,
     ul: &Layout,
 ) -> Result<CudaStorage> {
-    dispatch!(SWIGLU, g.dtype(), swiglu_fwd_t(g, gl, u, ul))
-}
-
-fn swiglu_fwd_t<T: Elem>(
-    g: &CudaStorage,
-    gl: &Layout,
-    u: &CudaStorage,
-    ul: &Layout,
-) -> Result<CudaStorage> {
     let dev = &g.device;
+    let e = elem(SWIGLU, g.dtype())?;
     let n = gl.shape().elem_count();
-    let gv = view::<T>(g, gl, SWIGLU, "gate")?;
-    let uv = view::<T>(u, ul, SWIGLU, "up")?;
-    let mut y = output::<T>(dev, n)?;
-    if n > 0 {
-        let f = function(dev, "swiglu.cu", &format!("swiglu_fwd_{}", T::SUFFIX))?;
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&gv).arg(&uv).arg(&mut y).arg(&n);
-        // SAFETY: matches swiglu_fwd_<T>(const T* gate, const T* up, T* y, size_t n); a
-        // grid-stride loop over the n elements of each buffer.
-        unsafe { b.launch(config((stride_blocks(n, MAX_BLOCKS), 1), BLOCK)) }.w()?;
+    let y = fresh(dev, g.dtype(), n)?;
+    {
+        let st = dev.cuda_stream();
+        let (gp, _a) = addr(g, gl, &st, SWIGLU, "gate")?;
+        let (up, _b) = addr(u, ul, &st, SWIGLU, "up")?;
+        let (yp, _c) = addr(&y, &Layout::contiguous(n), &st, SWIGLU, "y")?;
+        launch::swiglu_fwd(&mut Driver::new(dev), e, gp, up, yp, n).map_err(lerr)?;
     }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+    Ok(y)
 }
 
 /// (dgate, dup) of swiglu.
 pub(crate) fn swiglu_bwd(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (gs, gl) = g.storage_and_layout();
-    let (us, ul) = u.storage_and_layout();
-    let (ds, dl) = dy.storage_and_layout();
-    let gs = cuda(&gs, SWIGLU, "gate")?;
-    let us = cuda(&us, SWIGLU, "up")?;
-    let ds = cuda(&ds, SWIGLU, "grad")?;
-    dispatch!(
-        SWIGLU,
-        g.dtype(),
-        swiglu_bwd_t((gs, gl), (us, ul), (ds, dl))
-    )
-}
-
-fn swiglu_bwd_t<T: Elem>(g: In, u: In, dy: In) -> Result<(Tensor, Tensor)> {
-    let dev = &g.0.device;
-    let n = g.1.shape().elem_count();
-    let gv = view::<T>(g.0, g.1, SWIGLU, "gate")?;
-    let uv = view::<T>(u.0, u.1, SWIGLU, "up")?;
-    let dv = view::<T>(dy.0, dy.1, SWIGLU, "grad")?;
-    let mut dg = output::<T>(dev, n)?;
-    let mut du = output::<T>(dev, n)?;
-    if n > 0 {
-        let f = function(dev, "swiglu.cu", &format!("swiglu_bwd_{}", T::SUFFIX))?;
-        let stream = dev.cuda_stream();
-        let mut b = stream.launch_builder(&f);
-        b.arg(&gv)
-            .arg(&uv)
-            .arg(&dv)
-            .arg(&mut dg)
-            .arg(&mut du)
-            .arg(&n);
-        // SAFETY: matches swiglu_bwd_<T>(const T* gate, const T* up, const T* dy, T* dgate,
-        // T* dup, size_t n); a grid-stride loop over n elements of each buffer.
-        unsafe { b.launch(config((stride_blocks(n, MAX_BLOCKS), 1), BLOCK)) }.w()?;
+    cuda_in!(g, SWIGLU, "gate", gg, gs, gl);
+    cuda_in!(u, SWIGLU, "up", gu, us, ul);
+    cuda_in!(dy, SWIGLU, "grad", gd, ds, dl);
+    let dev = &gs.device;
+    let e = elem(SWIGLU, g.dtype())?;
+    let n = gl.shape().elem_count();
+    let dg = fresh(dev, g.dtype(), n)?;
+    let du = fresh(dev, g.dtype(), n)?;
+    {
+        let st = dev.cuda_stream();
+        let (gp, _a) = addr(gs, gl, &st, SWIGLU, "gate")?;
+        let (up, _b) = addr(us, ul, &st, SWIGLU, "up")?;
+        let (dp, _c) = addr(ds, dl, &st, SWIGLU, "grad")?;
+        let (dgp, _d) = addr(&dg, &Layout::contiguous(n), &st, SWIGLU, "dgate")?;
+        let (dup, _e) = addr(&du, &Layout::contiguous(n), &st, SWIGLU, "dup")?;
+        let mut d = Driver::new(dev);
+        launch::swiglu_bwd(&mut d, e, gp, up, dp, dgp, dup, n).map_err(lerr)?;
     }
-    Ok((tensor(dg, dev, g.1.dims()), tensor(du, dev, u.1.dims())))
+    Ok((tensor(dg, g.dims()), tensor(du, u.dims())))
 }
-
-// ---------------------------------------------------------------------------------------
-// RoPE
-// ---------------------------------------------------------------------------------------
 
 const ROPE: &str = "rope";
 
@@ -528,11 +471,8 @@ pub(crate) fn rope_apply(
     sin: (&CudaStorage, &Layout),
     inverse: bool,
 ) -> Result<CudaStorage> {
-    dispatch!(ROPE, x.0.dtype(), rope_apply_t(x, cos, sin, inverse))
-}
-
-fn rope_apply_t<T: Elem>(x: In, cos: In, sin: In, inverse: bool) -> Result<CudaStorage> {
     let dev = &x.0.device;
+    let e = elem(ROPE, x.0.dtype())?;
     let dims = x.1.dims();
     if dims.len() < 2 {
         return Err(cuda_err(
@@ -542,55 +482,27 @@ fn rope_apply_t<T: Elem>(x: In, cos: In, sin: In, inverse: bool) -> Result<CudaS
     }
     let (t, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
     let n = x.1.shape().elem_count();
-    let xv = view::<T>(x.0, x.1, ROPE, "x")?;
-    let cv = view::<T>(cos.0, cos.1, ROPE, "cos")?;
-    let sv = view::<T>(sin.0, sin.1, ROPE, "sin")?;
-    let mut y = output::<T>(dev, n)?;
-    let pairs = n / 2;
-    if pairs > 0 {
-        let name = if inverse { "rope_bwd" } else { "rope_fwd" };
-        let f = function(dev, "rope.cu", &format!("{name}_{}", T::SUFFIX))?;
-        let stream = dev.cuda_stream();
-        let (ti, di) = (int(ROPE, "T", t)?, int(ROPE, "D", d)?);
-        let mut b = stream.launch_builder(&f);
-        b.arg(&xv)
-            .arg(&cv)
-            .arg(&sv)
-            .arg(&mut y)
-            .arg(&pairs)
-            .arg(&ti)
-            .arg(&di);
-        // SAFETY: matches rope_{fwd,bwd}_<T>(const T* x, const T* cos, const T* sin, T* y,
-        // size_t pairs, int t, int d): x and y hold 2·pairs elements in rows of d (even,
-        // checked by the op), cos and sin (t, d); a grid-stride loop over the pairs.
-        unsafe { b.launch(config((stride_blocks(pairs, MAX_BLOCKS), 1), BLOCK)) }.w()?;
+    let y = fresh(dev, x.0.dtype(), n)?;
+    {
+        let st = dev.cuda_stream();
+        let (xp, _a) = addr(x.0, x.1, &st, ROPE, "x")?;
+        let (cp, _b) = addr(cos.0, cos.1, &st, ROPE, "cos")?;
+        let (sp, _c) = addr(sin.0, sin.1, &st, ROPE, "sin")?;
+        let (yp, _d) = addr(&y, &Layout::contiguous(n), &st, ROPE, "y")?;
+        let mut g = Driver::new(dev);
+        launch::rope(&mut g, e, xp, cp, sp, yp, n, t, d, inverse).map_err(lerr)?;
     }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev.clone()))
+    Ok(y)
 }
 
 /// dx of rope from the upstream gradient.
 pub(crate) fn rope_bwd(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let (ds, dl) = dy.storage_and_layout();
-    let (cs, cl) = cos.storage_and_layout();
-    let (ss, sl) = sin.storage_and_layout();
-    let ds = cuda(&ds, ROPE, "grad")?;
-    let dx = rope_apply(
-        (ds, dl),
-        (cuda(&cs, ROPE, "cos")?, cl),
-        (cuda(&ss, ROPE, "sin")?, sl),
-        true,
-    )?;
-    Ok(Tensor::from_storage(
-        Storage::Cuda(dx),
-        dy.shape().clone(),
-        BackpropOp::none(),
-        false,
-    ))
+    cuda_in!(dy, ROPE, "grad", gd, ds, dl);
+    cuda_in!(cos, ROPE, "cos", gc, cs, cl);
+    cuda_in!(sin, ROPE, "sin", gs, ss, sl);
+    let dx = rope_apply((ds, dl), (cs, cl), (ss, sl), true)?;
+    Ok(tensor(dx, dy.dims()))
 }
-
-// ---------------------------------------------------------------------------------------
-// Cross-entropy
-// ---------------------------------------------------------------------------------------
 
 const CE: &str = "cross_entropy";
 
@@ -603,45 +515,21 @@ pub(crate) fn cross_entropy_fwd(
     t: &CudaStorage,
     tl: &Layout,
 ) -> Result<(CudaStorage, Tensor)> {
-    dispatch!(CE, x.dtype(), cross_entropy_fwd_t(x, xl, t, tl))
-}
-
-fn cross_entropy_fwd_t<T: Elem>(
-    x: &CudaStorage,
-    xl: &Layout,
-    t: &CudaStorage,
-    tl: &Layout,
-) -> Result<(CudaStorage, Tensor)> {
     let dev = &x.device;
+    let e = elem(CE, x.dtype())?;
     let (n, v) = xl.shape().dims2()?;
-    let xv = view::<T>(x, xl, CE, "logits")?;
-    let tv = view::<u32>(t, tl, CE, "targets")?;
-    let mut lse = output::<f32>(dev, n)?;
-    let mut rows = output::<f32>(dev, n)?;
-    let mut loss = output::<f32>(dev, 1)?;
-    let stream = dev.cuda_stream();
-    let (ni, vi) = (int(CE, "N", n)?, int(CE, "V", v)?);
-    let f = function(
-        dev,
-        "cross_entropy.cu",
-        &format!("ce_fwd_rows_{}", T::SUFFIX),
-    )?;
-    let mut b = stream.launch_builder(&f);
-    b.arg(&xv).arg(&tv).arg(&mut lse).arg(&mut rows).arg(&vi);
-    // SAFETY: matches ce_fwd_rows_<T>(const T* logits, const u32* targets, float* lse,
-    // float* row_loss, int v): n rows of v logits (n, v ≥ 1, checked by the op), one block
-    // per row with whole warps; a target ≥ v is not dereferenced (the row's loss is NaN).
-    unsafe { b.launch(config((n as u32, 1), row_block(v))) }.w()?;
-    let f = function(dev, "cross_entropy.cu", "ce_mean")?;
-    let mut b = stream.launch_builder(&f);
-    b.arg(&rows).arg(&mut loss).arg(&ni);
-    // SAFETY: matches ce_mean(const float* row_loss, float* loss, int n): one block of whole
-    // warps reads the n row losses and writes the one loss.
-    unsafe { b.launch(config((1, 1), 1024)) }.w()?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(loss, dev.clone()),
-        tensor(lse, dev, &[n]),
-    ))
+    let lse = fresh(dev, DType::F32, n)?;
+    let loss = fresh(dev, DType::F32, 1)?;
+    {
+        let st = dev.cuda_stream();
+        let (xp, _a) = addr(x, xl, &st, CE, "logits")?;
+        let (tp, _b) = addr(t, tl, &st, CE, "targets")?;
+        let (lp, _c) = addr(&lse, &Layout::contiguous(n), &st, CE, "lse")?;
+        let (op, _d) = addr(&loss, &Layout::contiguous(1), &st, CE, "loss")?;
+        let mut g = Driver::new(dev);
+        launch::cross_entropy_fwd(&mut g, e, xp, tp, lp, op, n, v).map_err(lerr)?;
+    }
+    Ok((loss, tensor(lse, &[n])))
 }
 
 /// dlogits of the mean cross-entropy; `g` is the upstream gradient (a scalar, read on the
@@ -653,89 +541,38 @@ pub(crate) fn cross_entropy_bwd(
     g: &Tensor,
 ) -> Result<Tensor> {
     let g = g.to_dtype(DType::F32)?.contiguous()?;
-    let (xs, xl) = x.storage_and_layout();
-    let (ts, tl) = t.storage_and_layout();
-    let (ls, ll) = lse.storage_and_layout();
-    let (gs, gl) = g.storage_and_layout();
-    let xs = cuda(&xs, CE, "logits")?;
-    let ts = cuda(&ts, CE, "targets")?;
-    let ls = cuda(&ls, CE, "lse")?;
-    let gs = cuda(&gs, CE, "grad")?;
-    dispatch!(
-        CE,
-        x.dtype(),
-        cross_entropy_bwd_t((xs, xl), (ts, tl), (ls, ll), (gs, gl))
-    )
+    cuda_in!(x, CE, "logits", gx, xs, xl);
+    cuda_in!(t, CE, "targets", gt, ts, tl);
+    cuda_in!(lse, CE, "lse", gl_, ls, ll);
+    cuda_in!(g, CE, "grad", gg, gs, gl);
+    let dev = &xs.device;
+    let e = elem(CE, x.dtype())?;
+    let (n, v) = xl.shape().dims2()?;
+    let dx = fresh(dev, x.dtype(), n * v)?;
+    {
+        let st = dev.cuda_stream();
+        let (xp, _a) = addr(xs, xl, &st, CE, "logits")?;
+        let (tp, _b) = addr(ts, tl, &st, CE, "targets")?;
+        let (lp, _c) = addr(ls, ll, &st, CE, "lse")?;
+        let (gp, _d) = addr(gs, gl, &st, CE, "grad")?;
+        let (dp, _e) = addr(&dx, &Layout::contiguous(n * v), &st, CE, "dlogits")?;
+        let mut d = Driver::new(dev);
+        launch::cross_entropy_bwd(&mut d, e, xp, tp, lp, gp, dp, n, v).map_err(lerr)?;
+    }
+    Ok(tensor(dx, x.dims()))
 }
-
-fn cross_entropy_bwd_t<T: Elem>(x: In, t: In, lse: In, g: In) -> Result<Tensor> {
-    let dev = &x.0.device;
-    let (n, v) = x.1.shape().dims2()?;
-    let xv = view::<T>(x.0, x.1, CE, "logits")?;
-    let tv = view::<u32>(t.0, t.1, CE, "targets")?;
-    let lv = view::<f32>(lse.0, lse.1, CE, "lse")?;
-    let gv = view::<f32>(g.0, g.1, CE, "grad")?;
-    let mut dx = output::<T>(dev, n * v)?;
-    let (ni, vi) = (int(CE, "N", n)?, int(CE, "V", v)?);
-    let f = function(dev, "cross_entropy.cu", &format!("ce_bwd_{}", T::SUFFIX))?;
-    let stream = dev.cuda_stream();
-    let mut b = stream.launch_builder(&f);
-    b.arg(&xv)
-        .arg(&tv)
-        .arg(&lv)
-        .arg(&gv)
-        .arg(&mut dx)
-        .arg(&ni)
-        .arg(&vi);
-    // SAFETY: matches ce_bwd_<T>(const T* logits, const u32* targets, const float* lse,
-    // const float* upstream, T* dlogits, int n, int v): n rows of v, one block per row,
-    // `upstream` one float.
-    unsafe { b.launch(config((n as u32, 1), row_block(v))) }.w()?;
-    Ok(tensor(dx, dev, x.1.dims()))
-}
-
-// ---------------------------------------------------------------------------------------
-// Attention
-// ---------------------------------------------------------------------------------------
 
 const ATT: &str = "attention";
-/// Query (or key) rows per block: warps per block of the attention kernels (ATT_WARPS).
-const ATT_WARPS: usize = 4;
-/// The largest head dim the attention kernels hold in shared memory (ATT_DMAX).
-const ATT_DMAX: usize = 128;
 
-/// `AttnShape` of attention.cu, passed by value.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct AttnShape {
-    h: i32,
-    hkv: i32,
-    t: i32,
-    d: i32,
-    scale: f32,
-}
-
-// SAFETY: a plain #[repr(C)] struct of four ints and a float, laid out as the C struct.
-unsafe impl DeviceRepr for AttnShape {}
-
-fn attn_shape(q: &[usize], k: &[usize], scale: f64) -> Result<(AttnShape, usize)> {
-    let (b, h, t, d) = (q[0], q[1], q[2], q[3]);
-    if d > ATT_DMAX {
-        return Err(cuda_err(
-            ATT,
-            format!("head dim {d} exceeds the CUDA kernel's {ATT_DMAX}"),
-        ));
+fn attn_dims(q: &[usize], k: &[usize], scale: f64) -> AttnDims {
+    AttnDims {
+        b: q[0],
+        h: q[1],
+        hkv: k[1],
+        t: q[2],
+        d: q[3],
+        scale: scale as f32,
     }
-    Ok((
-        AttnShape {
-            h: int(ATT, "H", h)?,
-            hkv: int(ATT, "Hkv", k[1])?,
-            t: int(ATT, "T", t)?,
-            d: int(ATT, "D", d)?,
-            scale: scale as f32,
-        },
-        b,
-    ))
 }
 
 /// Causal GQA attention of q (B, H, T, D), k, v (B, Hkv, T, D): the output and the per-row
@@ -746,45 +583,24 @@ pub(crate) fn attention_fwd(
     v: (&CudaStorage, &Layout),
     scale: f64,
 ) -> Result<(CudaStorage, Tensor)> {
-    dispatch!(ATT, q.0.dtype(), attention_fwd_t(q, k, v, scale))
-}
-
-fn attention_fwd_t<T: Elem>(q: In, k: In, v: In, scale: f64) -> Result<(CudaStorage, Tensor)> {
     let dev = &q.0.device;
-    let (s, b) = attn_shape(q.1.dims(), k.1.dims(), scale)?;
-    let (h, t) = (s.h as usize, s.t as usize);
+    let e = elem(ATT, q.0.dtype())?;
+    let dims = attn_dims(q.1.dims(), k.1.dims(), scale);
     let n = q.1.shape().elem_count();
-    let qv = view::<T>(q.0, q.1, ATT, "q")?;
-    let kv = view::<T>(k.0, k.1, ATT, "k")?;
-    let vv = view::<T>(v.0, v.1, ATT, "v")?;
-    let mut out = output::<T>(dev, n)?;
-    let mut lse = output::<f32>(dev, b * h * t)?;
-    if n > 0 {
-        let f = function(dev, "attention.cu", &format!("attn_fwd_{}", T::SUFFIX))?;
-        let stream = dev.cuda_stream();
-        let mut bld = stream.launch_builder(&f);
-        bld.arg(&qv)
-            .arg(&kv)
-            .arg(&vv)
-            .arg(&mut out)
-            .arg(&mut lse)
-            .arg(&s);
-        // SAFETY: matches attn_fwd_<T>(const T* q, const T* k, const T* v, T* out,
-        // float* lse, AttnShape s): q and out (B, H, T, D), k and v (B, Hkv, T, D) with H a
-        // multiple of Hkv (checked by the op), D ≤ ATT_DMAX (checked above), lse B·H·T;
-        // grid (⌈T/ATT_WARPS⌉, B·H) of ATT_WARPS warps, the geometry the kernel indexes by.
-        unsafe {
-            bld.launch(config(
-                (t.div_ceil(ATT_WARPS) as u32, (b * h) as u32),
-                (ATT_WARPS * 32) as u32,
-            ))
-        }
-        .w()?;
+    let rows = dims.b * dims.h * dims.t;
+    let out = fresh(dev, q.0.dtype(), n)?;
+    let lse = fresh(dev, DType::F32, rows)?;
+    {
+        let st = dev.cuda_stream();
+        let (qp, _a) = addr(q.0, q.1, &st, ATT, "q")?;
+        let (kp, _b) = addr(k.0, k.1, &st, ATT, "k")?;
+        let (vp, _c) = addr(v.0, v.1, &st, ATT, "v")?;
+        let (op, _d) = addr(&out, &Layout::contiguous(n), &st, ATT, "out")?;
+        let (lp, _e) = addr(&lse, &Layout::contiguous(rows), &st, ATT, "lse")?;
+        let mut g = Driver::new(dev);
+        launch::attention_fwd(&mut g, e, [qp, kp, vp], op, lp, dims).map_err(lerr)?;
     }
-    Ok((
-        CudaStorage::wrap_cuda_slice(out, dev.clone()),
-        tensor(lse, dev, &[b, h, t]),
-    ))
+    Ok((out, tensor(lse, &[dims.b, dims.h, dims.t])))
 }
 
 /// (dq, dk, dv) of attention from the inputs, the forward output `o`, the upstream gradient
@@ -798,93 +614,38 @@ pub(crate) fn attention_bwd(
     lse: &Tensor,
     scale: f64,
 ) -> Result<[Tensor; 3]> {
-    let (qs, ql) = q.storage_and_layout();
-    let (ks, kl) = k.storage_and_layout();
-    let (vs, vl) = v.storage_and_layout();
-    let (os, ol) = o.storage_and_layout();
-    let (ds, dl) = dout.storage_and_layout();
-    let (ls, ll) = lse.storage_and_layout();
-    let ins = [
-        (cuda(&qs, ATT, "q")?, ql),
-        (cuda(&ks, ATT, "k")?, kl),
-        (cuda(&vs, ATT, "v")?, vl),
-        (cuda(&os, ATT, "out")?, ol),
-        (cuda(&ds, ATT, "grad")?, dl),
-        (cuda(&ls, ATT, "lse")?, ll),
-    ];
-    dispatch!(ATT, q.dtype(), attention_bwd_t(ins, scale))
-}
-
-fn attention_bwd_t<T: Elem>(ins: [In; 6], scale: f64) -> Result<[Tensor; 3]> {
-    let [q, k, v, o, dout, lse] = ins;
-    let dev = &q.0.device;
-    let (s, b) = attn_shape(q.1.dims(), k.1.dims(), scale)?;
-    let (h, hkv, t, d) = (s.h as usize, s.hkv as usize, s.t as usize, s.d as usize);
-    let qv = view::<T>(q.0, q.1, ATT, "q")?;
-    let kv = view::<T>(k.0, k.1, ATT, "k")?;
-    let vv = view::<T>(v.0, v.1, ATT, "v")?;
-    let ov = view::<T>(o.0, o.1, ATT, "out")?;
-    let dv = view::<T>(dout.0, dout.1, ATT, "grad")?;
-    let lv = view::<f32>(lse.0, lse.1, ATT, "lse")?;
-    let rows = b * h * t;
-    let mut delta = output::<f32>(dev, rows)?;
-    let mut dq = output::<T>(dev, rows * d)?;
-    let mut dk = output::<T>(dev, b * hkv * t * d)?;
-    let mut dvv = output::<T>(dev, b * hkv * t * d)?;
-    if rows > 0 && d > 0 {
-        let stream = dev.cuda_stream();
-        let di = int(ATT, "D", d)?;
-        let f = function(
-            dev,
-            "attention.cu",
-            &format!("attn_bwd_delta_{}", T::SUFFIX),
-        )?;
-        let mut bld = stream.launch_builder(&f);
-        bld.arg(&ov).arg(&dv).arg(&mut delta).arg(&rows).arg(&di);
-        // SAFETY: matches attn_bwd_delta_<T>(const T* out, const T* dout, float* delta,
-        // size_t rows, int d): a warp per row, BLOCK/32 rows per block, rows·d elements.
-        unsafe {
-            bld.launch(config(
-                (rows.div_ceil(BLOCK as usize / 32) as u32, 1),
-                BLOCK,
-            ))
-        }
-        .w()?;
-        let tiles = t.div_ceil(ATT_WARPS) as u32;
-        let threads = (ATT_WARPS * 32) as u32;
-        let f = function(dev, "attention.cu", &format!("attn_bwd_dq_{}", T::SUFFIX))?;
-        let mut bld = stream.launch_builder(&f);
-        bld.arg(&qv)
-            .arg(&kv)
-            .arg(&vv)
-            .arg(&dv)
-            .arg(&lv)
-            .arg(&delta)
-            .arg(&mut dq)
-            .arg(&s);
-        // SAFETY: matches attn_bwd_dq_<T>(q, k, v, dout, lse, delta, T* dq, AttnShape s)
-        // with the shapes of the forward pass; grid (⌈T/ATT_WARPS⌉, B·H), a warp per row.
-        unsafe { bld.launch(config((tiles, (b * h) as u32), threads)) }.w()?;
-        let f = function(dev, "attention.cu", &format!("attn_bwd_dkdv_{}", T::SUFFIX))?;
-        let mut bld = stream.launch_builder(&f);
-        bld.arg(&qv)
-            .arg(&kv)
-            .arg(&vv)
-            .arg(&dv)
-            .arg(&lv)
-            .arg(&delta)
-            .arg(&mut dk)
-            .arg(&mut dvv)
-            .arg(&s);
-        // SAFETY: matches attn_bwd_dkdv_<T>(q, k, v, dout, lse, delta, T* dk, T* dv,
-        // AttnShape s); grid (⌈T/ATT_WARPS⌉, B·Hkv), a warp per key row; dk and dv are
-        // (B, Hkv, T, D).
-        unsafe { bld.launch(config((tiles, (b * hkv) as u32), threads)) }.w()?;
+    cuda_in!(q, ATT, "q", g1, qs, ql);
+    cuda_in!(k, ATT, "k", g2, ks, kl);
+    cuda_in!(v, ATT, "v", g3, vs, vl);
+    cuda_in!(o, ATT, "out", g4, os, ol);
+    cuda_in!(dout, ATT, "grad", g5, ds, dl);
+    cuda_in!(lse, ATT, "lse", g6, ls, ll);
+    let dev = &qs.device;
+    let e = elem(ATT, q.dtype())?;
+    let dims = attn_dims(ql.dims(), kl.dims(), scale);
+    let (nq, nk) = (q.elem_count(), k.elem_count());
+    let dq = fresh(dev, q.dtype(), nq)?;
+    let dk = fresh(dev, q.dtype(), nk)?;
+    let dv = fresh(dev, q.dtype(), nk)?;
+    {
+        let st = dev.cuda_stream();
+        let (qp, _a) = addr(qs, ql, &st, ATT, "q")?;
+        let (kp, _b) = addr(ks, kl, &st, ATT, "k")?;
+        let (vp, _c) = addr(vs, vl, &st, ATT, "v")?;
+        let (op, _d) = addr(os, ol, &st, ATT, "out")?;
+        let (dp, _e) = addr(ds, dl, &st, ATT, "grad")?;
+        let (lp, _f) = addr(ls, ll, &st, ATT, "lse")?;
+        let (dqp, _g) = addr(&dq, &Layout::contiguous(nq), &st, ATT, "dq")?;
+        let (dkp, _h) = addr(&dk, &Layout::contiguous(nk), &st, ATT, "dk")?;
+        let (dvp, _i) = addr(&dv, &Layout::contiguous(nk), &st, ATT, "dv")?;
+        let mut g = Driver::new(dev);
+        launch::attention_bwd(&mut g, e, [qp, kp, vp, op, dp, lp], [dqp, dkp, dvp], dims)
+            .map_err(lerr)?;
     }
     Ok([
-        tensor(dq, dev, q.1.dims()),
-        tensor(dk, dev, k.1.dims()),
-        tensor(dvv, dev, v.1.dims()),
+        tensor(dq, q.dims()),
+        tensor(dk, k.dims()),
+        tensor(dv, v.dims()),
     ])
 }
 
@@ -893,38 +654,6 @@ fn attention_bwd_t<T: Elem>(ins: [In; 6], scale: f64) -> Result<[Tensor; 3]> {
 // ---------------------------------------------------------------------------------------
 
 const ADAMW: &str = "adamw_step";
-
-/// `AdamWParams` of adamw.cu, passed by value.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct AdamWParams {
-    lr: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    weight_decay: f32,
-    bias_correction1: f32,
-    bias_correction2_sqrt: f32,
-    grad_scale: f32,
-}
-
-// SAFETY: a plain #[repr(C)] struct of eight floats, laid out as the C struct.
-unsafe impl DeviceRepr for AdamWParams {}
-
-impl AdamWParams {
-    fn new(hp: &AdamWHparams) -> Self {
-        AdamWParams {
-            lr: hp.lr as f32,
-            beta1: hp.beta1 as f32,
-            beta2: hp.beta2 as f32,
-            eps: hp.eps as f32,
-            weight_decay: hp.weight_decay as f32,
-            bias_correction1: hp.bias_correction1 as f32,
-            bias_correction2_sqrt: hp.bias_correction2_sqrt as f32,
-            grad_scale: hp.grad_scale as f32,
-        }
-    }
-}
 
 /// The CUDA device of an AdamW group, checking that every tensor is f32 (master weights) and
 /// on the device of `first`.
@@ -956,12 +685,13 @@ fn adamw_device(
 }
 
 /// One fused AdamW step on one tensor: θ in place (the op's destination), m and v in place
-/// through their device pointers, the step statistics into `stats` (3 doubles on the device).
+/// through their device addresses, the step statistics into `stats` (3 doubles on the
+/// device).
 struct FusedStep<'a> {
     grad: &'a Tensor,
     hp: AdamWParams,
     /// Device address of this tensor's three statistics.
-    stats: u64,
+    stats: DevPtr,
 }
 
 impl InplaceOp3 for FusedStep<'_> {
@@ -991,57 +721,30 @@ impl InplaceOp3 for FusedStep<'_> {
         vl: &Layout,
     ) -> Result<()> {
         let dev = th.device.clone();
-        let stream = dev.cuda_stream();
-        let (gs, gl) = self.grad.storage_and_layout();
-        let gs = cuda(&gs, ADAMW, "grad")?;
-        let gv = view::<f32>(gs, gl, ADAMW, "grad")?;
-        let mv = view::<f32>(m, ml, ADAMW, "exp_avg")?;
-        let vv = view::<f32>(v, vl, ADAMW, "exp_avg_sq")?;
+        let st = dev.cuda_stream();
         let n = tl.shape().elem_count();
-        let (a, b) = tl.contiguous_offsets().ok_or(Error::NonContiguous {
+        cuda_in!(self.grad, ADAMW, "grad", gg, gs, gl);
+        let (a, _) = tl.contiguous_offsets().ok_or(Error::NonContiguous {
             op: ADAMW,
             what: "param",
         })?;
-        let mut theta = th.as_cuda_slice_mut::<f32>()?.slice_mut(a..b);
-        let (m_ptr, _m_sync) = mv.device_ptr(&stream);
-        let (v_ptr, _v_sync) = vv.device_ptr(&stream);
-        let (t_ptr, _) = theta.device_ptr(&stream);
-        let (g_ptr, _) = gv.device_ptr(&stream);
-        if [v_ptr, t_ptr, g_ptr].contains(&m_ptr) || [t_ptr, g_ptr].contains(&v_ptr) {
+        let (mp, _m) = addr(m, ml, &st, ADAMW, "exp_avg")?;
+        let (vp, _v) = addr(v, vl, &st, ADAMW, "exp_avg_sq")?;
+        let (gp, _g) = addr(gs, gl, &st, ADAMW, "grad")?;
+        let theta = th.as_cuda_slice_mut::<f32>()?;
+        let (base, _t) = theta.device_ptr_mut(&st);
+        let tp = base + (4 * a) as u64;
+        if [vp, tp, gp].contains(&mp) || [tp, gp].contains(&vp) {
             return Err(cuda_err(
                 ADAMW,
                 "param, grad and moments must not share memory",
             ));
         }
-        let blocks = stride_blocks(n, REDUCE_BLOCKS);
-        let mut partial = output::<f64>(&dev, 3 * blocks as usize)?;
-        let f = function(&dev, "adamw.cu", "adamw_step_f32")?;
-        let mut bld = stream.launch_builder(&f);
-        bld.arg(&mut theta)
-            .arg(&gv)
-            .arg(&m_ptr)
-            .arg(&v_ptr)
-            .arg(&n)
-            .arg(&self.hp)
-            .arg(&mut partial);
-        // SAFETY: matches adamw_step_f32(float* theta, const float* grad, float* m, float* v,
-        // size_t n, AdamWParams hp, double* partial); all four buffers hold n floats, are
-        // distinct (checked above) and live until the launch is queued (the views and their
-        // storages are borrowed for this call; frees are ordered on this one stream). The
-        // kernel writes m and v through their addresses: these are device memory no host
-        // reference sees, and the moments are not read by anyone else on this stream while
-        // it runs. `partial` holds 3 doubles per block of the grid-stride loop.
-        if n > 0 {
-            unsafe { bld.launch(config((blocks, 1), BLOCK)) }.w()?;
-        }
-        let bi = if n > 0 { blocks as i32 } else { 0 };
-        let f = function(&dev, "adamw.cu", "adamw_stats_finish")?;
-        let mut bld = stream.launch_builder(&f);
-        bld.arg(&partial).arg(&bi).arg(&self.stats);
-        // SAFETY: matches adamw_stats_finish(const double* partial, int blocks,
-        // double* stats): one thread reads `bi` triples of `partial` and writes 3 doubles at
-        // `stats`, a slot of the caller's statistics buffer reserved for this tensor.
-        unsafe { bld.launch(config((1, 1), 1)) }.w()?;
+        // The kernel writes m and v through their addresses: device memory no host reference
+        // sees, and no one else on this stream reads the moments while it runs.
+        let mut d = Driver::new(&dev);
+        launch::adamw_step(&mut d, Elem::F32, [tp, gp, mp, vp], n, self.hp, self.stats)
+            .map_err(lerr)?;
         Ok(())
     }
 }
@@ -1098,41 +801,27 @@ pub(crate) fn adamw_step_finite(
         return Ok(true);
     };
     let dev = adamw_device(first, params, grads, exp_avg, exp_avg_sq)?;
-    let mut nonfinite = dev.alloc_zeros::<i32>(1)?;
-    let stream = dev.cuda_stream();
+    let flag = dev.alloc_zeros::<i32>(1)?;
+    let st = dev.cuda_stream();
     let hp32 = AdamWParams::new(hp);
-    let f = function(&dev, "adamw.cu", "adamw_check_f32")?;
-    for i in 0..params.len() {
-        let g = grads[i].contiguous()?;
-        let (ts, tl) = params[i].storage_and_layout();
-        let (gs, gl) = g.storage_and_layout();
-        let (ms, ml) = exp_avg[i].storage_and_layout();
-        let (vs, vl) = exp_avg_sq[i].storage_and_layout();
-        let tv = view::<f32>(cuda(&ts, ADAMW, "param")?, tl, ADAMW, "param")?;
-        let gv = view::<f32>(cuda(&gs, ADAMW, "grad")?, gl, ADAMW, "grad")?;
-        let mv = view::<f32>(cuda(&ms, ADAMW, "exp_avg")?, ml, ADAMW, "exp_avg")?;
-        let vv = view::<f32>(cuda(&vs, ADAMW, "exp_avg_sq")?, vl, ADAMW, "exp_avg_sq")?;
-        let n = tl.shape().elem_count();
-        let blocks = stride_blocks(n, REDUCE_BLOCKS);
-        let mut bld = stream.launch_builder(&f);
-        bld.arg(&tv)
-            .arg(&gv)
-            .arg(&mv)
-            .arg(&vv)
-            .arg(&n)
-            .arg(&hp32)
-            .arg(&mut nonfinite);
-        // SAFETY: matches adamw_check_f32(const float* theta, const float* grad,
-        // const float* m, const float* v, size_t n, AdamWParams hp, int* nonfinite); the four
-        // views hold n floats each (shapes checked by the caller) and are only read, and live
-        // until the launch is queued (their storages are read-locked for this iteration;
-        // frees are ordered on this one stream). The kernel writes nothing but the one int
-        // of `nonfinite`, which no other kernel touches.
-        if n > 0 {
-            unsafe { bld.launch(config((blocks, 1), BLOCK)) }.w()?;
+    {
+        let (fp, _f) = flag.device_ptr(&st);
+        let mut d = Driver::new(&dev);
+        for i in 0..params.len() {
+            let g = grads[i].contiguous()?;
+            cuda_in!(params[i], ADAMW, "param", g1, ts, tl);
+            cuda_in!(g, ADAMW, "grad", g2, gs, gl);
+            cuda_in!(exp_avg[i], ADAMW, "exp_avg", g3, ms, ml);
+            cuda_in!(exp_avg_sq[i], ADAMW, "exp_avg_sq", g4, vs, vl);
+            let (tp, _a) = addr(ts, tl, &st, ADAMW, "param")?;
+            let (gp, _b) = addr(gs, gl, &st, ADAMW, "grad")?;
+            let (mp, _c) = addr(ms, ml, &st, ADAMW, "exp_avg")?;
+            let (vp, _d) = addr(vs, vl, &st, ADAMW, "exp_avg_sq")?;
+            let n = tl.shape().elem_count();
+            launch::adamw_check(&mut d, Elem::F32, [tp, gp, mp, vp], n, hp32, fp).map_err(lerr)?;
         }
     }
-    let host = dev.clone_dtoh(&nonfinite)?;
+    let host = dev.clone_dtoh(&flag)?;
     Ok(host[0] == 0)
 }
 
@@ -1140,98 +829,54 @@ pub(crate) fn adamw_step_finite(
 // Reductions
 // ---------------------------------------------------------------------------------------
 
-const REDUCE: &str = "reduce";
-
-/// The device and element dtype shared by `ts` if they are all contiguous CUDA tensors of
+/// The device and element type shared by `ts` if they are all contiguous CUDA tensors of
 /// one device and one dtype the kernels take; `None` sends the caller to its fallback.
-fn reducible(ts: &[&Tensor]) -> Option<CudaDevice> {
+fn reducible(ts: &[&Tensor]) -> Option<(CudaDevice, Elem)> {
     let first = ts.first()?;
     let dev = first.device().as_cuda_device().ok()?;
+    let e = elem("reduce", first.dtype()).ok()?;
     let ok = ts.iter().all(|t| {
-        t.device().same_device(first.device())
-            && t.dtype() == first.dtype()
-            && matches!(t.dtype(), DType::F32 | DType::BF16)
-            && t.is_contiguous()
+        t.device().same_device(first.device()) && t.dtype() == first.dtype() && t.is_contiguous()
     });
-    ok.then(|| dev.clone())
+    ok.then(|| (dev.clone(), e))
 }
 
-/// One two-stage f64 reduction per group of tensors, results gathered into one buffer and
-/// copied to the host once. `kernel` is the first stage's name without its dtype suffix;
-/// every group has the same number of tensors (1, 2 or 3), read in order.
-fn reduce_groups(kernel: &str, groups: &[Vec<&Tensor>]) -> Result<Option<Vec<f64>>> {
-    let flat: Vec<&Tensor> = groups.iter().flatten().copied().collect();
+/// One reduction per group of tensors, results gathered into one buffer and copied to the
+/// host once; every group has `r.inputs()` tensors, read in order.
+fn reduce_groups(r: Reduction, groups: &[Vec<&Tensor>]) -> Result<Option<Vec<f64>>> {
     if groups.is_empty() {
         return Ok(Some(Vec::new()));
     }
-    let Some(dev) = reducible(&flat) else {
+    let flat: Vec<&Tensor> = groups.iter().flatten().copied().collect();
+    let Some((dev, e)) = reducible(&flat) else {
         return Ok(None);
     };
-    let mut out = dev.alloc_zeros::<f64>(groups.len())?;
-    let suffix = match flat[0].dtype() {
-        DType::BF16 => "bf16",
-        _ => "f32",
-    };
-    let first = function(&dev, "reduce.cu", &format!("{kernel}_{suffix}"))?;
-    let finish = function(&dev, "reduce.cu", "reduce_finish")?;
-    let stream = dev.cuda_stream();
-    for (i, group) in groups.iter().enumerate() {
-        let n = group[0].elem_count();
-        let blocks = if n > 0 {
-            stride_blocks(n, REDUCE_BLOCKS)
-        } else {
-            0
-        };
-        let mut partial = output::<f64>(&dev, blocks as usize)?;
-        let guards: Vec<_> = group.iter().map(|t| t.storage_and_layout()).collect();
-        let mut bufs = Vec::with_capacity(group.len());
-        for (s, l) in &guards {
-            let s = cuda(s, REDUCE, "input")?;
-            bufs.push(dispatch_view(s, l)?);
-        }
-        if blocks > 0 {
-            let mut bld = stream.launch_builder(&first);
-            for buf in &bufs {
-                bld.arg(buf);
+    let out = dev.alloc_zeros::<f64>(groups.len())?;
+    let st = dev.cuda_stream();
+    {
+        let (base, _o) = out.device_ptr(&st);
+        let mut d = Driver::new(&dev);
+        for (i, group) in groups.iter().enumerate() {
+            let guards: Vec<_> = group.iter().map(|t| t.storage_and_layout()).collect();
+            let mut ptrs = Vec::with_capacity(group.len());
+            let mut syncs = Vec::with_capacity(group.len());
+            for (s, l) in &guards {
+                let (p, g) = addr(cuda(s, "reduce", "input")?, l, &st, "reduce", "input")?;
+                ptrs.push(p);
+                syncs.push(g);
             }
-            bld.arg(&n).arg(&mut partial);
-            // SAFETY: matches {sum_sq,dot,dot_diff}_<T>(const T* …, size_t n,
-            // double* partial) with one input pointer per tensor of the group (1, 2 or 3),
-            // each holding n elements (shapes checked by the caller); a grid-stride loop
-            // whose every block writes its partial.
-            unsafe { bld.launch(config((blocks, 1), BLOCK)) }.w()?;
+            let slot = base + (8 * i) as u64;
+            launch::reduce(&mut d, r, e, &ptrs, group[0].elem_count(), slot).map_err(lerr)?;
         }
-        let bi = blocks as i32;
-        let mut slot = out.slice_mut(i..i + 1);
-        let mut bld = stream.launch_builder(&finish);
-        bld.arg(&partial).arg(&bi).arg(&mut slot);
-        // SAFETY: matches reduce_finish(const double* partial, int blocks, double* out): one
-        // thread sums `blocks` partials into this group's slot.
-        unsafe { bld.launch(config((1, 1), 1)) }.w()?;
     }
     Ok(Some(dev.clone_dtoh(&out)?))
-}
-
-/// The device address of a tensor's contiguous elements, as a kernel argument.
-fn dispatch_view(s: &CudaStorage, l: &Layout) -> Result<u64> {
-    let (a, _) = l.contiguous_offsets().ok_or(Error::NonContiguous {
-        op: REDUCE,
-        what: "input",
-    })?;
-    let stream = s.device.cuda_stream();
-    let (base, size) = match s.dtype() {
-        DType::F32 => (s.as_cuda_slice::<f32>()?.device_ptr(&stream).0, 4),
-        DType::BF16 => (s.as_cuda_slice::<bf16>()?.device_ptr(&stream).0, 2),
-        dtype => return Err(Error::UnsupportedCudaDType { op: REDUCE, dtype }.into()),
-    };
-    Ok(base + (a * size) as u64)
 }
 
 /// Σx² of each tensor in f64, or `None` unless all are contiguous f32/bf16 CUDA tensors of
 /// one device and dtype.
 pub(crate) fn sum_sq_many(ts: &[&Tensor]) -> Result<Option<Vec<f64>>> {
     let groups: Vec<Vec<&Tensor>> = ts.iter().map(|t| vec![*t]).collect();
-    reduce_groups("sum_sq", &groups)
+    reduce_groups(Reduction::SumSq, &groups)
 }
 
 /// ⟨a, b⟩ of each pair in f64, or `None` as for [`sum_sq_many`] (or on mismatched shapes).
@@ -1240,7 +885,7 @@ pub(crate) fn dot_many(pairs: &[(&Tensor, &Tensor)]) -> Result<Option<Vec<f64>>>
         return Ok(None); // the caller reports the mismatch
     }
     let groups: Vec<Vec<&Tensor>> = pairs.iter().map(|(a, b)| vec![*a, *b]).collect();
-    reduce_groups("dot", &groups)
+    reduce_groups(Reduction::Dot, &groups)
 }
 
 /// ⟨g, a − b⟩ of each triple in f64, or `None` as for [`sum_sq_many`] (or on mismatched
@@ -1253,7 +898,7 @@ pub(crate) fn dot_diff_many(triples: &[(&Tensor, &Tensor, &Tensor)]) -> Result<O
         return Ok(None); // the caller reports the mismatch
     }
     let groups: Vec<Vec<&Tensor>> = triples.iter().map(|(g, a, b)| vec![*g, *a, *b]).collect();
-    reduce_groups("dot_diff", &groups)
+    reduce_groups(Reduction::DotDiff, &groups)
 }
 
 #[cfg(test)]

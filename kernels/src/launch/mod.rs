@@ -516,7 +516,7 @@ impl AttnDims {
                 ),
             });
         }
-        if self.hkv == 0 || self.h % self.hkv != 0 {
+        if self.hkv == 0 || !self.h.is_multiple_of(self.hkv) {
             return Err(Error::Cuda {
                 op: ATT,
                 msg: format!(
