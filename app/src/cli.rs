@@ -125,7 +125,8 @@ pub struct BenchArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// cpu (default) or cuda:N.
+    /// cpu (default) or cuda:N; with --kernels also cuda-emu (the CUDA kernels on the CPU
+    /// executor).
     #[arg(long)]
     pub device: Option<String>,
     /// f32 (default), or bf16 mixed precision (f32 master weights, bf16 passes; CUDA only).
@@ -137,7 +138,8 @@ pub struct BenchArgs {
     pub peak_tflops: Option<f64>,
     /// Instead of training: run every fused kernel (forward and backward, AdamW, reductions)
     /// against its plain-op twin on --device in each dtype it takes there, print the worst
-    /// relative errors and fail if one is over its tolerance.
+    /// relative errors and fail if one is over its tolerance. --device cuda-emu runs the
+    /// CUDA kernels on the CPU executor (needs a C++ compiler: c++ or $CXX) in f32 and bf16.
     #[arg(long)]
     pub kernels: bool,
     /// Measured steps.

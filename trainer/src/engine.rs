@@ -40,6 +40,13 @@ pub fn device(spec: &str) -> Result<Device> {
         };
         return cuda_device(spec, ordinal);
     }
+    if spec == "cuda-emu" {
+        return Err(Error::Config(
+            "--device cuda-emu runs the CUDA kernels on the CPU executor to check them; it is \
+             only for `wsdscope bench --kernels --device cuda-emu`. To train, use cpu or cuda:N"
+                .into(),
+        ));
+    }
     Err(Error::Config(format!(
         "--device {spec:?} is not allowed; use cpu or cuda:N"
     )))

@@ -112,6 +112,8 @@ impl Default for Sources {
 pub struct Executor {
     sources: Sources,
     modules: Mutex<HashMap<&'static str, Arc<Module>>>,
+    /// Launches run, by kernel name.
+    launched: Mutex<HashMap<String, u64>>,
 }
 
 impl Default for Executor {
@@ -131,6 +133,7 @@ impl Executor {
         Self {
             sources,
             modules: Mutex::new(HashMap::new()),
+            launched: Mutex::new(HashMap::new()),
         }
     }
 
@@ -190,6 +193,12 @@ impl Executor {
                 l.kernel, l.shared_bytes
             )));
         }
+        *self
+            .launched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(l.kernel.clone())
+            .or_default() += 1;
         let blocks = l.blocks();
         if blocks == 0 {
             return Ok(());
@@ -227,6 +236,14 @@ impl Executor {
                 Err(err(text.to_string_lossy().into_owned()))
             }
         })
+    }
+
+    /// How many launches of each kernel this executor has run.
+    pub fn launched(&self) -> HashMap<String, u64> {
+        self.launched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A context for one op: launches run here, temporaries live until it is dropped.

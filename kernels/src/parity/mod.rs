@@ -11,6 +11,8 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+pub mod executor;
+
 use crate::{
     AdamWHparams, adamw_step, adamw_step_finite, adamw_step_slow, attention, attention_slow,
     cross_entropy, cross_entropy_slow, dot_diff_many, dot_diff_many_slow, dot_many, dot_many_slow,
@@ -20,8 +22,9 @@ use crate::{
 /// One compared tensor (or statistic).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    /// The op, e.g. `attention`.
-    pub op: &'static str,
+    /// The op, e.g. `attention`, with the case's shape where one op is checked on several
+    /// (`attention gqa2 d64 T70`).
+    pub op: String,
     /// The dtype the fused op ran in.
     pub dtype: &'static str,
     /// What was compared: `out`, `grad q`, `param`, `update_sq`, …
@@ -165,7 +168,7 @@ fn differentiable(
     let name = dtype_name(dt);
     let (d, s) = compare(&out_f, &out_r)?;
     let mut rows = vec![Row {
-        op,
+        op: op.into(),
         dtype: name,
         what: "out",
         max_abs: d,
@@ -178,7 +181,7 @@ fn differentiable(
         let gr = grads_r.get(vr.as_tensor()).ok_or_else(missing)?;
         let (d, s) = compare(gf, gr)?;
         rows.push(Row {
-            op,
+            op: op.into(),
             dtype: name,
             what,
             max_abs: d,
@@ -336,7 +339,7 @@ fn adamw(device: &Device, dt: DType) -> Result<Vec<Row>> {
             .into_iter()
             .fold((0.0f64, 0.0f64), |(d, s), (a, b)| (d.max(a), s.max(b)));
         rows.push(Row {
-            op: "adamw_step",
+            op: "adamw_step".into(),
             dtype: name,
             what,
             max_abs: d,
@@ -381,7 +384,7 @@ fn adamw(device: &Device, dt: DType) -> Result<Vec<Row>> {
             }
         }
         Ok::<_, candle_core::Error>(Row {
-            op: "adamw_step_finite",
+            op: "adamw_step_finite".into(),
             dtype: name,
             what,
             max_abs: if check == twin { 0.0 } else { 1.0 },
@@ -440,7 +443,7 @@ fn reductions(device: &Device, dt: DType) -> Result<Vec<Row>> {
             (d.max((x - y).abs()), s.max(y.abs()))
         });
         Row {
-            op: "reductions",
+            op: "reductions".into(),
             dtype: name,
             what,
             max_abs: d,
