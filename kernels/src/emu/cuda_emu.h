@@ -122,6 +122,13 @@ inline void ctx_swap(Ctx& from, Ctx& to) { swapcontext(&from.uc, &to.uc); }
 
 enum class State : unsigned char { Ready, AtBarrier, AtWarp, Done };
 
+// A source location: the file and line of a __syncthreads or warp intrinsic.
+struct Site {
+    const char* file;
+    int line;
+    bool operator!=(const Site& o) const { return line != o.line || strcmp(file, o.file) != 0; }
+};
+
 struct Block;
 
 // One CUDA thread: a fiber.
@@ -130,7 +137,7 @@ struct Thread {
     uint3 tid;
     unsigned linear;  // x + y·bx + z·bx·by
     State state;
-    int line;  // the source line it waits at
+    Site site;  // where it waits
     Block* blk;
 };
 
@@ -140,7 +147,7 @@ struct Warp {
     unsigned live;     // lanes that have not exited
     unsigned arrived;  // lanes at the current warp step
     unsigned mask;     // that step's mask
-    int line;          // and its source line
+    Site site;         // and its source line
     unsigned gen;      // completed steps
     uint64_t slot[2][32];
 };
@@ -162,7 +169,7 @@ struct Block {
     Thread* threads;
     Warp* warps;
     unsigned n, live, arrived;
-    int barrier_line;
+    Site barrier_site;
     Ctx sched;
     bool failed;
     std::string error;
@@ -234,7 +241,10 @@ inline void yield() {
     ctx_jump(b->sched);
 }
 
-inline std::string line_str(int line) { return "line " + std::to_string(line); }
+inline std::string line_str(Site s) {
+    const char* base = strrchr(s.file, '/');
+    return std::string(base ? base + 1 : s.file) + ":" + std::to_string(s.line);
+}
 
 inline void release_barrier(Block* b) {
     for (unsigned i = 0; i < b->n; ++i)
@@ -242,27 +252,27 @@ inline void release_barrier(Block* b) {
     b->arrived = 0;
 }
 
-inline void syncthreads(int line) {
+inline void syncthreads(Site line) {
     Thread* t = cur;
     Block* b = t->blk;
     if (b->arrived == 0) {
-        b->barrier_line = line;
-    } else if (b->barrier_line != line) {
+        b->barrier_site = line;
+    } else if (b->barrier_site != line) {
         fail("__syncthreads at " + line_str(line) + " meets threads waiting at the one at " +
-             line_str(b->barrier_line) + " (a barrier in divergent code)");
+             line_str(b->barrier_site) + " (a barrier in divergent code)");
     }
     if (++b->arrived == b->live) {
         release_barrier(b);
         return;
     }
     t->state = State::AtBarrier;
-    t->line = line;
+    t->site = line;
     yield();
 }
 
 // One warp-synchronous step over the lanes of `mask`: returns once every one has arrived.
 // Returns the generation the step had, which picks the exchange slots of the step.
-inline unsigned warp_step(unsigned mask, int line, const char* what) {
+inline unsigned warp_step(unsigned mask, Site line, const char* what) {
     Thread* t = cur;
     Block* b = t->blk;
     Warp& w = b->warps[t->linear / 32];
@@ -277,9 +287,9 @@ inline unsigned warp_step(unsigned mask, int line, const char* what) {
         fail(std::string(what) + " at " + line_str(line) + ": its mask names lanes that have exited");
     if (w.arrived == 0) {
         w.mask = mask;
-        w.line = line;
-    } else if (w.mask != mask || w.line != line) {
-        fail(std::string(what) + " at " + line_str(line) + " meets lanes waiting at " + line_str(w.line) +
+        w.site = line;
+    } else if (w.mask != mask || w.site != line) {
+        fail(std::string(what) + " at " + line_str(line) + " meets lanes waiting at " + line_str(w.site) +
              " (divergent warp: lanes at different warp intrinsics or masks)");
     }
     const unsigned gen = w.gen;
@@ -296,7 +306,7 @@ inline unsigned warp_step(unsigned mask, int line, const char* what) {
         return gen;
     }
     t->state = State::AtWarp;
-    t->line = line;
+    t->site = line;
     yield();
     return gen;
 }
@@ -304,7 +314,7 @@ inline unsigned warp_step(unsigned mask, int line, const char* what) {
 enum Mode { Idx, Up, Down, Xor };
 
 template <typename T>
-inline T shfl(Mode mode, int line, unsigned mask, T v, int arg, int width = 32) {
+inline T shfl(Mode mode, Site line, unsigned mask, T v, int arg, int width = 32) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
     Thread* t = cur;
     Warp& w = t->blk->warps[t->linear / 32];
@@ -331,10 +341,10 @@ inline T shfl(Mode mode, int line, unsigned mask, T v, int arg, int width = 32) 
     return r;
 }
 
-inline void syncwarp(int line, unsigned mask = 0xffffffffu) { warp_step(mask, line, "__syncwarp"); }
+inline void syncwarp(Site line, unsigned mask = 0xffffffffu) { warp_step(mask, line, "__syncwarp"); }
 
 // The mask of lanes whose predicate is non-zero.
-inline unsigned ballot(int line, const char* what, unsigned mask, int pred) {
+inline unsigned ballot(Site line, const char* what, unsigned mask, int pred) {
     Thread* t = cur;
     Warp& w = t->blk->warps[t->linear / 32];
     const unsigned lane = t->linear % 32;
@@ -353,7 +363,7 @@ inline void thread_exit() {
     const unsigned bit = 1u << (t->linear % 32);
     w.live &= ~bit;
     if (w.arrived != 0 && (w.mask & bit))
-        fail("exited while lanes of its warp wait for it at the warp intrinsic at " + line_str(w.line));
+        fail("exited while lanes of its warp wait for it at the warp intrinsic at " + line_str(w.site));
     t->state = State::Done;
     b->live--;
     if (b->arrived > 0 && b->arrived == b->live) release_barrier(b);
@@ -373,10 +383,10 @@ inline std::string describe_deadlock(const Block& b) {
         const Thread& t = b.threads[i];
         if (t.state == State::AtBarrier || t.state == State::AtWarp) {
             // Show the first thread of each run of threads waiting at the same place.
-            if (i > 0 && b.threads[i - 1].state == t.state && b.threads[i - 1].line == t.line) continue;
+            if (i > 0 && b.threads[i - 1].state == t.state && !(b.threads[i - 1].site != t.site)) continue;
             s += " thread " + std::to_string(i) +
                  (t.state == State::AtBarrier ? " waits at __syncthreads, " : " waits at a warp intrinsic, ") +
-                 line_str(t.line) + ";";
+                 line_str(t.site) + ";";
             shown++;
         }
     }
@@ -487,21 +497,22 @@ struct Sig<void (*)(A...)> {
 #define __restrict__ __restrict
 #define __launch_bounds__(...)
 
+#define WSD_EMU_SITE (wsd_emu::Site{__FILE__, __LINE__})
 #define threadIdx (wsd_emu::cur->tid)
 #define blockIdx (wsd_emu::cur->blk->idx)
 #define blockDim (wsd_emu::cur->blk->dim)
 #define gridDim (wsd_emu::cur->blk->grid)
 #define warpSize 32
 
-#define __syncthreads() wsd_emu::syncthreads(__LINE__)
-#define __syncwarp(...) wsd_emu::syncwarp(__LINE__, ##__VA_ARGS__)
-#define __shfl_sync(m, v, ...) wsd_emu::shfl(wsd_emu::Idx, __LINE__, m, v, __VA_ARGS__)
-#define __shfl_up_sync(m, v, ...) wsd_emu::shfl(wsd_emu::Up, __LINE__, m, v, __VA_ARGS__)
-#define __shfl_down_sync(m, v, ...) wsd_emu::shfl(wsd_emu::Down, __LINE__, m, v, __VA_ARGS__)
-#define __shfl_xor_sync(m, v, ...) wsd_emu::shfl(wsd_emu::Xor, __LINE__, m, v, __VA_ARGS__)
-#define __ballot_sync(m, p) wsd_emu::ballot(__LINE__, "__ballot_sync", m, p)
-#define __any_sync(m, p) (wsd_emu::ballot(__LINE__, "__any_sync", m, p) != 0u)
-#define __all_sync(m, p) (wsd_emu::ballot(__LINE__, "__all_sync", m, p) == (m))
+#define __syncthreads() wsd_emu::syncthreads(WSD_EMU_SITE)
+#define __syncwarp(...) wsd_emu::syncwarp(WSD_EMU_SITE, ##__VA_ARGS__)
+#define __shfl_sync(m, v, ...) wsd_emu::shfl(wsd_emu::Idx, WSD_EMU_SITE, m, v, __VA_ARGS__)
+#define __shfl_up_sync(m, v, ...) wsd_emu::shfl(wsd_emu::Up, WSD_EMU_SITE, m, v, __VA_ARGS__)
+#define __shfl_down_sync(m, v, ...) wsd_emu::shfl(wsd_emu::Down, WSD_EMU_SITE, m, v, __VA_ARGS__)
+#define __shfl_xor_sync(m, v, ...) wsd_emu::shfl(wsd_emu::Xor, WSD_EMU_SITE, m, v, __VA_ARGS__)
+#define __ballot_sync(m, p) wsd_emu::ballot(WSD_EMU_SITE, "__ballot_sync", m, p)
+#define __any_sync(m, p) (wsd_emu::ballot(WSD_EMU_SITE, "__any_sync", m, p) != 0u)
+#define __all_sync(m, p) (wsd_emu::ballot(WSD_EMU_SITE, "__all_sync", m, p) == (m))
 
 inline float __int_as_float(int x) { float f; memcpy(&f, &x, 4); return f; }
 inline float __uint_as_float(unsigned x) { float f; memcpy(&f, &x, 4); return f; }

@@ -224,11 +224,38 @@ fn swiglu(ex: &Executor, e: Elem, n: usize, seed: u64) -> Result<Vec<Row>> {
     #[rustfmt::skip]
     launch::swiglu_bwd(&mut g, e, gb.ptr(), ub.ptr(), db.ptr(), dgb.ptr(), dub.ptr(), n)?;
     let t = tol_of(e);
-    Ok(vec![
+    let mut rows = vec![
         row(&op, e, "out", &yb.to_f32(e), &want, t),
         row(&op, e, "grad gate", &dgb.to_f32(e), grad(&gs, "gate"), t),
         row(&op, e, "grad up", &dub.to_f32(e), grad(&gs, "up"), t),
-    ])
+    ];
+    if e == Elem::Bf16 {
+        // The bf16 kernel computes in f32 and rounds once, to nearest even: its output is
+        // exactly the f32 kernel's on the same values, rounded.
+        let (mut g32, mut u32_) = (buf(&gate, Elem::F32), buf(&upv, Elem::F32));
+        let mut y32 = out(n, Elem::F32);
+        launch::swiglu_fwd(&mut g, Elem::F32, g32.ptr(), u32_.ptr(), y32.ptr(), n)?;
+        let rounded = HostBuf::from_f32(&y32.to_f32(Elem::F32), Elem::Bf16).to_f32(Elem::Bf16);
+        rows.push(exact(&op, e, "rounding", &yb.to_f32(e), &rounded));
+    }
+    Ok(rows)
+}
+
+/// A row that passes only if `got` equals `want` bit for bit (NaNs equal).
+fn exact(op: &str, e: Elem, what: &'static str, got: &[f32], want: &[f32]) -> Row {
+    let differ = got.len() != want.len()
+        || got
+            .iter()
+            .zip(want)
+            .any(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan()));
+    Row {
+        op: op.to_string(),
+        dtype: dt_name(e),
+        what,
+        max_abs: if differ { 1.0 } else { 0.0 },
+        scale: 1.0,
+        tol: 0.0,
+    }
 }
 
 fn rope(ex: &Executor, e: Elem, [b, h, t, d]: [usize; 4], seed: u64) -> Result<Vec<Row>> {
