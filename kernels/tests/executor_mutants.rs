@@ -6,6 +6,8 @@
 //! off-by-one bound, a wrong shared-memory index, truncating bf16 rounding, a wrong grid,
 //! swapped or mistyped arguments.
 
+mod common;
+
 use wsdscope_kernels::Error;
 use wsdscope_kernels::emu::{Executor, Sources};
 use wsdscope_kernels::launch::{Arg, DevPtr, Gpu, Launch};
@@ -62,6 +64,9 @@ fn assert_caught(name: &str, ex: &Executor, op: &str) {
 
 #[test]
 fn the_unmutated_sources_pass_the_checks_the_mutants_fail() {
+    if !common::executor_available() {
+        return;
+    }
     // The baseline for every op the mutants below touch.
     let ex = Executor::new();
     for op in ["rms_norm", "attention", "swiglu"] {
@@ -71,6 +76,9 @@ fn the_unmutated_sources_pass_the_checks_the_mutants_fail() {
 
 #[test]
 fn a_warp_sum_that_skips_a_shuffle_step_is_caught() {
+    if !common::executor_available() {
+        return;
+    }
     let s = mutant(
         "common.cuh",
         "float warp_sum(float v) {\n    for (int o = 16; o > 0; o >>= 1)",
@@ -86,6 +94,9 @@ fn a_warp_sum_that_skips_a_shuffle_step_is_caught() {
 
 #[test]
 fn a_block_reduction_without_its_barrier_is_caught() {
+    if !common::executor_available() {
+        return;
+    }
     let s = mutant(
         "common.cuh",
         "    if (lane == 0) s[wid] = v;\n    __syncthreads();\n    v = (threadIdx.x < nw) ? s[threadIdx.x] : 0.0f;",
@@ -101,6 +112,9 @@ fn a_block_reduction_without_its_barrier_is_caught() {
 
 #[test]
 fn an_off_by_one_key_tile_bound_in_attention_is_caught() {
+    if !common::executor_available() {
+        return;
+    }
     let s = mutant(
         "attention.cu",
         "for (int j0 = 0; j0 <= last; j0 += ATT_BC)",
@@ -116,6 +130,9 @@ fn an_off_by_one_key_tile_bound_in_attention_is_caught() {
 
 #[test]
 fn an_off_by_one_causal_bound_in_attention_is_caught() {
+    if !common::executor_available() {
+        return;
+    }
     let s = mutant(
         "attention.cu",
         "const bool vis = j <= i;",
@@ -131,6 +148,9 @@ fn an_off_by_one_causal_bound_in_attention_is_caught() {
 
 #[test]
 fn a_wrong_shared_memory_index_in_attention_is_caught() {
+    if !common::executor_available() {
+        return;
+    }
     let s = mutant(
         "attention.cu",
         "dot_sh(qs[w], ks[lane], s.d)",
@@ -146,6 +166,9 @@ fn a_wrong_shared_memory_index_in_attention_is_caught() {
 
 #[test]
 fn a_shared_tile_reused_without_a_barrier_is_caught() {
+    if !common::executor_available() {
+        return;
+    }
     // attn_bwd_dkdv's barrier before it overwrites the query tile the previous iteration read.
     let s = mutant(
         "attention.cu",
@@ -162,12 +185,18 @@ fn a_shared_tile_reused_without_a_barrier_is_caught() {
 
 #[test]
 fn truncating_bf16_rounding_is_caught() {
+    if !common::executor_available() {
+        return;
+    }
     let s = mutant("common.cuh", "u += 0x7fffu + ((u >> 16) & 1u);", 0, "");
     assert_caught("bf16 truncation", &Executor::with_sources(s), "swiglu");
 }
 
 #[test]
 fn a_divergent_shuffle_is_an_error_not_a_hang() {
+    if !common::executor_available() {
+        return;
+    }
     // Half the warp skips a shuffle the other half waits at.
     let s = mutant(
         "common.cuh",
@@ -275,6 +304,9 @@ fn rms_norm_through(change: impl Fn(&mut Launch)) -> Result<(f64, f64), String> 
 
 #[test]
 fn the_launches_themselves_are_checked() {
+    if !common::executor_available() {
+        return;
+    }
     // Untouched: the real launches are right.
     let (y, dw) = rms_norm_through(|_| {}).unwrap();
     assert!(y < 2e-4 && dw < 2e-4, "baseline: y {y:.2e}, dw {dw:.2e}");
@@ -309,6 +341,9 @@ fn the_launches_themselves_are_checked() {
 
 #[test]
 fn the_report_counts_rows() {
+    if !common::executor_available() {
+        return;
+    }
     // The rows the mutants fail are the rows `bench --kernels --device cuda-emu` prints.
     let ex = Executor::new();
     let rows = run(&ex, &|o| o == "swiglu").unwrap();

@@ -314,6 +314,20 @@ fn compiler() -> String {
     std::env::var("CXX").unwrap_or_else(|_| "c++".into())
 }
 
+/// The first line of `$CXX --version` (else `c++`): the compiler the executor builds with,
+/// or why there is none.
+pub fn host_compiler() -> Result<String, Error> {
+    let cxx = compiler();
+    let out = Command::new(&cxx).arg("--version").output().map_err(|e| {
+        err(format!(
+            "no C++ compiler {cxx:?} ({e}); the CUDA executor builds the kernels with it: \
+             install g++ or clang++, or set CXX"
+        ))
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or(&cxx).to_string())
+}
+
 /// The translation unit of `file`: the header, the source, the table of its kernels.
 fn unit(file: &str, src: &str) -> String {
     let mut u = format!("#include \"cuda_emu.h\"\n#include \"{file}\"\n");
