@@ -341,7 +341,12 @@ inline T shfl(Mode mode, Site line, unsigned mask, T v, int arg, int width = 32)
     return r;
 }
 
-inline void syncwarp(Site line, unsigned mask = 0xffffffffu) { warp_step(mask, line, "__syncwarp"); }
+// __syncwarp(mask = all lanes) at a site: a callable, so the macro needs no empty-argument
+// comma handling.
+struct SyncWarp {
+    Site line;
+    void operator()(unsigned mask = 0xffffffffu) const { warp_step(mask, line, "__syncwarp"); }
+};
 
 // The mask of lanes whose predicate is non-zero.
 inline unsigned ballot(Site line, const char* what, unsigned mask, int pred) {
@@ -505,7 +510,7 @@ struct Sig<void (*)(A...)> {
 #define warpSize 32
 
 #define __syncthreads() wsd_emu::syncthreads(WSD_EMU_SITE)
-#define __syncwarp(...) wsd_emu::syncwarp(WSD_EMU_SITE, ##__VA_ARGS__)
+#define __syncwarp(...) (wsd_emu::SyncWarp{WSD_EMU_SITE}(__VA_ARGS__))
 #define __shfl_sync(m, v, ...) wsd_emu::shfl(wsd_emu::Idx, WSD_EMU_SITE, m, v, __VA_ARGS__)
 #define __shfl_up_sync(m, v, ...) wsd_emu::shfl(wsd_emu::Up, WSD_EMU_SITE, m, v, __VA_ARGS__)
 #define __shfl_down_sync(m, v, ...) wsd_emu::shfl(wsd_emu::Down, WSD_EMU_SITE, m, v, __VA_ARGS__)
