@@ -22,6 +22,7 @@ pub const CUDA_SOURCES: &[(&str, &str)] = &[
     ("reduce.cu", include_str!("cuda/reduce.cu")),
     ("rms_norm.cu", include_str!("cuda/rms_norm.cu")),
     ("rope.cu", include_str!("cuda/rope.cu")),
+    ("step.cu", include_str!("cuda/step.cu")),
     ("swiglu.cu", include_str!("cuda/swiglu.cu")),
 ];
 

@@ -54,6 +54,11 @@ pub enum Error {
         vocab: usize,
     },
 
+    /// A kernel backend's buffer does not fit the op (length, element type, a read-only
+    /// buffer written), or the backend cannot hold that element type.
+    #[error("{op}: {msg}")]
+    Backend { op: &'static str, msg: String },
+
     #[error("{op}: internal state missing ({what}); was the forward pass run?")]
     MissingState {
         op: &'static str,

@@ -33,6 +33,10 @@
 //! [`slices`] has the same ops on plain f32 slices, forward and backward as separate calls,
 //! plus a GEMM, for hand-written backward passes (the trainer's CPU step uses them).
 //!
+//! [`backend`] is the training step's view of the kernels: buffers and exactly the ops a
+//! MiniCPM step needs, implemented on the CPU slices, on the CPU executor of the CUDA sources
+//! and (feature `cuda`) on a GPU, so one hand-written step runs on all three.
+//!
 //! CUDA C sources for the same ops (f32 and bf16) are embedded as [`CUDA_SOURCES`] with
 //! their shared header [`CUDA_COMMON_HEADER`]; a test compiles them to PTX with NVRTC
 //! (`scripts/test` provides it; a plain `cargo test` skips that step without it). With the
@@ -42,6 +46,7 @@
 
 mod adamw;
 mod attention;
+pub mod backend;
 mod cpu;
 mod cross_entropy;
 mod cuda;

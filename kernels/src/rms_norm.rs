@@ -1,6 +1,8 @@
 //! Fused RMSNorm over the last dim: y = x / √(mean(x²) + ε) · w, with backward for x and w.
 //!
-//! Nothing is saved for backward: the per-row 1/rms is one pass over a row, recomputed there.
+//! The candle op saves nothing for backward on the CPU: the per-row 1/rms is one pass over a
+//! row, recomputed there. The slice forms for hand-written steps (`slices`) can also write it
+//! in the forward pass and read it back in the backward, as the CUDA kernels do.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
@@ -37,20 +39,39 @@ pub(crate) fn forward_into<T: Real>(x: &[T], w: &[T], eps: f64, y: &mut [T]) {
     let chunk = rows_per_task(h) * h;
     y.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk))
-        .for_each(|(yc, xc)| forward_rows(w, yc, xc, eps));
+        .for_each(|(yc, xc)| forward_rows(w, yc, xc, &mut [], eps));
 }
 
-#[inline(always)]
-fn forward_rows_body<T: Real>(w: &[T], y: &mut [T], x: &[T], eps: f64) {
+/// [`forward_into`], also writing each row's 1/rms into `rstd` (one per row).
+pub(crate) fn forward_into_saving<T: Real>(
+    x: &[T],
+    w: &[T],
+    eps: f64,
+    y: &mut [T],
+    rstd: &mut [T],
+) {
     let h = w.len();
-    for (yr, xr) in y.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
+    let rows = rows_per_task(h);
+    y.par_chunks_mut(rows * h)
+        .zip(x.par_chunks(rows * h).zip(rstd.par_chunks_mut(rows)))
+        .for_each(|(yc, (xc, rc))| forward_rows(w, yc, xc, rc, eps));
+}
+
+/// Rows of `x` into `y`; each row's 1/rms also into `rstd` unless it is empty.
+#[inline(always)]
+fn forward_rows_body<T: Real>(w: &[T], y: &mut [T], x: &[T], rstd: &mut [T], eps: f64) {
+    let h = w.len();
+    for (i, (yr, xr)) in y.chunks_exact_mut(h).zip(x.chunks_exact(h)).enumerate() {
         let r = inv_rms(xr, eps);
+        if let Some(slot) = rstd.get_mut(i) {
+            *slot = r;
+        }
         for ((yi, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
             *yi = xi * r * wi;
         }
     }
 }
-simd_fn!(fn forward_rows<T: Real>(w: &[T], y: &mut [T], x: &[T], eps: f64) => forward_rows_body);
+simd_fn!(fn forward_rows<T: Real>(w: &[T], y: &mut [T], x: &[T], rstd: &mut [T], eps: f64) => forward_rows_body);
 
 /// dx = r·(g − x·r²·⟨g, x⟩/H) with g = dy ⊙ w; dw = Σ_rows dy ⊙ x · r.
 fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
@@ -61,13 +82,43 @@ fn backward<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64) -> (Vec<T>, Vec<T>) {
 
 /// [`backward`] with dx written into `dx` (every element overwritten); returns dw.
 pub(crate) fn backward_into<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64, dx: &mut [T]) -> Vec<T> {
+    backward_rows_into(x, w, dy, None, eps, dx)
+}
+
+/// [`backward_into`] with each row's 1/rms read from `rstd` (as the forward pass saved it)
+/// instead of recomputed: the same values, so the same results.
+pub(crate) fn backward_into_saved<T: Real>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    rstd: &[T],
+    dx: &mut [T],
+) -> Vec<T> {
+    backward_rows_into(x, w, dy, Some(rstd), 0.0, dx)
+}
+
+fn backward_rows_into<T: Real>(
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    rstd: Option<&[T]>,
+    eps: f64,
+    dx: &mut [T],
+) -> Vec<T> {
     let h = w.len();
-    let chunk = rows_per_task(h) * h;
+    let rows = rows_per_task(h);
+    let chunk = rows * h;
     // One dw partial per task, summed below in task order: deterministic for any pool size.
     let partials: Vec<Vec<T>> = dx
         .par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
-        .map(|(dxc, (xc, dyc))| backward_rows(w, dxc, xc, dyc, eps))
+        .enumerate()
+        .map(|(task, (dxc, (xc, dyc)))| {
+            let rs = rstd.map_or(&[][..], |r| {
+                &r[task * rows..(task * rows + rows).min(r.len())]
+            });
+            backward_rows(w, dxc, xc, dyc, rs, eps)
+        })
         .collect();
     let mut dw = vec![T::zero(); h];
     for p in &partials {
@@ -78,19 +129,31 @@ pub(crate) fn backward_into<T: Real>(x: &[T], w: &[T], dy: &[T], eps: f64, dx: &
     dw
 }
 
-/// dx for a block of rows, returning the block's dw partial.
+/// dx for a block of rows, returning the block's dw partial; each row's 1/rms from `rstd`
+/// unless it is empty.
 #[inline(always)]
-fn backward_rows_body<T: Real>(w: &[T], dxc: &mut [T], xc: &[T], dyc: &[T], eps: f64) -> Vec<T> {
+fn backward_rows_body<T: Real>(
+    w: &[T],
+    dxc: &mut [T],
+    xc: &[T],
+    dyc: &[T],
+    rstd: &[T],
+    eps: f64,
+) -> Vec<T> {
     let h = w.len();
     let hf = T::from_f64(h as f64);
     let mut dw = vec![T::zero(); h];
     let mut g = vec![T::zero(); h];
-    for ((dxr, xr), dyr) in dxc
+    for (i, ((dxr, xr), dyr)) in dxc
         .chunks_exact_mut(h)
         .zip(xc.chunks_exact(h))
         .zip(dyc.chunks_exact(h))
+        .enumerate()
     {
-        let r = inv_rms(xr, eps);
+        let r = match rstd.get(i) {
+            Some(&r) => r,
+            None => inv_rms(xr, eps),
+        };
         for ((gi, &d), &wi) in g.iter_mut().zip(dyr).zip(w) {
             *gi = d * wi;
         }
@@ -105,7 +168,7 @@ fn backward_rows_body<T: Real>(w: &[T], dxc: &mut [T], xc: &[T], dyc: &[T], eps:
     dw
 }
 
-simd_fn!(fn backward_rows<T: Real>(w: &[T], dx: &mut [T], x: &[T], dy: &[T], eps: f64) -> Vec<T> => backward_rows_body);
+simd_fn!(fn backward_rows<T: Real>(w: &[T], dx: &mut [T], x: &[T], dy: &[T], rstd: &[T], eps: f64) -> Vec<T> => backward_rows_body);
 
 impl RmsNorm {
     fn fwd<T: Real>(

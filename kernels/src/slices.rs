@@ -61,6 +61,38 @@ pub fn rms_norm_backward(x: &[f32], w: &[f32], dy: &[f32], eps: f64, dx: &mut [f
     rms_norm::backward_into(x, w, dy, eps, dx)
 }
 
+/// [`rms_norm_forward`] that also writes each row's 1/rms into `rstd` (N), for
+/// [`rms_norm_backward_saved`] (the CUDA kernels' form).
+pub fn rms_norm_forward_saving(x: &[f32], w: &[f32], eps: f64, y: &mut [f32], rstd: &mut [f32]) {
+    assert_eq!(x.len() % w.len(), 0, "x is not a whole number of rows");
+    assert_eq!(x.len(), y.len());
+    assert_eq!(
+        rstd.len() * w.len(),
+        x.len(),
+        "rstd is not one value per row"
+    );
+    rms_norm::forward_into_saving(x, w, eps, y, rstd)
+}
+
+/// [`rms_norm_backward`] with each row's 1/rms read from `rstd` as
+/// [`rms_norm_forward_saving`] wrote it (the same values, so the same results).
+pub fn rms_norm_backward_saved(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    rstd: &[f32],
+    dx: &mut [f32],
+) -> Vec<f32> {
+    assert!(x.len() == dy.len() && x.len() == dx.len());
+    assert_eq!(x.len() % w.len(), 0, "x is not a whole number of rows");
+    assert_eq!(
+        rstd.len() * w.len(),
+        x.len(),
+        "rstd is not one value per row"
+    );
+    rms_norm::backward_into_saved(x, w, dy, rstd, dx)
+}
+
 /// silu(gate) ⊙ up, elementwise, into `y`.
 pub fn swiglu_forward(gate: &[f32], up: &[f32], y: &mut [f32]) {
     assert!(gate.len() == up.len() && up.len() == y.len());

@@ -43,6 +43,13 @@ impl HostBuf {
         b
     }
 
+    /// A copy of `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let mut b = Self::zeros(bytes.len());
+        b.bytes_mut().copy_from_slice(bytes);
+        b
+    }
+
     pub fn from_u32(xs: &[u32]) -> Self {
         let mut b = Self::zeros(xs.len() * 4);
         b.bytes_mut().copy_from_slice(as_bytes(xs));

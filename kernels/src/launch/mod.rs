@@ -15,6 +15,8 @@ use std::ffi::c_void;
 
 use crate::error::Error;
 
+pub mod step;
+
 /// A device address (a host address on the CPU executor).
 pub type DevPtr = u64;
 

@@ -606,6 +606,7 @@ pub const OPS: &[&str] = &[
     "attention",
     "adamw",
     "reductions",
+    "step",
 ];
 
 /// Every kernel on the executor in f32 and bf16, for the ops `only` accepts (by name, see
@@ -651,6 +652,10 @@ pub fn run(ex: &Executor, only: &dyn Fn(&str) -> bool) -> Result<Vec<Row>> {
         if only("reductions") {
             rows.extend(reductions(ex, e)?);
         }
+    }
+    if only("step") {
+        // The training step's own kernels (step.cu), both dtypes, against the CPU backend.
+        rows.extend(crate::backend::checks::checks(ex)?);
     }
     Ok(rows)
 }
