@@ -36,6 +36,10 @@ pub enum Error {
 
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
+
+    /// A kernel backend refused or failed an op of the hand-written step.
+    #[error("kernels: {0}")]
+    Kernels(#[from] wsdscope_kernels::Error),
 }
 
 impl Error {

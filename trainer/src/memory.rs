@@ -10,9 +10,9 @@
 //! `wsdscope_probes::landscape`). Scripted forks add one full run per branch alive at the
 //! same time.
 //!
-//! The CPU step (`model/cpu_step.rs`) keeps every buffer it ever took in its model's pool,
-//! so the pool's size is what one pass takes at once; `cpu_step_pool` replays the pass's
-//! takes and gives on lengths alone (a test checks it against the real pool).
+//! The CPU step (`model/step.rs` on the CPU backend) keeps every buffer it ever took in its
+//! model's pool, so the pool's size is what one pass takes at once; `cpu_step_pool` replays
+//! the pass's takes and gives on lengths alone (a test checks it against the real pool).
 //!
 //! Nothing here allocates in proportion to the batch or the sequence, and the arithmetic is
 //! u128, saturated to u64 at the end, so absurd flags give absurd numbers, not overflows.
@@ -420,7 +420,7 @@ impl Dims {
 }
 
 /// The lengths of the buffers a scratch pool holds: takes reuse a free buffer of the same
-/// length, or allocate (`model/cpu_step.rs`, `Scratch`).
+/// length, or allocate (`wsdscope_kernels::backend::cpu::CpuPool`).
 #[derive(Default)]
 struct Pool {
     free: Vec<u128>,
@@ -443,8 +443,10 @@ impl Pool {
     }
 }
 
-/// Replays the takes and gives of one `cpu_step::run` over `layers` layers (in that order;
-/// a buffer's name is the variable it lands in there) and returns the pool's elements.
+/// Replays the takes and gives of one `step::run` on the CPU backend over `layers` layers
+/// (in that order; a buffer's name is the variable it lands in there) and returns the pool's
+/// elements. In f32 the step reads the weights in place; token ids, gradients and their
+/// parts are fresh buffers, not the pool's.
 fn replay_cpu_step(d: &Dims, layers: u128, grad: bool) -> u128 {
     let Dims {
         b,
@@ -461,9 +463,10 @@ fn replay_cpu_step(d: &Dims, layers: u128, grad: bool) -> u128 {
     } = *d;
     let mut p = Pool::default();
     let mut h_cur = p.take(n * h); // (N, H) embedding rows
-    let mut acts: Vec<[u128; 14]> = Vec::new(); // at most 3 layers are replayed
+    let mut acts: Vec<[u128; 16]> = Vec::new(); // at most 3 layers are replayed
     for _ in 0..layers {
         let x1 = p.take(n * h); // (N, H)
+        let r1 = p.take(n); // (N) 1/rms
         let w_qkv = p.take(width * h); // ((nh + 2·kv)·hd, H) stacked weights
         let qkv = p.take(n * width); // (N, (nh + 2·kv)·hd)
         let q = {
@@ -487,6 +490,7 @@ fn replay_cpu_step(d: &Dims, layers: u128, grad: bool) -> u128 {
         let h_mid = p.take(n * h); // (N, H)
         p.give(&[a]);
         let x2 = p.take(n * h); // (N, H)
+        let r2 = p.take(n); // (N) 1/rms
         let w_gu = p.take(2 * f * h); // (2F, H) stacked weights
         let gu = p.take(n * 2 * f); // (N, 2F)
         let act = p.take(n * f); // (N, F)
@@ -494,7 +498,7 @@ fn replay_cpu_step(d: &Dims, layers: u128, grad: bool) -> u128 {
         let h_out = p.take(n * h); // (N, H)
         p.give(&[mlp]);
         let block = [
-            h_cur, x1, w_qkv, q, k, vv, o, lse, o_rows, h_mid, x2, w_gu, gu, act,
+            h_cur, x1, r1, w_qkv, q, k, vv, o, lse, o_rows, h_mid, x2, r2, w_gu, gu, act,
         ];
         h_cur = h_out;
         if grad {
@@ -504,20 +508,24 @@ fn replay_cpu_step(d: &Dims, layers: u128, grad: bool) -> u128 {
         }
     }
     let xf = p.take(n * h); // (N, H)
+    let rf = p.take(n); // (N) 1/rms
     let logits = p.take(n * v); // (N, V)
+    let lse = p.take(n); // (N) the cross-entropy's log-sum-exps
+    let loss = p.take(1);
     if !grad {
-        p.give(&[logits, xf, h_cur]);
+        p.give(&[logits, xf, h_cur, rf, lse, loss]);
         return p.total;
     }
     let dxf = p.take(n * h);
     let dh = p.take(n * h);
-    p.give(&[logits, xf, h_cur, dxf]);
+    p.give(&[logits, xf, h_cur, dxf, rf, lse]);
     let tmp = p.take(n * h);
     let dnorm = p.take(n * h);
     while let Some(a) = acts.pop() {
         let dact = p.take(n * f); // (N, F)
         let dgu = p.take(2 * n * f); // (N, 2F)
         let dx = p.take(n * h); // (N, H)
+        let dw_gu = p.take(2 * f * h); // (2F, H) before it is split into gate and up
         p.give(&[dact, dgu]);
         let do_rows = p.take(n * nh * hd);
         let dout = p.take(n * nh * hd);
@@ -526,10 +534,12 @@ fn replay_cpu_step(d: &Dims, layers: u128, grad: bool) -> u128 {
         let dv = p.take(n * kv * hd);
         let dqkv = p.take(n * width);
         let dk_heads = p.take(n * kv * hd);
+        let dw_qkv = p.take(width * h); // before it is split into q, k and v
         p.give(&[do_rows, dout, dx, dqkv, dk_heads, dq, dk, dv]);
         p.give(&a);
+        p.give(&[dw_qkv, dw_gu]);
     }
-    p.give(&[dh, tmp, dnorm]);
+    p.give(&[dh, tmp, dnorm, loss]);
     p.total
 }
 
@@ -574,9 +584,10 @@ fn large_pool_buffers(d: &Dims, grad: bool) -> u128 {
     let big = |elems: u128| u128::from(4 * elems >= LARGE_OBJECT);
     let (n, h, f, v) = (d.n, d.h, d.f, d.v);
     let (nh, kv, hd) = (d.nh, d.kv, d.hd);
-    // Per layer: h_in, x1, h_mid, x2 (N, H); q, o, o_rows (N, nh·hd); k, v (N, kv·hd);
-    // lse; gu; act; the two stacked weights.
+    // Per layer: h_in, x1, h_mid, x2 (N, H); the two 1/rms (N); q, o, o_rows (N, nh·hd);
+    // k, v (N, kv·hd); lse; gu; act; the two stacked weights.
     let per_layer = 4 * big(n * h)
+        + 2 * big(n)
         + 3 * big(n * nh * hd)
         + 2 * big(n * kv * hd)
         + big(d.b * nh * d.t)
@@ -658,7 +669,7 @@ impl RunParts {
                 stacked,
                 Lever::Shape,
             ));
-            // Per layer the activations the backward keeps: (N, H) ×4, (N, nh·hd) ×3,
+            // Per layer the activations the backward keeps: (N, H) ×4, (N) ×2, (N, nh·hd) ×3,
             // (N, kv·hd) ×2, (B, nh, T), (N, 2F), (N, F); then (N, V) logits and the
             // backward's buffers; f32, N = batch × seq.
             parts.push((
@@ -684,7 +695,7 @@ impl RunParts {
     }
 }
 
-/// Whether the run's passes go through the hand-written CPU step (`model/cpu_step.rs`):
+/// Whether the run's passes go through the hand-written step on the CPU (`model/step.rs`):
 /// the fused ops on the CPU in f32.
 fn uses_cpu_step(cfg: &RunConfig) -> bool {
     !cfg.device.starts_with("cuda:") && !cfg.reference_ops && cfg.precision == Precision::F32

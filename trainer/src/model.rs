@@ -20,14 +20,15 @@
 //! (candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope` silently return no gradient,
 //! so they are never used.) Tensor names are the HF MiniCPM checkpoint keys.
 
-mod cpu_step;
+pub mod step;
 
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{CpuStorage, D, DType, Device, Layout, Storage, Tensor, Var};
+use wsdscope_kernels::backend::cpu::{Cpu, CpuPool};
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Precision};
 use crate::data::rng::{SplitMix64, hash};
 use crate::error::{Error, Result};
 
@@ -111,7 +112,11 @@ pub struct MiniCpm {
     compute: DType,
     ops: Ops,
     /// Buffers the CPU step reuses from one step to the next.
-    scratch: cpu_step::Scratch,
+    pool: CpuPool,
+    /// The CUDA step's backend (its buffer pool, the device's stream and cuBLAS handle),
+    /// made at the first CUDA step.
+    #[cfg(feature = "cuda")]
+    cuda: std::sync::OnceLock<wsdscope_kernels::backend::cuda::Cuda>,
 }
 
 /// The HF names and shapes of every parameter, in checkpoint order.
@@ -246,7 +251,9 @@ impl MiniCpm {
             dtype,
             compute: dtype,
             ops: Ops::default(),
-            scratch: cpu_step::Scratch::default(),
+            pool: CpuPool::default(),
+            #[cfg(feature = "cuda")]
+            cuda: Default::default(),
         })
     }
 
@@ -298,7 +305,7 @@ impl MiniCpm {
     /// Bytes the CPU step's scratch pool holds between steps (what the memory estimate
     /// models; see `memory.rs`).
     pub fn scratch_bytes(&self) -> u64 {
-        self.scratch.bytes()
+        self.pool.bytes()
     }
 
     /// Every parameter with its HF name, in checkpoint order.
@@ -309,9 +316,8 @@ impl MiniCpm {
     /// Mean next-token cross-entropy of `inputs` → `targets`, both (B, T) u32.
     /// With `grad` false the weights are detached, so no graph is kept for backward.
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor, grad: bool) -> Result<Tensor> {
-        if !grad && cpu_step::applies(self) {
-            self.check_seq(inputs)?;
-            let (loss, _) = cpu_step::run(self, inputs, targets, false)?;
+        if !grad && self.uses_step() {
+            let (loss, _) = self.run_step(inputs, targets, false)?;
             return Ok(Tensor::new(loss, &self.device)?);
         }
         let logits = self.logits(inputs, grad)?; // (B·T, V)
@@ -324,18 +330,151 @@ impl MiniCpm {
     }
 
     /// The mean loss (as [`Self::loss`]) and the gradient of every parameter (keyed by its
-    /// `Var`). With the fused ops on CPU in f32 this runs the hand-written backward of
-    /// `model/cpu_step.rs`; otherwise candle's autograd over the graph of [`Self::loss`].
+    /// `Var`). With the fused ops over f32 parameters (on the CPU in f32, on CUDA in f32 or
+    /// bf16 mixed precision) this runs the hand-written step of `model/step.rs`; otherwise
+    /// candle's autograd over the graph of [`Self::loss`] (the reference ops).
     pub fn loss_and_grads(&self, inputs: &Tensor, targets: &Tensor) -> Result<(Tensor, GradStore)> {
-        if cpu_step::applies(self) {
-            self.check_seq(inputs)?;
-            let (loss, grads) = cpu_step::run(self, inputs, targets, true)?;
-            let grads = grads.expect("the CPU step returns gradients when asked");
+        if self.uses_step() {
+            let (loss, grads) = self.run_step(inputs, targets, true)?;
+            let grads = grads.expect("the step returns gradients when asked");
             return Ok((Tensor::new(loss, &self.device)?, grads));
         }
         let loss = self.loss(inputs, targets, true)?;
         let grads = loss.backward()?;
         Ok((loss, grads))
+    }
+
+    /// Whether [`step::run`] computes this model's passes: the fused ops over f32
+    /// parameters, on the CPU in f32, or on CUDA (with the `cuda` feature) in f32 or bf16.
+    fn uses_step(&self) -> bool {
+        let on = match &self.device {
+            Device::Cpu => self.compute == DType::F32,
+            Device::Cuda(_) => cfg!(feature = "cuda"),
+            _ => false,
+        };
+        on && self.ops == Ops::Fused && self.dtype == DType::F32
+    }
+
+    /// The step's loss and (with `grad`) gradients as a candle `GradStore`.
+    fn run_step(
+        &self,
+        inputs: &Tensor,
+        targets: &Tensor,
+        grad: bool,
+    ) -> Result<(f32, Option<GradStore>)> {
+        self.check_seq(inputs)?;
+        let (b, t) = inputs.dims2()?;
+        let ids: Vec<u32> = inputs.flatten_all()?.to_vec1()?;
+        let tgt: Vec<u32> = targets.flatten_all()?.to_vec1()?;
+        let batch = step::Batch {
+            inputs: &ids,
+            targets: &tgt,
+            b,
+            t,
+        };
+        let precision = if self.compute == DType::BF16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        let (loss, grads) = match &self.device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(dev) => self.cuda_step(dev, batch, precision, grad)?,
+            _ => self.cpu_step(batch, precision, grad)?,
+        };
+        let Some(grads) = grads else {
+            return Ok((loss, None));
+        };
+        let mut store = GradStore::default();
+        for ((_, p), g) in self.named.iter().zip(grads) {
+            store.insert(p.as_tensor(), g);
+        }
+        Ok((loss, Some(store)))
+    }
+
+    /// The step on the CPU backend, reading the parameters and RoPE tables in place.
+    fn cpu_step(
+        &self,
+        batch: step::Batch<'_>,
+        precision: Precision,
+        grad: bool,
+    ) -> Result<(f32, Option<Vec<Tensor>>)> {
+        // Read access to every parameter for the whole step (the optimiser writes after it).
+        let guards: Vec<_> = self
+            .named
+            .iter()
+            .map(|(_, p)| p.storage_and_layout())
+            .chain([
+                self.rope_cos.storage_and_layout(),
+                self.rope_sin.storage_and_layout(),
+            ])
+            .collect();
+        let bufs = guards
+            .iter()
+            .map(|(s, l)| Ok(Cpu::borrow(f32s(s, l)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let np = self.named.len();
+        let w = step::Weights {
+            params: &bufs[..np],
+            cos: &bufs[np],
+            sin: &bufs[np + 1],
+        };
+        let be = Cpu::new(&self.pool);
+        let (loss, grads) = step::run(&be, &self.cfg, w, batch, precision, grad)?;
+        let Some(grads) = grads else {
+            return Ok((loss, None));
+        };
+        let tensors = self
+            .named
+            .iter()
+            .zip(grads)
+            .map(|((name, p), g)| {
+                let g = g.into_f32_vec().ok_or_else(|| {
+                    Error::Config(format!("the CPU step's gradient of {name} is not f32"))
+                })?;
+                Ok(Tensor::from_vec(g, p.dims(), &Device::Cpu)?)
+            })
+            .collect::<Result<_>>()?;
+        Ok((loss, Some(tensors)))
+    }
+
+    /// The step on the CUDA backend (in f32 or bf16 mixed precision), reading the parameters
+    /// and RoPE tables in place; the gradients become tensors without a copy.
+    #[cfg(feature = "cuda")]
+    fn cuda_step(
+        &self,
+        dev: &candle_core::CudaDevice,
+        batch: step::Batch<'_>,
+        precision: Precision,
+        grad: bool,
+    ) -> Result<(f32, Option<Vec<Tensor>>)> {
+        use wsdscope_kernels::backend::cuda;
+        let be = self.cuda.get_or_init(|| cuda::backend(dev));
+        let ts: Vec<&Tensor> = self
+            .named
+            .iter()
+            .map(|(_, p)| p.as_tensor())
+            .chain([&self.rope_cos, &self.rope_sin])
+            .collect();
+        let np = self.named.len();
+        let (loss, grads) = cuda::with_borrowed(dev, &ts, |bufs| {
+            let w = step::Weights {
+                params: &bufs[..np],
+                cos: &bufs[np],
+                sin: &bufs[np + 1],
+            };
+            step::run(be, &self.cfg, w, batch, precision, grad)
+        })??;
+        let Some(grads) = grads else {
+            return Ok((loss, None));
+        };
+        let tensors = self
+            .named
+            .iter()
+            .zip(grads)
+            .map(|((_, p), g)| Ok(cuda::into_tensor(g, dev, p.dims())?))
+            .collect::<Result<_>>()?;
+        Ok((loss, Some(tensors)))
     }
 
     /// Errors if `inputs` (B, T) is longer than the RoPE tables.
@@ -454,6 +593,16 @@ impl MiniCpm {
             }
             Ops::Reference => swiglu(x, gate, up, down),
         }
+    }
+}
+
+/// The elements of a contiguous f32 CPU tensor behind a read guard.
+fn f32s<'a>(s: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(&v[a..b]),
+        _ => Err(Error::Config(
+            "the CPU step reads its weights as contiguous f32 CPU tensors".into(),
+        )),
     }
 }
 
@@ -726,14 +875,14 @@ mod tests {
         }
     }
 
-    /// The hand-written CPU step (`model/cpu_step.rs`) computes the loss and gradients of
+    /// The hand-written step (`model/step.rs`) on the CPU computes the loss and gradients of
     /// the plain-op reference graph, and its forward-only loss agrees too.
     #[test]
     fn cpu_step_matches_the_reference_ops() {
         let cfg = tiny_cfg(); // 4 query heads on 2 KV heads
         let dev = Device::Cpu;
         let fast = MiniCpm::init(&cfg, 8, 9, &dev, DType::F32).unwrap();
-        assert!(cpu_step::applies(&fast));
+        assert!(fast.uses_step());
         let mut reference = MiniCpm::init(&cfg, 8, 9, &dev, DType::F32).unwrap();
         reference.set_ops(Ops::Reference);
         let (x, y) = batch(&dev);
