@@ -313,6 +313,11 @@ impl MiniCpm {
         &self.named
     }
 
+    /// RoPE's cos and sin tables (max_seq, head_dim), in the parameters' dtype.
+    pub fn rope_tables(&self) -> (&Tensor, &Tensor) {
+        (&self.rope_cos, &self.rope_sin)
+    }
+
     /// Mean next-token cross-entropy of `inputs` → `targets`, both (B, T) u32.
     /// With `grad` false the weights are detached, so no graph is kept for backward.
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor, grad: bool) -> Result<Tensor> {
