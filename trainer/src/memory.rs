@@ -660,29 +660,53 @@ impl RunParts {
                 Lever::Shape,
             ));
         }
-        if uses_cpu_step(cfg) {
-            let pool = cpu_step_pool(d, true) * 4;
-            // Per layer ((nh + 2·kv)·hd + 2F, H) f32.
-            let stacked = d.layers * d.stacked_per_layer() * 4;
+        if let Some(elem) = step_elem(cfg) {
+            // The step's pool holds the same buffers on every backend; on CUDA in bf16 most
+            // are half as large (its f32 statistics are a sliver) and it also holds bf16
+            // copies of the weights that are not stacked, and one layer's stacked
+            // gradients in f32.
+            let pool = cpu_step_pool(d, true) * elem;
+            // Per layer ((nh + 2·kv)·hd + 2F, H).
+            let stacked = d.layers * d.stacked_per_layer() * elem;
             parts.push((
-                "CPU step's stacked q/k/v and gate/up weights, f32",
+                if elem == 4 {
+                    "step's stacked q/k/v and gate/up weights, f32"
+                } else {
+                    "step's stacked q/k/v and gate/up weights, bf16"
+                },
                 stacked,
                 Lever::Shape,
             ));
+            if elem == 2 {
+                parts.push((
+                    "step's bf16 copies of the other weights, and a layer's stacked \
+                     gradients in f32",
+                    2 * (p - d.layers * d.stacked_per_layer()) + 4 * d.stacked_per_layer(),
+                    Lever::Shape,
+                ));
+            }
             // Per layer the activations the backward keeps: (N, H) ×4, (N) ×2, (N, nh·hd) ×3,
             // (N, kv·hd) ×2, (B, nh, T), (N, 2F), (N, F); then (N, V) logits and the
-            // backward's buffers; f32, N = batch × seq.
+            // backward's buffers; N = batch × seq.
             parts.push((
-                "CPU step's scratch pool at batch × seq: the activations its backward keeps, \
-                 (N, V) logits and the backward's buffers, f32",
+                if cuda {
+                    "step's buffer pool at batch × seq: the activations its backward keeps, \
+                     (N, V) logits and the backward's buffers (the CPU step's, in the compute \
+                     type; uncalibrated on a GPU)"
+                } else {
+                    "CPU step's scratch pool at batch × seq: the activations its backward \
+                     keeps, (N, V) logits and the backward's buffers, f32"
+                },
                 pool.saturating_sub(stacked),
                 Lever::Tokens,
             ));
-            parts.push((
-                "allocator: the pool's large buffers end in 2 MiB huge pages",
-                huge_page_tail(large_pool_buffers(d, true)),
-                Lever::Tokens,
-            ));
+            if !cuda {
+                parts.push((
+                    "allocator: the pool's large buffers end in 2 MiB huge pages",
+                    huge_page_tail(large_pool_buffers(d, true)),
+                    Lever::Tokens,
+                ));
+            }
         }
         RunParts {
             parts,
@@ -692,6 +716,19 @@ impl RunParts {
 
     fn total(&self) -> u128 {
         self.parts.iter().map(|x| x.1).sum()
+    }
+}
+
+/// Bytes per element of the hand-written step's buffers (`model/step.rs`) if the run's
+/// passes go through it: the fused ops on the CPU in f32, or on CUDA in f32 or bf16.
+fn step_elem(cfg: &RunConfig) -> Option<u128> {
+    if cfg.reference_ops {
+        return None;
+    }
+    match (cfg.device.starts_with("cuda:"), cfg.precision) {
+        (_, Precision::F32) => Some(4),
+        (true, Precision::Bf16) => Some(2),
+        (false, Precision::Bf16) => None,
     }
 }
 
@@ -789,7 +826,7 @@ pub fn estimate(cfg: &RunConfig) -> MemoryEstimate {
     est
 }
 
-/// A training step: its gradients (the CPU step writes each once; candle's backward one per
+/// A training step: its gradients (the step writes each once; candle's backward one per
 /// parameter), the copy of θ before the update the tracker keeps, and the batch.
 fn add_step_parts(est: &mut MemoryEstimate, cfg: &RunConfig, d: &Dims) {
     let p = d.params();
@@ -804,26 +841,26 @@ fn add_step_parts(est: &mut MemoryEstimate, cfg: &RunConfig, d: &Dims) {
             Lever::Shape,
         );
     }
-    if uses_cpu_step(cfg) {
+    if step_elem(cfg).is_some() {
         // A layer's stacked q/k/v and gate/up gradients and their unstacked copies.
         est.part(
             "a layer's stacked gradients while they are split",
             d.stacked_per_layer() * 4,
-            Place::Host,
+            dev,
             Phase::Step,
             Lever::Shape,
         );
     } else {
-        // candle's autograd graph keeps each op's output for the backward: per token and
-        // layer the normed inputs, projections, heads and attention output (about 12·H),
-        // the SwiGLU's gate, up and product (3·F), plus (N, V) logits, their softmax and its
-        // gradient; T×T scores per head with the reference ops (uncalibrated).
+        // candle's autograd graph (the reference ops) keeps each op's output for the
+        // backward: per token and layer the normed inputs, projections, heads and attention
+        // output (about 12·H), the SwiGLU's gate, up and product (3·F), plus (N, V) logits,
+        // their softmax and its gradient; T×T scores per head (uncalibrated).
         let elem = if cfg.precision == Precision::Bf16 {
             2
         } else {
             4
         };
-        let scores = if cfg.reference_ops { 4 * d.nh * d.t } else { 0 };
+        let scores = 4 * d.nh * d.t;
         let acts = elem * d.n * (d.layers * (12 * d.h + 3 * d.f + scores) + 3 * d.v);
         est.part(
             "autograd activations at batch × seq (uncalibrated)",
