@@ -200,6 +200,11 @@ impl Device for CudaDev {
         let beta = if g.accumulate { 1.0f32 } else { 0.0 };
         let handle = *self.blas.handle();
         let e = |x| cuda_err("gemm", x);
+        // cuBLAS runs in the calling thread's current context: make it this device's.
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|x| cuda_err("gemm", x))?;
         match (g.ab, g.c_elem) {
             // SAFETY: the backend checked every buffer against its operand's shape: b holds
             // (rows × cols) = (n, k) or (k, n) elements, a (m, k) or (k, m), c m·n, all f32
