@@ -20,8 +20,10 @@
 //! Buffers hold f32, bf16 or u32 elements ([`Dt`]); the mixed-precision step keeps bf16
 //! activations and f32 statistics (log-sum-exps, reciprocal RMSs) and gradients. Ops take
 //! their outputs as `&mut` buffers and overwrite every element unless they say they add.
-//! Element-wise ops may run in place. A buffer's length and type are checked against what an
-//! op reads or writes; a mismatch is an [`Error`], never an out-of-bounds access.
+//! Element-wise ops may run in place. The launching backends check every buffer's length and
+//! type against what the op's launches read and write before they launch (a mismatch is an
+//! [`Error`], never an out-of-bounds access); the CPU backend checks types and leaves lengths
+//! to the slice kernels' asserts (a panic on a caller's bug, as [`crate::slices`] documents).
 //!
 //! Layouts (row-major): token rows (N = B·T, ·); heads (B, h, T, d); a linear layer's weight
 //! (out, in) as in PyTorch; SwiGLU's input as rows [gate | up] (N, 2F), one GEMM's output for
