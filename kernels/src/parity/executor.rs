@@ -377,11 +377,11 @@ fn attention(ex: &Executor, e: Elem, [b, h, hkv, t, d]: [usize; 5], seed: u64) -
 }
 
 /// θ after a step: f32 as the twin's arithmetic (1e-5, as the device check); bf16 is the
-/// f32 result rounded once (at most 2⁻⁹ relative, so 2⁻⁸).
+/// f32 result rounded once: at most half a bf16 ulp, 2⁻⁸ of |θ| (3.9·10⁻³), with margin.
 fn param_tol(e: Elem) -> f64 {
     match e {
         Elem::F32 => 1e-5,
-        Elem::Bf16 => 4e-3,
+        Elem::Bf16 => 5e-3,
     }
 }
 
