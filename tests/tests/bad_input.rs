@@ -103,3 +103,13 @@ fn invalid_values_are_named() {
         refused(args, want);
     }
 }
+
+#[test]
+fn the_cuda_executor_device_is_only_for_the_kernel_check() {
+    for mode in ["record", "bench"] {
+        refused(
+            &[mode, "--device", "cuda-emu", "--steps", "2"],
+            "only for `wsdscope bench --kernels --device cuda-emu`",
+        );
+    }
+}

@@ -4,11 +4,12 @@
 //! executor (the real CUDA sources built by the host C++ compiler, launched as on a GPU) in
 //! f32 and bf16 on edge-case shapes, against the CPU ops. Prints the worst relative error of
 //! each output and gradient, ends with `kernels: N passed, M failed`, and fails (non-zero
-//! exit) if any check is over its tolerance. Nothing is trained.
+//! exit) if any check is over its tolerance. Nothing is trained. `WSDSCOPE_CUDA_SOURCES=DIR`
+//! runs the executor on the CUDA sources in DIR instead of the built-in ones.
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use wsdscope_trainer::emu::Executor;
+use wsdscope_trainer::emu::{Executor, Sources};
 use wsdscope_trainer::parity::{self, Row};
 
 /// The device name that selects the CPU executor of the CUDA kernels.
@@ -16,7 +17,18 @@ pub const EXECUTOR: &str = "cuda-emu";
 
 pub fn run(device: &str, json: bool) -> Result<()> {
     let (rows, what) = if device == EXECUTOR {
-        let ex = Executor::new();
+        // WSDSCOPE_CUDA_SOURCES=DIR checks the sources in DIR (edited kernels, no rebuild).
+        let ex = match std::env::var_os("WSDSCOPE_CUDA_SOURCES") {
+            Some(dir) => {
+                let dir = std::path::PathBuf::from(dir);
+                eprintln!(
+                    "CUDA sources from {} (WSDSCOPE_CUDA_SOURCES)",
+                    dir.display()
+                );
+                Executor::with_sources(Sources::from_dir(&dir)?)
+            }
+            None => Executor::new(),
+        };
         eprintln!("building the CUDA kernels for the CPU executor (cached after the first run)…");
         ex.prepare()
             .context("the CPU executor could not build the CUDA kernels")?;

@@ -108,6 +108,35 @@ impl Default for Sources {
     }
 }
 
+impl Sources {
+    /// The project's source files as they stand in `dir` (`common.cuh` and every `.cu` of
+    /// [`CUDA_SOURCES`]): edited kernels checked on the executor without rebuilding
+    /// wsdscope (`WSDSCOPE_CUDA_SOURCES=DIR wsdscope bench --kernels --device cuda-emu`).
+    pub fn from_dir(dir: &Path) -> Result<Self, Error> {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_err(|e| {
+                err(format!(
+                    "cannot read {} ({e}); a sources folder holds common.cuh and {}",
+                    dir.join(name).display(),
+                    CUDA_SOURCES
+                        .iter()
+                        .map(|(f, _)| *f)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+        };
+        let mut files = Vec::new();
+        for (f, _) in CUDA_SOURCES {
+            files.push((*f, read(f)?));
+        }
+        Ok(Self {
+            common: read("common.cuh")?,
+            files,
+        })
+    }
+}
+
 /// Runs launches of the CUDA sources on the CPU.
 pub struct Executor {
     sources: Sources,
