@@ -35,18 +35,10 @@ fn norm(a: &[f64]) -> f64 {
     dot(a, a).sqrt()
 }
 
-/// The geometry of one optimiser step (MiniCPM §4.4, Fig. 8).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepGeometry {
-    /// cos(g(t+1), g(t)).
-    pub cos: f64,
-    /// D1 = g(t+1)·v(t)/‖v(t)‖: the slope along the update, after it.
-    pub d1: f64,
-    /// D2 = (g(t+1) − g(t))·v(t)/‖v(t)‖²: the curvature along the update.
-    pub d2: f64,
-    /// K = |D2|/(1 + D1²)^(3/2): the curvature of the loss curve along the update.
-    pub k: f64,
-}
+/// The geometry of one optimiser step (MiniCPM §4.4, Fig. 8): cos(g(t+1), g(t)); D1, the
+/// slope along the update after it; D2, the curvature along it; K = |D2|/(1 + D1²)^(3/2)
+/// (`curvature`). One type, the event contract's, from the estimator to the session file.
+pub use wsdscope_events::StepGeometry;
 
 /// The inner products a step's geometry needs, summed over all parameters (so a caller can
 /// accumulate them tensor by tensor without flattening anything).
@@ -91,7 +83,7 @@ impl StepDots {
                 cos,
                 d1: 0.0,
                 d2: 0.0,
-                k: 0.0,
+                curvature: 0.0,
             };
         }
         let d1 = self.g1v / nv;
@@ -100,7 +92,7 @@ impl StepDots {
             cos,
             d1,
             d2,
-            k: d2.abs() / (1.0 + d1 * d1).powf(1.5),
+            curvature: d2.abs() / (1.0 + d1 * d1).powf(1.5),
         }
     }
 }
@@ -494,11 +486,11 @@ mod tests {
         let nv = norm(&v);
         assert!((geo.d2 - dot(&v, &f.mul(&v)) / (nv * nv)).abs() < 1e-12);
         assert!((geo.d1 - dot(&g1, &v) / nv).abs() < 1e-12);
-        assert!((geo.k - geo.d2.abs() / (1.0 + geo.d1 * geo.d1).powf(1.5)).abs() < 1e-12);
+        assert!((geo.curvature - geo.d2.abs() / (1.0 + geo.d1 * geo.d1).powf(1.5)).abs() < 1e-12);
         assert!((geo.cos - dot(&g0, &g1) / (norm(&g0) * norm(&g1))).abs() < 1e-12);
         assert!(geo.cos <= 1.0 && geo.cos >= -1.0);
         let still = step_geometry(&g0, &g1, &[0.0; 3]);
-        assert_eq!((still.d1, still.d2, still.k), (0.0, 0.0, 0.0));
+        assert_eq!((still.d1, still.d2, still.curvature), (0.0, 0.0, 0.0));
     }
 
     #[test]

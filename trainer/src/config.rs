@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use wsdscope_sessions::ModelSummary;
+use wsdscope_events::ModelSummary;
 
 use crate::error::{Error, Result};
 use crate::schedule::Schedule;

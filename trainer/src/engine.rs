@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use wsdscope_sessions::{
+use wsdscope_events::{
     EVENT_SCHEMA_VERSION, EndReason, ProbeResult, RunEvent, RunId, RunStart, StepMetrics,
 };
 

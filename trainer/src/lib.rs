@@ -1,6 +1,6 @@
 //! wsdscope's trainer: a MiniCPM-architecture decoder on candle with real autograd, its data,
 //! AdamW with μP groups, WSD and other schedules, checkpoints, and the engine thread that
-//! drives a run and emits [`wsdscope_sessions::RunEvent`]s.
+//! drives a run and emits [`wsdscope_events::RunEvent`]s.
 //!
 //! The public surface: [`RunConfig`] (what a run is), [`Trainer`] (one run, step by step),
 //! [`Engine`] (a trainer on its own thread, taking [`Command`]s), plus the pieces a user may

@@ -10,17 +10,17 @@
 //!   runs.
 //!
 //! Each returns named scalars and series, which the engine wraps into a
-//! [`wsdscope_sessions::ProbeResult`].
+//! [`wsdscope_events::ProbeResult`].
 
 use std::collections::BTreeMap;
 
 use candle_core::Tensor;
+use wsdscope_events::StepGeometry;
 use wsdscope_kernels::{dot_diff_many, dot_many};
 use wsdscope_probes::{
     NoiseScale, Objective, StepDots, filter_normalize, interpolate, minicpm_batch_rule,
     preconditioned_sharpness, sharpness, slice_1d, slice_2d,
 };
-use wsdscope_sessions::StepGeometry;
 
 use crate::config::ProbeConfig;
 use crate::data::Batch;
@@ -138,13 +138,7 @@ impl StepTracker {
         let n = grads.len();
         d.g1v = gv[..n].iter().sum();
         d.g0v = gv[n..].iter().sum();
-        let g = d.geometry();
-        Ok(Some(StepGeometry {
-            cos: g.cos,
-            d1: g.d1,
-            d2: g.d2,
-            curvature: g.k,
-        }))
+        Ok(Some(d.geometry()))
     }
 
     /// Keeps this step's gradients and the parameters before its update for the next step;

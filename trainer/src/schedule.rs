@@ -16,7 +16,7 @@
 //! A branch (a later issue) is just another schedule with its own S.
 
 use serde::{Deserialize, Serialize};
-use wsdscope_sessions::{Phase, PhaseBounds};
+use wsdscope_events::{Phase, PhaseBounds};
 
 use crate::error::{Error, Result};
 

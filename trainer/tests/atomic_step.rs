@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use wsdscope_sessions::StepMetrics;
+use wsdscope_events::StepMetrics;
 use wsdscope_trainer::checkpoint::{self, TrainerState};
 use wsdscope_trainer::engine::Fault;
 use wsdscope_trainer::{Error, RunConfig, Trainer};

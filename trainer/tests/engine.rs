@@ -5,7 +5,7 @@ mod common;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use wsdscope_sessions::{EndReason, Phase, RunEvent};
+use wsdscope_events::{EndReason, Phase, RunEvent};
 use wsdscope_trainer::{Command, Engine, Trainer};
 
 fn collect(rx: mpsc::Receiver<RunEvent>) -> Vec<RunEvent> {

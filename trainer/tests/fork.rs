@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::mpsc;
 
-use wsdscope_sessions::{EndReason, RunEvent};
+use wsdscope_events::{EndReason, RunEvent};
 use wsdscope_trainer::engine::decay_branch;
 use wsdscope_trainer::{
     Command, DecayShape, Engine, ForkLength, ForkPlan, ForkRequest, Policy, Trainer,

@@ -8,8 +8,8 @@ mod common;
 use std::sync::mpsc;
 
 use candle_core::Tensor;
+use wsdscope_events::{ProbeResult, RunEvent};
 use wsdscope_probes::{Objective, step_geometry};
-use wsdscope_sessions::{ProbeResult, RunEvent};
 use wsdscope_trainer::objective::ModelObjective;
 use wsdscope_trainer::{Command, DecayShape, Engine, ForkLength, ForkPlan, Trainer};
 
@@ -44,7 +44,7 @@ fn per_step_geometry_agrees_with_flat_vectors() {
     assert!(close(got.cos, want.cos), "cos {} vs {}", got.cos, want.cos);
     assert!(close(got.d1, want.d1), "d1 {} vs {}", got.d1, want.d1);
     assert!(close(got.d2, want.d2), "d2 {} vs {}", got.d2, want.d2);
-    assert!(close(got.curvature, want.k));
+    assert!(close(got.curvature, want.curvature));
     // Per-group norms add up to the global norm; tracked max |Δθ| are positive.
     let sq: f64 = m4.grad_norm_per_group.iter().map(|g| g * g).sum();
     assert!((sq.sqrt() - m4.grad_norm).abs() < 1e-9 * m4.grad_norm);
@@ -150,7 +150,7 @@ fn periodic_probes_every_n_steps_with_results_of_the_stated_shapes() {
     );
     // Every kind, scalar and series is in the session's closed vocabulary: the session file
     // creates its probe tables from it before anything is recorded.
-    use wsdscope_sessions::vocabulary::{probe_columns, probe_spec};
+    use wsdscope_events::vocabulary::{probe_columns, probe_spec};
     for p in &ps {
         let spec = probe_spec(&p.probe)
             .unwrap_or_else(|| panic!("probe kind {:?} is not in the vocabulary", p.probe));

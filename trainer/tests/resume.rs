@@ -2,7 +2,7 @@
 
 mod common;
 
-use wsdscope_sessions::{EndReason, RunEvent};
+use wsdscope_events::{EndReason, RunEvent};
 use wsdscope_trainer::{Engine, Trainer, checkpoint};
 
 #[test]

@@ -17,7 +17,7 @@ pub mod tokenizer;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use wsdscope_sessions::DataSummary;
+use wsdscope_events::DataSummary;
 
 use crate::config::{DataSpec, RunConfig};
 use crate::error::{Error, Result};
