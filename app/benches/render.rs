@@ -8,6 +8,8 @@
 #[path = "../src/tui/mod.rs"]
 mod tui;
 // The TUI state keeps the multi-power-law forecasts.
+#[path = "../src/palette.rs"]
+mod palette;
 #[allow(dead_code)]
 #[path = "../src/predict.rs"]
 mod predict;

@@ -5,6 +5,7 @@ mod analysis;
 mod cli;
 mod memory;
 mod modes;
+mod palette;
 mod predict;
 mod progress;
 mod settings;
@@ -81,8 +82,8 @@ fn print_presets() {
         println!(
             "{:<14} {:>15} {:>15}  {}/{}/{}/{}/{}, {}  — {}",
             p.name,
-            modes::record::group(m.total_params()),
-            modes::record::group(m.non_embedding_params()),
+            tui::format::grouped(m.total_params()),
+            tui::format::grouped(m.non_embedding_params()),
             m.hidden,
             m.ffn,
             m.heads,

@@ -18,6 +18,7 @@ use super::plot::{
     number,
 };
 use crate::cli::PlotArgs;
+use crate::palette::VIRIDIS;
 
 /// The probe figures `--metric` accepts besides the per-step metrics and probe scalars.
 pub(crate) const FIGURES: [&str; 5] = ["sharpness", "noise", "landscape", "slice", "interp"];
@@ -919,20 +920,6 @@ impl StepsFigure {
 
 // ---------------------------------------------------------------------------------------
 // The colour map.
-
-/// Viridis (van der Walt & Smith, matplotlib's default), sampled at nine evenly spaced
-/// points; colours in between are interpolated linearly in sRGB.
-const VIRIDIS: [(u8, u8, u8); 9] = [
-    (0x44, 0x01, 0x54),
-    (0x47, 0x2d, 0x7b),
-    (0x3b, 0x52, 0x8b),
-    (0x2c, 0x72, 0x8e),
-    (0x21, 0x90, 0x8c),
-    (0x27, 0xad, 0x81),
-    (0x5d, 0xc8, 0x63),
-    (0xaa, 0xdc, 0x32),
-    (0xfd, 0xe7, 0x25),
-];
 
 /// The viridis colour of `t` in [0, 1] (clamped; NaN maps to 0): dark violet to yellow, with
 /// lightness rising monotonically, so the order of values reads the same in grey.

@@ -18,6 +18,7 @@ use crate::progress::Progress;
 use crate::settings::{self, Settings};
 use crate::signals::{self, Stop};
 use crate::threads;
+use crate::tui::format::grouped;
 
 /// Events the engine may run ahead of the printer before it waits (nothing is dropped).
 pub(crate) const EVENT_BUFFER: usize = 4096;
@@ -485,9 +486,9 @@ fn print_dry_run(cfg: &RunConfig) {
     println!(
         "model {}: {} parameters, {} non-embedding ({} embedding, tied head)",
         cfg.preset,
-        group(m.total_params()),
-        group(m.non_embedding_params()),
-        group(m.embedding_params())
+        grouped(m.total_params()),
+        grouped(m.non_embedding_params()),
+        grouped(m.embedding_params())
     );
     println!(
         "shape: hidden {} layers {} heads {} kv-heads {} ffn {} vocab {} head-dim {}",
@@ -511,17 +512,4 @@ fn print_dry_run(cfg: &RunConfig) {
         "{}",
         serde_json::to_string_pretty(cfg).expect("config serialises")
     );
-}
-
-/// 1247442432 → "1,247,442,432".
-pub fn group(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }

@@ -19,17 +19,7 @@ use crate::tui::format;
 use crate::tui::state::{RunData, TuiState};
 
 /// A perceptual ramp (viridis, sampled at nine stops) from low loss to high loss.
-pub const RAMP: [(u8, u8, u8); 9] = [
-    (68, 1, 84),
-    (71, 45, 123),
-    (59, 82, 139),
-    (44, 114, 142),
-    (33, 145, 140),
-    (40, 174, 128),
-    (94, 201, 98),
-    (173, 220, 48),
-    (253, 231, 37),
-];
+pub use crate::palette::VIRIDIS as RAMP;
 
 /// The ramp's colour at `t` in `0..=1` (clamped; linear between stops).
 pub fn ramp(t: f64) -> Color {
