@@ -716,7 +716,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tenso
 }
 
 /// (B, kv, T, hd) → (B, kv·rep, T, hd); query head h reads KV head h / rep (HF `repeat_kv`).
-fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+/// Shared with the model's reference ops.
+pub fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
     if rep == 1 {
         return Ok(x.clone());
     }
@@ -726,8 +727,8 @@ fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
         .reshape((b, kv * rep, t, hd))
 }
 
-/// (T, T): 0 on and below the diagonal, −∞ above.
-fn causal_mask(t: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+/// (T, T): 0 on and below the diagonal, −∞ above. Shared with the model's reference ops.
+pub fn causal_mask(t: usize, device: &Device, dtype: DType) -> Result<Tensor> {
     let m: Vec<f32> = (0..t * t)
         .map(|k| {
             if k % t > k / t {

@@ -65,7 +65,7 @@ mod swiglu;
 pub use adamw::{
     AdamWHparams, AdamWSlowStep, AdamWStats, adamw_step, adamw_step_finite, adamw_step_slow,
 };
-pub use attention::{attention, attention_slow};
+pub use attention::{attention, attention_slow, causal_mask, repeat_kv};
 pub use cross_entropy::{cross_entropy, cross_entropy_slow};
 pub use cuda::{CUDA_COMMON_HEADER, CUDA_SOURCES, cuda_kernel_names};
 #[cfg(feature = "cuda")]

@@ -505,7 +505,11 @@ impl MiniCpm {
         let sin = self.rope_sin.narrow(0, 0, t)?.to_dtype(self.compute)?; // (T, hd)
         let mask = match self.ops {
             Ops::Fused => None,
-            Ops::Reference => Some(causal_mask(t, &self.device, self.compute)?), // (T, T)
+            Ops::Reference => Some(wsdscope_kernels::causal_mask(
+                t,
+                &self.device,
+                self.compute,
+            )?), // (T, T)
         };
 
         let ids = inputs.flatten_all()?; // (B·T)
@@ -562,7 +566,10 @@ impl MiniCpm {
             // Flash-style: query head h reads KV head h / (nh/kv); no T×T scores kept.
             None => wsdscope_kernels::attention(&q, &k, &v, scale)?, // (B, nh, T, hd)
             Some(mask) => {
-                let (k, v) = (repeat_kv(k, nh / kv)?, repeat_kv(v, nh / kv)?); // (B, nh, T, hd)
+                let (k, v) = (
+                    wsdscope_kernels::repeat_kv(&k, nh / kv)?,
+                    wsdscope_kernels::repeat_kv(&v, nh / kv)?,
+                ); // (B, nh, T, hd)
                 let scores = q.matmul(&k.t()?)?.affine(scale, 0.0)?; // (B, nh, T, T)
                 let p = softmax_last(&scores.broadcast_add(mask)?)?; // (B, nh, T, T)
                 p.matmul(&v)? // (B, nh, T, hd)
@@ -662,31 +669,6 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
-}
-
-/// (B, kv, T, hd) → (B, kv·rep, T, hd); query head h reads KV head h / rep (HF `repeat_kv`).
-fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x);
-    }
-    let (b, kv, t, hd) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .broadcast_as((b, kv, rep, t, hd))?
-        .reshape((b, kv * rep, t, hd))?)
-}
-
-/// (T, T): 0 on and below the diagonal, −∞ above.
-fn causal_mask(t: usize, device: &Device, dtype: DType) -> Result<Tensor> {
-    let m: Vec<f32> = (0..t * t)
-        .map(|k| {
-            if k % t > k / t {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Ok(Tensor::from_vec(m, (t, t), device)?.to_dtype(dtype)?)
 }
 
 /// Softmax over the last dim from primitives; the max shift carries no gradient.
