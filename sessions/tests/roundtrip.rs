@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use wsdscope_sessions::{
-    DataSummary, EVENT_SCHEMA_VERSION, EndReason, ModelSummary, Phase, PhaseBounds, ProbeResult,
-    RunEvent, RunStart, Session, SessionPlan, StepGeometry, StepMetrics,
+    DataSummary, EVENT_SCHEMA_VERSION, EndReason, ModelSummary, NoteKind, Phase, PhaseBounds,
+    ProbeResult, RunEvent, RunStart, Session, SessionPlan, StepGeometry, StepMetrics,
 };
 
 fn start(run: u32, parent: Option<u32>, fork_step: Option<u64>) -> RunEvent {
@@ -118,6 +118,7 @@ fn session_events() -> Vec<RunEvent> {
     ev.push(RunEvent::Note {
         run: 0,
         step: 70,
+        kind: NoteKind::Paused,
         message: "paused".into(),
     });
     ev.push(RunEvent::End {

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use wsdscope_events::{
-    EVENT_SCHEMA_VERSION, EndReason, ProbeResult, RunEvent, RunId, RunStart, StepMetrics,
+    EVENT_SCHEMA_VERSION, EndReason, NoteKind, ProbeResult, RunEvent, RunId, RunStart, StepMetrics,
 };
 
 use crate::checkpoint::{self, CHECKPOINT_FORMAT, TrainerState};
@@ -807,6 +807,7 @@ impl Runs {
             Some(Err(e)) => emit(RunEvent::Note {
                 run: tr.run,
                 step: tr.step,
+                kind: NoteKind::Failed,
                 message: format!("probe {} failed: {e}", kind.name()),
             }),
             None => {}
@@ -976,6 +977,7 @@ impl Runs {
                 Err(e) => emit(RunEvent::Note {
                     run,
                     step: tr.step,
+                    kind: NoteKind::Failed,
                     message: format!("final checkpoint failed: {e}"),
                 }),
             }
@@ -1075,9 +1077,15 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
     };
     let mut trunk_outcome: Option<Outcome> = None;
     let mut paused = false;
-    let note = |emit: &mut dyn FnMut(RunEvent), run: RunId, step: u64, message: String| {
-        emit(RunEvent::Note { run, step, message })
-    };
+    let note =
+        |emit: &mut dyn FnMut(RunEvent), run: RunId, step: u64, kind: NoteKind, message: String| {
+            emit(RunEvent::Note {
+                run,
+                step,
+                kind,
+                message,
+            })
+        };
     'steps: loop {
         // Commands between steps; a paused engine blocks here.
         loop {
@@ -1093,11 +1101,11 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
             match c {
                 Some(Command::Pause) if !paused => {
                     paused = true;
-                    note(&mut emit, 0, step0, "paused".into());
+                    note(&mut emit, 0, step0, NoteKind::Paused, "paused".into());
                 }
                 Some(Command::Resume) if paused => {
                     paused = false;
-                    note(&mut emit, 0, step0, "resumed".into());
+                    note(&mut emit, 0, step0, NoteKind::Resumed, "resumed".into());
                 }
                 Some(Command::Stop) | None => {
                     runs.stop_all(None, None, &mut trunk_outcome, &mut emit);
@@ -1118,17 +1126,17 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
                 Some(Command::Fork(req)) => {
                     let branch = decay_of(req.length, req.shape, req.floor);
                     if let Err(m) = runs.fork(req.parent, branch, &mut emit) {
-                        note(&mut emit, req.parent, step0, m);
+                        note(&mut emit, req.parent, step0, NoteKind::Refused, m);
                     }
                 }
                 Some(Command::ForkResume { parent }) => {
                     if let Err(m) = runs.fork(parent, resume_of, &mut emit) {
-                        note(&mut emit, parent, step0, m);
+                        note(&mut emit, parent, step0, NoteKind::Refused, m);
                     }
                 }
                 Some(Command::Probe { run }) => {
                     if let Err(m) = runs.probe_all(run, &mut emit) {
-                        note(&mut emit, run, step0, m);
+                        note(&mut emit, run, step0, NoteKind::Refused, m);
                     }
                 }
                 Some(_) => {}
@@ -1211,7 +1219,7 @@ fn drive(trunk: Trainer, rx: Receiver<Command>, mut emit: impl FnMut(RunEvent)) 
             while plan.last().is_some_and(|f| f.at <= at) {
                 let f = plan.pop().expect("checked");
                 if let Err(m) = runs.fork(0, decay_of(f.length, f.shape, f.floor), &mut emit) {
-                    note(&mut emit, 0, at, m);
+                    note(&mut emit, 0, at, NoteKind::Refused, m);
                 }
             }
         }

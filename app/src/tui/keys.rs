@@ -196,6 +196,7 @@ fn main_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
                 state.set_status(Level::Warn, "probing needs a live run");
             } else if let Some(run) = state.selected_run().filter(|r| r.is_active()) {
                 let id = run.id;
+                state.ui.probing = Some(id);
                 state.set_status(
                     Level::Info,
                     format!("probing run {id}: sharpness, noise scale, slices, landscape…"),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use ratatui::layout::Rect;
 use wsdscope_sessions::{
-    EndReason, Phase, PhaseBounds, ProbeResult, RunEvent, RunId, RunStart, StepMetrics,
+    EndReason, NoteKind, Phase, PhaseBounds, ProbeResult, RunEvent, RunId, RunStart, StepMetrics,
 };
 use wsdscope_trainer::{DecayShape, Schedule};
 
@@ -420,6 +420,8 @@ pub struct UiState {
     pub stopping: bool,
     /// The pause state asked for and not yet confirmed by the engine's note.
     pub pause_intent: Option<bool>,
+    /// The run whose probes `p` asked for and that have not arrived yet.
+    pub probing: Option<RunId>,
     /// The terminal size at the last draw, for mouse hit-testing.
     pub area: Rect,
     /// A failure outside the event stream that must stay visible (e.g. the session file could
@@ -462,6 +464,7 @@ impl Default for UiState {
             live: true,
             stopping: false,
             pause_intent: None,
+            probing: None,
             area: Rect::default(),
             alert: None,
             replay: None,
@@ -580,13 +583,9 @@ impl TuiState {
                     .or_insert_with(|| RunData::new(p.run))
                     .probes
                     .push(p.clone());
-                // `p` said "probing…": the results arriving say it is over.
-                if self
-                    .ui
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| s.text.starts_with("probing run"))
-                {
+                // `p` asked for probes of this run: the results arriving say it is over.
+                if self.ui.probing == Some(p.run) {
+                    self.ui.probing = None;
                     self.set_status(
                         Level::Info,
                         format!(
@@ -601,19 +600,23 @@ impl TuiState {
                     r.checkpoints.push((*step, path.clone()));
                 }
             }
-            RunEvent::Note { run, step, message } => {
+            RunEvent::Note {
+                run,
+                step,
+                kind,
+                message,
+            } => {
                 let r = self.runs.entry(*run).or_insert_with(|| RunData::new(*run));
                 r.notes.push((*step, message.clone()));
-                match message.as_str() {
-                    "paused" => r.paused = true,
-                    "resumed" => r.paused = false,
-                    _ => {}
+                match kind {
+                    NoteKind::Paused => r.paused = true,
+                    NoteKind::Resumed => r.paused = false,
+                    NoteKind::Info | NoteKind::Refused | NoteKind::Failed => {}
                 }
                 self.ui.pause_intent = None;
-                let level = if message.contains("not supported") || message.contains("failed") {
-                    Level::Warn
-                } else {
-                    Level::Info
+                let level = match kind {
+                    NoteKind::Refused | NoteKind::Failed => Level::Warn,
+                    NoteKind::Info | NoteKind::Paused | NoteKind::Resumed => Level::Info,
                 };
                 self.ui.status = Some(Status {
                     text: format!("run {run} step {step}: {message}"),

@@ -14,7 +14,7 @@ use ratatui::crossterm::event::{
 };
 use ratatui::layout::Rect;
 use ratatui::widgets::Widget;
-use wsdscope_sessions::{EndReason, RunEvent};
+use wsdscope_sessions::{EndReason, NoteKind, RunEvent};
 use wsdscope_trainer::{Command, DecayShape, ForkLength, ForkRequest};
 
 use super::state::{ForkField, Overlay, View};
@@ -244,6 +244,7 @@ fn notes_and_dropped_samples_reach_the_status_line() {
     s.apply(&RunEvent::Note {
         run: 0,
         step: 300,
+        kind: NoteKind::Refused,
         message: "fork of run 0 at step 300 not supported yet: decay branches arrive with the branching feature".into(),
     });
     let text = screen(&s, 160, 36);
@@ -262,6 +263,7 @@ fn pause_and_resume_follow_the_engine() {
     s.apply(&RunEvent::Note {
         run: 0,
         step: 30,
+        kind: NoteKind::Paused,
         message: "paused".into(),
     });
     assert!(s.paused());
@@ -514,6 +516,7 @@ fn manual_live_demo() {
                         let _ = etx.send(RunEvent::Note {
                             run: 0,
                             step: s,
+                            kind: NoteKind::Paused,
                             message: "paused".into(),
                         });
                     }
@@ -522,6 +525,7 @@ fn manual_live_demo() {
                         let _ = etx.send(RunEvent::Note {
                             run: 0,
                             step: s,
+                            kind: NoteKind::Resumed,
                             message: "resumed".into(),
                         });
                     }
@@ -533,6 +537,7 @@ fn manual_live_demo() {
                         let _ = etx.send(RunEvent::Note {
                             run: r.parent,
                             step: s,
+                            kind: NoteKind::Refused,
                             message: format!("fork {r:?} not supported yet"),
                         });
                     }

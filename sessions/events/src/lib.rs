@@ -140,6 +140,23 @@ pub struct StepGeometry {
     pub curvature: f64,
 }
 
+/// What a [`RunEvent::Note`] says, typed: consumers decide by this, never by the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoteKind {
+    /// Information only.
+    #[default]
+    Info,
+    /// The engine paused every run.
+    Paused,
+    /// The engine resumed.
+    Resumed,
+    /// A request (a fork, a probe) was refused; the text says why.
+    Refused,
+    /// Something failed without ending the run (a probe, a final checkpoint).
+    Failed,
+}
+
 /// Why a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -253,10 +270,13 @@ pub enum RunEvent {
         step: u64,
         path: String,
     },
-    /// Free text from the engine, e.g. "paused".
+    /// A message from the engine: its kind for consumers that act on it, its text for
+    /// people. (Sessions before `kind` existed read as [`NoteKind::Info`].)
     Note {
         run: RunId,
         step: u64,
+        #[serde(default)]
+        kind: NoteKind,
         message: String,
     },
     /// The run ended.
@@ -333,6 +353,24 @@ mod tests {
             }),
             max_update: vec![1e-3],
         })
+    }
+
+    #[test]
+    fn notes_carry_a_kind_and_old_notes_read_as_info() {
+        let n = RunEvent::Note {
+            run: 0,
+            step: 7,
+            kind: NoteKind::Paused,
+            message: "paused".into(),
+        };
+        let json = serde_json::to_string(&n).unwrap();
+        assert!(json.contains(r#""kind":"paused""#), "{json}");
+        assert_eq!(serde_json::from_str::<RunEvent>(&json).unwrap(), n);
+        let old = r#"{"type":"note","run":0,"step":7,"message":"paused"}"#;
+        let RunEvent::Note { kind, .. } = serde_json::from_str::<RunEvent>(old).unwrap() else {
+            panic!("a note");
+        };
+        assert_eq!(kind, NoteKind::Info);
     }
 
     #[test]
