@@ -150,6 +150,12 @@ impl Launch {
         }
     }
 
+    /// A grid-stride loop of `kernel` over `n` items: BLOCK threads per block, as many
+    /// blocks as cover `n` up to MAX_BLOCKS.
+    fn grid_stride(source: &'static str, kernel: String, n: usize) -> Self {
+        Self::new(source, kernel, (stride_blocks(n, MAX_BLOCKS), 1), BLOCK)
+    }
+
     fn arg(mut self, a: Arg) -> Self {
         self.args.push(a);
         self
@@ -343,14 +349,9 @@ pub fn swiglu_fwd(
         return Ok(());
     }
     g.launch(
-        &Launch::new(
-            "swiglu.cu",
-            name("swiglu_fwd", e),
-            (stride_blocks(n, MAX_BLOCKS), 1),
-            BLOCK,
-        )
-        .ptrs(&[gate, up, y])
-        .arg(Arg::Size(n as u64)),
+        &Launch::grid_stride("swiglu.cu", name("swiglu_fwd", e), n)
+            .ptrs(&[gate, up, y])
+            .arg(Arg::Size(n as u64)),
     )
 }
 
@@ -370,14 +371,9 @@ pub fn swiglu_bwd(
         return Ok(());
     }
     g.launch(
-        &Launch::new(
-            "swiglu.cu",
-            name("swiglu_bwd", e),
-            (stride_blocks(n, MAX_BLOCKS), 1),
-            BLOCK,
-        )
-        .ptrs(&[gate, up, dy, dgate, dup])
-        .arg(Arg::Size(n as u64)),
+        &Launch::grid_stride("swiglu.cu", name("swiglu_bwd", e), n)
+            .ptrs(&[gate, up, dy, dgate, dup])
+            .arg(Arg::Size(n as u64)),
     )
 }
 
@@ -408,16 +404,11 @@ pub fn rope(
     }
     let base = if inverse { "rope_bwd" } else { "rope_fwd" };
     g.launch(
-        &Launch::new(
-            "rope.cu",
-            name(base, e),
-            (stride_blocks(pairs, MAX_BLOCKS), 1),
-            BLOCK,
-        )
-        .ptrs(&[x, cos, sin, y])
-        .arg(Arg::Size(pairs as u64))
-        .arg(Arg::Int(int(ROPE, "T", t)?))
-        .arg(Arg::Int(int(ROPE, "D", d)?)),
+        &Launch::grid_stride("rope.cu", name(base, e), pairs)
+            .ptrs(&[x, cos, sin, y])
+            .arg(Arg::Size(pairs as u64))
+            .arg(Arg::Int(int(ROPE, "T", t)?))
+            .arg(Arg::Int(int(ROPE, "D", d)?)),
     )
 }
 

@@ -3,14 +3,14 @@
 //! on paired [gate | up] rows, element-wise ops, dtype conversions). All grid-stride loops of
 //! [`BLOCK`] threads over the elements written, so any size fits the grid.
 
-use super::{Arg, BLOCK, DevPtr, Elem, Gpu, Launch, MAX_BLOCKS, int, name, stride_blocks};
+use super::{Arg, DevPtr, Elem, Gpu, Launch, int, name};
 use crate::error::Error;
 
 const SRC: &str = "step.cu";
 
 /// A grid-stride launch of `kernel` over `n` elements.
 fn over(kernel: String, n: usize) -> Launch {
-    Launch::new(SRC, kernel, (stride_blocks(n, MAX_BLOCKS), 1), BLOCK)
+    Launch::grid_stride(SRC, kernel, n)
 }
 
 /// h (n_tok, hd) = emb[ids] · scale for u32 `ids` (n_tok) and emb (v, hd); a row whose id

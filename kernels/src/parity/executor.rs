@@ -11,7 +11,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::{Row, random, rope_tables, tol};
+use super::{Row, random, rope_tables, step_hparams, tol};
 use crate::emu::{Executor, HostBuf};
 use crate::launch::{self, AdamWParams, AttnDims, Elem, Reduction};
 use crate::{
@@ -389,16 +389,7 @@ fn param_tol(e: Elem) -> f64 {
 /// the same sums taken (in f64) over the θ it wrote; the finiteness check against the
 /// twin's outputs on a finite step and on two that overflow.
 fn adamw(ex: &Executor, e: Elem) -> Result<Vec<Row>> {
-    let hp = AdamWHparams {
-        lr: 0.01,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        bias_correction1: 1.0 - 0.9f64.powi(3),
-        bias_correction2_sqrt: (1.0 - 0.95f64.powi(3)).sqrt(),
-        grad_scale: 0.5,
-    };
+    let hp = step_hparams();
     let mut rows = Vec::new();
     for (i, n) in [1usize, 77_101, 300_007].into_iter().enumerate() {
         let op = format!("adamw_step n={n}");

@@ -301,6 +301,21 @@ fn ops(device: &Device, dt: DType) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The AdamW step both parity checks take: the third step of a run (bias corrections not
+/// yet 1), weight decay on, gradients scaled (as after clipping).
+fn step_hparams() -> AdamWHparams {
+    AdamWHparams {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        bias_correction1: 1.0 - 0.9f64.powi(3),
+        bias_correction2_sqrt: (1.0 - 0.95f64.powi(3)).sqrt(),
+        grad_scale: 0.5,
+    }
+}
+
 /// One AdamW step with and without the fused kernel (f32 or f64).
 fn adamw(device: &Device, dt: DType) -> Result<Vec<Row>> {
     let shapes: [&[usize]; 2] = [&[300, 257], &[1000]];
@@ -315,16 +330,7 @@ fn adamw(device: &Device, dt: DType) -> Result<Vec<Row>> {
         ms.push(random(s + 2, dims, 0.01, device)?.to_dtype(dt)?);
         vs.push(random(s + 3, dims, 1e-4, device)?.abs()?.to_dtype(dt)?);
     }
-    let hp = AdamWHparams {
-        lr: 0.01,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.1,
-        bias_correction1: 1.0 - 0.9f64.powi(3),
-        bias_correction2_sqrt: (1.0 - 0.95f64.powi(3)).sqrt(),
-        grad_scale: 0.5,
-    };
+    let hp = step_hparams();
     fn refs(v: &[Tensor]) -> Vec<&Tensor> {
         v.iter().collect()
     }
