@@ -19,31 +19,9 @@ fn summary(stdout: &str) -> (usize, usize) {
     (nums[0], nums[1])
 }
 
-/// Whether a C++ compiler is here; without one the test skips saying why, unless
-/// `WSDSCOPE_REQUIRE_EMU` is set (scripts/test sets it), when it fails.
-fn compiler_present() -> bool {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
-    if std::process::Command::new(&cxx)
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
-        return true;
-    }
-    let required = std::env::var("WSDSCOPE_REQUIRE_EMU").is_ok_and(|v| !v.is_empty() && v != "0");
-    assert!(
-        !required,
-        "no C++ compiler {cxx:?} for the CUDA executor (WSDSCOPE_REQUIRE_EMU is set)"
-    );
-    eprintln!(
-        "SKIPPED: no C++ compiler {cxx:?}: the CUDA executor needs one (install g++ or set CXX)"
-    );
-    false
-}
-
 #[test]
 fn every_cuda_kernel_passes_on_the_executor_and_a_broken_one_fails() {
-    if !compiler_present() {
+    if !wsdscope_kernels::emu::available_or_required() {
         return;
     }
     let out = wsdscope()

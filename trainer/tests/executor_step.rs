@@ -121,24 +121,9 @@ fn worst(a: &[f32], b: &[f32]) -> f64 {
 /// thread as a fiber, and attention's cost grows with B·T², so the preset's batch takes about
 /// 11 s per step there (measured) against about 1 s for this one. T = 64 still spans two of
 /// attention's 32-key tiles.
-/// Whether the CPU executor can build kernels here. Without a C++ compiler the test skips,
-/// saying why, unless `WSDSCOPE_REQUIRE_EMU` is set (`scripts/test` sets it).
-fn executor_available() -> bool {
-    match wsdscope_kernels::emu::host_compiler() {
-        Ok(_) => true,
-        Err(e) => {
-            let required =
-                std::env::var("WSDSCOPE_REQUIRE_EMU").is_ok_and(|v| !v.is_empty() && v != "0");
-            assert!(!required, "{e} (WSDSCOPE_REQUIRE_EMU is set)");
-            eprintln!("SKIPPED: {e}. Set WSDSCOPE_REQUIRE_EMU=1 to make this a failure.");
-            false
-        }
-    }
-}
-
 #[test]
 fn the_cuda_step_trains_tiny_on_the_executor_as_the_cpu_step_does() {
-    if !executor_available() {
+    if !wsdscope_kernels::emu::available_or_required() {
         return;
     }
     let t0 = Instant::now();

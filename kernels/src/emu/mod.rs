@@ -357,6 +357,23 @@ pub fn host_compiler() -> Result<String, Error> {
     Ok(text.lines().next().unwrap_or(&cxx).to_string())
 }
 
+/// For test suites: whether the executor can build kernels here. Without a C++ compiler it
+/// prints why the caller skips and returns false, unless `WSDSCOPE_REQUIRE_EMU` is set (to
+/// anything but empty or `0`; `scripts/test` sets it): then a missing compiler is a failure,
+/// a panic naming it.
+pub fn available_or_required() -> bool {
+    match host_compiler() {
+        Ok(_) => true,
+        Err(e) => {
+            let required =
+                std::env::var("WSDSCOPE_REQUIRE_EMU").is_ok_and(|v| !v.is_empty() && v != "0");
+            assert!(!required, "{e} (WSDSCOPE_REQUIRE_EMU is set)");
+            eprintln!("SKIPPED: {e}. Set WSDSCOPE_REQUIRE_EMU=1 to make this a failure.");
+            false
+        }
+    }
+}
+
 /// The translation unit of `file`: the header, the source, the table of its kernels.
 fn unit(file: &str, src: &str) -> String {
     let mut u = format!("#include \"cuda_emu.h\"\n#include \"{file}\"\n");

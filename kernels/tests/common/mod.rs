@@ -118,18 +118,7 @@ pub fn compare(
     }
 }
 
-/// Whether the CPU executor can build kernels here. Without a C++ compiler the executor's
-/// tests skip, saying why, unless `WSDSCOPE_REQUIRE_EMU` is set (scripts/test sets it), in
-/// which case they fail.
+/// Whether the CPU executor can build kernels here (see `emu::available_or_required`).
 pub fn executor_available() -> bool {
-    match wsdscope_kernels::emu::host_compiler() {
-        Ok(_) => true,
-        Err(e) => {
-            let required =
-                std::env::var("WSDSCOPE_REQUIRE_EMU").is_ok_and(|v| !v.is_empty() && v != "0");
-            assert!(!required, "{e} (WSDSCOPE_REQUIRE_EMU is set)");
-            eprintln!("SKIPPED: {e}. Set WSDSCOPE_REQUIRE_EMU=1 to make this a failure.");
-            false
-        }
-    }
+    wsdscope_kernels::emu::available_or_required()
 }
