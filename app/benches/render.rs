@@ -2,18 +2,6 @@
 //! and how long building that state from its events takes. Prints the figures; the target is
 //! < 16 ms per frame. Run with `cargo bench -p wsdscope --bench render`.
 
-// The TUI lives in the binary crate; include its module tree (benches build with cfg(test),
-// so its test module comes along, unused).
-#[allow(dead_code, unused_imports)]
-#[path = "../src/tui/mod.rs"]
-mod tui;
-// The TUI state keeps the multi-power-law forecasts.
-#[path = "../src/palette.rs"]
-mod palette;
-#[allow(dead_code)]
-#[path = "../src/predict.rs"]
-mod predict;
-
 use std::time::{Duration, Instant};
 
 use ratatui::Terminal;
@@ -22,8 +10,8 @@ use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::widgets::Widget;
 
-use tui::synthetic::Synthetic;
-use tui::{App, TuiState};
+use wsdscope::tui::synthetic::Synthetic;
+use wsdscope::tui::{App, TuiState};
 
 const STEPS: u64 = 1_000_000;
 const BRANCH_STEPS: u64 = 100_000;
@@ -62,9 +50,9 @@ fn main() {
     println!(
         "session: {} trunk steps + 2 branches × {} steps, evals every 1000; \
          {} events applied in {:.0} ms ({:.0} ns/event)",
-        tui::format::grouped(STEPS),
-        tui::format::grouped(BRANCH_STEPS),
-        tui::format::grouped(events),
+        wsdscope::tui::format::grouped(STEPS),
+        wsdscope::tui::format::grouped(BRANCH_STEPS),
+        wsdscope::tui::format::grouped(events),
         built.as_secs_f64() * 1e3,
         built.as_secs_f64() * 1e9 / events as f64
     );
@@ -100,7 +88,7 @@ fn main() {
                 // Alternate the selection so no frame is a no-op for the diff.
                 s.ui.selected = (i % 3) as u32;
                 let t = Instant::now();
-                let _ = term.draw(|f| tui::draw(f, &s));
+                let _ = term.draw(|f| wsdscope::tui::draw(f, &s));
                 if i >= 3 {
                     times.push(t.elapsed());
                 }

@@ -1,23 +1,12 @@
-//! `wsdscope`: the command-line entry point. Parses, dispatches to a mode, and turns errors
-//! into one clear line on stderr and a non-zero exit.
-
-mod analysis;
-mod cli;
-mod memory;
-mod modes;
-mod palette;
-mod predict;
-mod progress;
-mod settings;
-mod signals;
-mod threads;
-mod tui;
+//! `wsdscope`: the command-line entry point. Parses, dispatches to a mode (the `wsdscope`
+//! library), and turns errors into one clear line on stderr and a non-zero exit.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command, TokenizerCommand};
+use wsdscope::cli::{Cli, Command, TokenizerCommand};
+use wsdscope::{modes, tui};
 
 /// mimalloc keeps freed large blocks for reuse; glibc's malloc unmaps them, and with several
 /// threads every unmap is a TLB shootdown across cores (~15% of a 2-thread `tiny` step).

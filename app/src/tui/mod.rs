@@ -21,7 +21,6 @@ pub mod replay;
 pub mod series;
 pub mod state;
 // Synthetic sessions serve the tests and the render benchmark only.
-#[cfg_attr(not(test), allow(dead_code))]
 pub mod synthetic;
 pub mod terminal;
 pub mod views;

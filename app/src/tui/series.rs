@@ -32,8 +32,6 @@ fn scan(values: &[f64]) -> (f64, f64) {
     values.iter().fold(EMPTY, |acc, &v| merge(acc, (v, v)))
 }
 
-// `new`/`is_empty` complete the collection API (the tests and benchmark use them).
-#[allow(dead_code)]
 impl Column {
     pub fn new() -> Self {
         Self::default()
