@@ -246,46 +246,11 @@ impl<W: Write> Progress<W> {
     }
 }
 
-/// One line about a probe result: its headline numbers and what it cost.
+/// One line about a probe result: its headline numbers (its kind's summary template) and
+/// what it cost.
 pub fn probe_summary(p: &wsdscope_sessions::ProbeResult) -> String {
+    use wsdscope_sessions::vocabulary::common::{COST_STEPS, SECONDS};
     let v = |k: &str| p.scalars.get(k).copied().unwrap_or(f64::NAN);
-    let head = match p.probe.as_str() {
-        "sharpness" => format!(
-            "sharpness λmax {:.4}, Adam-preconditioned {:.4} vs 38/η {:.4}",
-            v("lambda_max"),
-            v("precond_lambda_max"),
-            v("threshold")
-        ),
-        "noise" => format!(
-            "noise scale B_simple {:.0} tokens (run average {:.0}); batch {:.0}, MiniCPM rule {:.0}",
-            v("b_simple"),
-            v("b_simple_avg"),
-            v("batch_tokens"),
-            v("rule_tokens")
-        ),
-        "slice" | "landscape" | "interp" => {
-            let key = if p.probe == "slice" {
-                "loss_random"
-            } else {
-                "loss"
-            };
-            let (lo, hi) = p
-                .series
-                .get(key)
-                .map(|l| {
-                    l.iter()
-                        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-                            (a.min(x), b.max(x))
-                        })
-                })
-                .unwrap_or((f64::NAN, f64::NAN));
-            format!("{} loss {lo:.4}..{hi:.4}", p.probe)
-        }
-        other => other.to_string(),
-    };
-    format!(
-        "{head} ({:.2} s = {:.1} steps)",
-        v("seconds"),
-        v("cost_steps")
-    )
+    let head = p.summary();
+    format!("{head} ({:.2} s = {:.1} steps)", v(SECONDS), v(COST_STEPS))
 }

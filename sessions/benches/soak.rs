@@ -60,8 +60,9 @@ fn probe(run: u32, s: u64, k: usize) -> RunEvent {
     let series = spec
         .series
         .iter()
-        .map(|n| {
-            let len = if spec.name == "landscape" && *n == "loss" {
+        .map(|q| {
+            let n = q.name;
+            let len = if spec.name == "landscape" && n == "loss" {
                 81
             } else {
                 17

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 use wsdscope_events::StepGeometry;
+use wsdscope_events::vocabulary::{common, interp, landscape, noise, sharpness, slice};
 use wsdscope_kernels::{dot_diff_many, dot_many};
 use wsdscope_probes::{
     NoiseScale, Objective, StepDots, filter_normalize, interpolate, minicpm_batch_rule,
@@ -30,41 +31,9 @@ use crate::model::MiniCpm;
 use crate::objective::{ModelObjective, flatten};
 use crate::optim::AdamW;
 
-/// The periodic measurements, in the order the engine rotates through them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ProbeKind {
-    /// Top Hessian eigenvalue and Adam-preconditioned sharpness (Lanczos on FD HVPs).
-    Sharpness,
-    /// Gradient noise scale B_simple.
-    Noise,
-    /// 1-D slices along a random direction and along the last update.
-    Slice,
-    /// 2-D slice along two random directions.
-    Landscape,
-    /// Loss along the segment between a run and another (a branch and its parent).
-    Interp,
-}
-
-impl ProbeKind {
-    /// What the engine runs periodically, in turn.
-    pub const PERIODIC: [ProbeKind; 4] = [
-        ProbeKind::Sharpness,
-        ProbeKind::Noise,
-        ProbeKind::Slice,
-        ProbeKind::Landscape,
-    ];
-
-    /// The `probe` name of its results.
-    pub fn name(self) -> &'static str {
-        match self {
-            ProbeKind::Sharpness => "sharpness",
-            ProbeKind::Noise => "noise",
-            ProbeKind::Slice => "slice",
-            ProbeKind::Landscape => "landscape",
-            ProbeKind::Interp => "interp",
-        }
-    }
-}
+/// The kinds of periodic measurement, declared once with their scalars and series in the
+/// event vocabulary (`ProbeKind::PERIODIC` is the order the engine rotates through them).
+pub use wsdscope_events::ProbeKind;
 
 /// Named scalars and series of one measurement.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -243,16 +212,19 @@ pub fn measure(kind: ProbeKind, inp: &ProbeInput) -> Result<Measurement> {
             let (pre, pre_bottom, used_pre) =
                 preconditioned_sharpness(&mut f, &theta, &s, &v0, eps, 1e-2, iters);
             let beta1 = inp.opt.beta1();
-            m.scalar("lambda_max", top);
-            m.scalar("lambda_min", bottom);
-            m.scalar("precond_lambda_max", pre);
-            m.scalar("precond_lambda_min", pre_bottom);
+            m.scalar(sharpness::LAMBDA_MAX, top);
+            m.scalar(sharpness::LAMBDA_MIN, bottom);
+            m.scalar(sharpness::PRECOND_LAMBDA_MAX, pre);
+            m.scalar(sharpness::PRECOND_LAMBDA_MIN, pre_bottom);
             // Cohen et al. 2022: Adam with momentum β₁ is stable below (2 + 2β₁)/((1 − β₁)η).
-            m.scalar("threshold", (2.0 + 2.0 * beta1) / ((1.0 - beta1) * inp.lr));
-            m.scalar("gd_threshold", 2.0 / inp.lr);
-            m.scalar("lr", inp.lr);
-            m.scalar("products", (used + used_pre) as f64);
-            m.scalar("sequences", n as f64);
+            m.scalar(
+                sharpness::THRESHOLD,
+                (2.0 + 2.0 * beta1) / ((1.0 - beta1) * inp.lr),
+            );
+            m.scalar(sharpness::GD_THRESHOLD, 2.0 / inp.lr);
+            m.scalar(sharpness::LR, inp.lr);
+            m.scalar(sharpness::PRODUCTS, (used + used_pre) as f64);
+            m.scalar(common::SEQUENCES, n as f64);
             checked(&mut f, m)
         }
         ProbeKind::Slice => {
@@ -262,18 +234,21 @@ pub fn measure(kind: ProbeKind, inp: &ProbeInput) -> Result<Measurement> {
             let d = random_direction(&f, &theta, hash(&[inp.seed, 0x5331]));
             let alphas = linspace(-inp.cfg.span, inp.cfg.span, inp.cfg.points);
             let loss = slice_1d(&mut f, &theta, &d, &alphas);
-            m.series("alpha", alphas);
-            m.series("loss_random", loss);
+            m.series(slice::ALPHA, alphas);
+            m.series(slice::LOSS_RANDOM, loss);
             if let Some(u) = &inp.last_update {
                 let v = flatten(u)?;
                 let betas = linspace(-inp.cfg.update_span, inp.cfg.update_span, inp.cfg.points);
                 let loss = slice_1d(&mut f, &theta, &v, &betas);
-                m.series("beta", betas);
-                m.series("loss_update", loss);
-                m.scalar("update_norm", v.iter().map(|x| x * x).sum::<f64>().sqrt());
+                m.series(slice::BETA, betas);
+                m.series(slice::LOSS_UPDATE, loss);
+                m.scalar(
+                    slice::UPDATE_NORM,
+                    v.iter().map(|x| x * x).sum::<f64>().sqrt(),
+                );
             }
-            m.scalar("span", inp.cfg.span);
-            m.scalar("sequences", n as f64);
+            m.scalar(slice::SPAN, inp.cfg.span);
+            m.scalar(common::SEQUENCES, n as f64);
             checked(&mut f, m)
         }
         ProbeKind::Landscape => {
@@ -284,12 +259,12 @@ pub fn measure(kind: ProbeKind, inp: &ProbeInput) -> Result<Measurement> {
             let d2 = random_direction(&f, &theta, hash(&[inp.seed, 0x4432]));
             let xs = linspace(-inp.cfg.span, inp.cfg.span, inp.cfg.grid);
             let loss = slice_2d(&mut f, &theta, &d1, &d2, &xs, &xs);
-            m.series("x", xs.clone());
-            m.series("y", xs);
-            m.series("loss", loss);
-            m.scalar("grid", inp.cfg.grid as f64);
-            m.scalar("span", inp.cfg.span);
-            m.scalar("sequences", n as f64);
+            m.series(landscape::X, xs.clone());
+            m.series(landscape::Y, xs);
+            m.series(landscape::LOSS, loss);
+            m.scalar(landscape::GRID, inp.cfg.grid as f64);
+            m.scalar(landscape::SPAN, inp.cfg.span);
+            m.scalar(common::SEQUENCES, n as f64);
             checked(&mut f, m)
         }
         ProbeKind::Noise => {
@@ -315,13 +290,13 @@ pub fn measure(kind: ProbeKind, inp: &ProbeInput) -> Result<Measurement> {
             }
             let b_small = (per * b.seq) as f64;
             let est = NoiseScale::from_micro_batches(&grads, b_small);
-            m.scalar("b_simple", est.b_simple());
-            m.scalar("g_sq", est.g_sq);
-            m.scalar("trace", est.trace);
-            m.scalar("batch_tokens", (b.batch * b.seq) as f64);
-            m.scalar("rule_tokens", minicpm_batch_rule(loss));
-            m.scalar("loss", loss);
-            m.scalar("micro_batches", k as f64);
+            m.scalar(noise::B_SIMPLE, est.b_simple());
+            m.scalar(noise::G_SQ, est.g_sq);
+            m.scalar(noise::TRACE, est.trace);
+            m.scalar(noise::BATCH_TOKENS, (b.batch * b.seq) as f64);
+            m.scalar(noise::RULE_TOKENS, minicpm_batch_rule(loss));
+            m.scalar(noise::LOSS, loss);
+            m.scalar(noise::MICRO_BATCHES, k as f64);
             Ok(m)
         }
         ProbeKind::Interp => Err(Error::Config(
@@ -357,9 +332,9 @@ pub fn interpolation(
         .sum::<f64>()
         .sqrt();
     let mut m = Measurement::default();
-    m.series("alpha", alphas);
-    m.series("loss", loss);
-    m.scalar("distance", dist);
-    m.scalar("sequences", n as f64);
+    m.series(interp::ALPHA, alphas);
+    m.series(interp::LOSS, loss);
+    m.scalar(interp::DISTANCE, dist);
+    m.scalar(common::SEQUENCES, n as f64);
     checked(&mut f, m)
 }

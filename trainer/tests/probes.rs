@@ -163,7 +163,7 @@ fn periodic_probes_every_n_steps_with_results_of_the_stated_shapes() {
         }
         for k in p.series.keys() {
             assert!(
-                spec.series.contains(&k.as_str()),
+                spec.series.iter().any(|q| q.name == k),
                 "{}: series {k:?} is not in the vocabulary",
                 p.probe
             );

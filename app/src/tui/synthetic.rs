@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 
 use serde_json::json;
+use wsdscope_sessions::vocabulary::{common, interp, landscape, noise, sharpness, slice};
 use wsdscope_sessions::{
-    DataSummary, EVENT_SCHEMA_VERSION, EndReason, ModelSummary, ProbeResult, RunEvent, RunId,
-    RunStart, StepGeometry, StepMetrics,
+    DataSummary, EVENT_SCHEMA_VERSION, EndReason, ModelSummary, ProbeKind, ProbeResult, RunEvent,
+    RunId, RunStart, StepGeometry, StepMetrics,
 };
 use wsdscope_trainer::{DecayShape, Schedule};
 
@@ -248,20 +249,23 @@ impl Synthetic {
         let sharpness = probe(
             run,
             s,
-            "sharpness",
+            ProbeKind::Sharpness.name(),
             &[
-                ("lambda_max", 40.0 + 60.0 * grow * (1.0 + 0.05 * noise)),
                 (
-                    "precond_lambda_max",
+                    sharpness::LAMBDA_MAX,
+                    40.0 + 60.0 * grow * (1.0 + 0.05 * noise),
+                ),
+                (
+                    sharpness::PRECOND_LAMBDA_MAX,
                     3800.0 * (0.55 + 0.5 * grow) * (1.0 + 0.03 * noise),
                 ),
-                ("threshold", 38.0 / lr),
-                ("gd_threshold", 2.0 / lr),
-                ("lr", lr),
-                ("products", 40.0),
-                ("sequences", 8.0),
-                ("seconds", 2.5),
-                ("cost_steps", 2.2),
+                (sharpness::THRESHOLD, 38.0 / lr),
+                (sharpness::GD_THRESHOLD, 2.0 / lr),
+                (sharpness::LR, lr),
+                (sharpness::PRODUCTS, 40.0),
+                (common::SEQUENCES, 8.0),
+                (common::SECONDS, 2.5),
+                (common::COST_STEPS, 2.2),
             ],
             Vec::new(),
         );
@@ -269,17 +273,17 @@ impl Synthetic {
         let noise_scale = probe(
             run,
             s,
-            "noise",
+            ProbeKind::Noise.name(),
             &[
-                ("b_simple", b_avg * (1.0 + 0.3 * noise)),
-                ("b_simple_avg", b_avg),
-                ("batch_tokens", TOKENS_PER_STEP as f64),
-                ("rule_tokens", 1.21e9 / loss.powf(6.24)),
-                ("g_sq", 0.4),
-                ("trace", 0.4 * b_avg / 256.0),
-                ("loss", loss),
-                ("seconds", 1.5),
-                ("cost_steps", 1.3),
+                (noise::B_SIMPLE, b_avg * (1.0 + 0.3 * noise)),
+                (noise::B_SIMPLE_AVG, b_avg),
+                (noise::BATCH_TOKENS, TOKENS_PER_STEP as f64),
+                (noise::RULE_TOKENS, 1.21e9 / loss.powf(6.24)),
+                (noise::G_SQ, 0.4),
+                (noise::TRACE, 0.4 * b_avg / 256.0),
+                (noise::LOSS, loss),
+                (common::SECONDS, 1.5),
+                (common::COST_STEPS, 1.3),
             ],
             Vec::new(),
         );
@@ -288,24 +292,24 @@ impl Synthetic {
         let slice = probe(
             run,
             s,
-            "slice",
-            &[("seconds", 1.0)],
+            ProbeKind::Slice.name(),
+            &[(common::SECONDS, 1.0)],
             vec![
                 (
-                    "loss_random",
+                    slice::LOSS_RANDOM,
                     alpha
                         .iter()
                         .map(|a| loss + 1.5 * a * a + 0.2 * a + 0.3 * a.powi(4))
                         .collect(),
                 ),
-                ("alpha", alpha),
+                (slice::ALPHA, alpha),
                 (
-                    "loss_update",
+                    slice::LOSS_UPDATE,
                     beta.iter()
                         .map(|b| loss + 0.004 * (b - 1.5) * (b - 1.5) - 0.009)
                         .collect(),
                 ),
-                ("beta", beta),
+                (slice::BETA, beta),
             ],
         );
         let grid = linspace(-1.0, 1.0, 21);
@@ -323,9 +327,13 @@ impl Synthetic {
         let landscape = probe(
             run,
             s,
-            "landscape",
-            &[("grid", grid.len() as f64), ("span", 1.0)],
-            vec![("x", grid.clone()), ("y", grid), ("loss", surface)],
+            ProbeKind::Landscape.name(),
+            &[(landscape::GRID, grid.len() as f64), (landscape::SPAN, 1.0)],
+            vec![
+                (landscape::X, grid.clone()),
+                (landscape::Y, grid),
+                (landscape::LOSS, surface),
+            ],
         );
         vec![sharpness, noise_scale, slice, landscape]
     }
@@ -350,15 +358,15 @@ impl Synthetic {
         probe(
             branch,
             to,
-            "interp",
+            ProbeKind::Interp.name(),
             &[
-                ("from_run", parent as f64),
-                ("from_step", from as f64),
-                ("to_run", branch as f64),
-                ("to_step", to as f64),
-                ("distance", 3.2),
+                (interp::FROM_RUN, parent as f64),
+                (interp::FROM_STEP, from as f64),
+                (interp::TO_RUN, branch as f64),
+                (interp::TO_STEP, to as f64),
+                (interp::DISTANCE, 3.2),
             ],
-            vec![("alpha", alpha), ("loss", loss)],
+            vec![(interp::ALPHA, alpha), (interp::LOSS, loss)],
         )
     }
 

@@ -16,6 +16,8 @@
 
 pub mod vocabulary;
 
+pub use vocabulary::{ProbeKind, ProbeSpec};
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -212,6 +214,22 @@ pub struct ProbeResult {
     pub scalars: BTreeMap<String, f64>,
     #[serde(default, deserialize_with = "nan::series")]
     pub series: BTreeMap<String, Vec<f64>>,
+}
+
+impl ProbeResult {
+    /// Its kind, if it is in the vocabulary (a newer writer may report kinds this one lacks).
+    pub fn kind(&self) -> Option<ProbeKind> {
+        ProbeKind::parse(&self.probe)
+    }
+
+    /// One line about it, from its kind's summary template (just the name for an unknown
+    /// kind).
+    pub fn summary(&self) -> String {
+        match vocabulary::probe_spec(&self.probe) {
+            Some(spec) => spec.summarize(&self.scalars, &self.series),
+            None => self.probe.clone(),
+        }
+    }
 }
 
 /// Reading JSON `null` (how serde_json writes NaN and ±∞) back as NaN.

@@ -11,7 +11,8 @@ use ratatui::layout::{Alignment, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Widget, Wrap};
-use wsdscope_sessions::ProbeResult;
+use wsdscope_sessions::vocabulary::{Drawing, interp, landscape, slice};
+use wsdscope_sessions::{ProbeKind, ProbeResult};
 
 use super::plot::{Plot, Series, XMarker};
 use super::{AXIS, LABEL, measured_at, no_probe_text, run_color};
@@ -70,7 +71,10 @@ struct Grid<'a> {
 impl<'a> Grid<'a> {
     fn of(p: &'a ProbeResult) -> Result<Self, String> {
         let get = |k: &str| p.series.get(k).map(Vec::as_slice);
-        let (Some(x), Some(y), Some(loss)) = (get("x"), get("y"), get("loss")) else {
+        let Drawing::Surface { x, y, z } = ProbeKind::Landscape.spec().drawing else {
+            unreachable!("the landscape probe is declared as a surface")
+        };
+        let (Some(x), Some(y), Some(loss)) = (get(x), get(y), get(z)) else {
             return Err("result without x, y and loss series".into());
         };
         if x.len() < 2 || y.len() < 2 || loss.len() != x.len() * y.len() {
@@ -201,7 +205,7 @@ impl Widget for HeatmapPanel<'_> {
             );
             return;
         };
-        let Some(p) = run.latest_probe("landscape") else {
+        let Some(p) = run.latest_probe(ProbeKind::Landscape.name()) else {
             let title = panel_title("loss landscape", run, true, None, String::new());
             message_panel(title, no_probe_text(state), area, buf);
             return;
@@ -217,7 +221,7 @@ impl Widget for HeatmapPanel<'_> {
         let (nx, ny) = (grid.x.len(), grid.y.len());
         let span = p
             .scalars
-            .get("span")
+            .get(landscape::SPAN)
             .map(|s| format!(" ±{}", format::value(*s)))
             .unwrap_or_default();
         let title = panel_title(
@@ -423,14 +427,14 @@ impl Widget for SlicePanel<'_> {
         let (what, xs, ys, unit) = match self.along {
             Along::Random => (
                 "random-direction slice",
-                "alpha",
-                "loss_random",
+                slice::ALPHA,
+                slice::LOSS_RANDOM,
                 "x filter-norm.",
             ),
             Along::Update => (
                 "update-direction slice",
-                "beta",
-                "loss_update",
+                slice::BETA,
+                slice::LOSS_UPDATE,
                 "x in updates",
             ),
         };
@@ -438,7 +442,7 @@ impl Widget for SlicePanel<'_> {
             message_panel(Line::from(format!(" {what} ")), "no run yet", area, buf);
             return;
         };
-        let latest = run.latest_probe("slice");
+        let latest = run.latest_probe(ProbeKind::Slice.name());
         let points: Vec<(f64, f64)> = latest
             .and_then(|p| Some((p.series.get(xs)?, p.series.get(ys)?)))
             .map(|(x, y)| {
@@ -489,11 +493,11 @@ pub fn latest_interp(state: &TuiState) -> Option<&ProbeResult> {
         .runs
         .values()
         .flat_map(|r| r.probes.iter())
-        .filter(|p| p.probe == "interp")
+        .filter(|p| p.probe == ProbeKind::Interp.name())
         .filter(|p| {
             p.run == state.ui.selected
-                || p.scalars.get("from_run") == Some(&sel)
-                || p.scalars.get("to_run") == Some(&sel)
+                || p.scalars.get(interp::FROM_RUN) == Some(&sel)
+                || p.scalars.get(interp::TO_RUN) == Some(&sel)
         })
         .max_by_key(|p| (p.step, p.run))
 }
@@ -525,21 +529,22 @@ impl Widget for InterpPanel<'_> {
             (Some(r), None) => format!("run {r}"),
             _ => "?".into(),
         };
-        let from = end(scalar("from_run"), scalar("from_step"));
-        let to = end(scalar("to_run"), scalar("to_step"));
-        let dist = scalar("distance")
+        let from = end(scalar(interp::FROM_RUN), scalar(interp::FROM_STEP));
+        let to = end(scalar(interp::TO_RUN), scalar(interp::TO_STEP));
+        let dist = scalar(interp::DISTANCE)
             .map(|d| format!("‖θ₁−θ₀‖ {}", format::value(d)))
             .unwrap_or_default();
         let title = panel_title(what, run, false, Some(p.step), dist);
-        let points: Vec<(f64, f64)> = match (p.series.get("alpha"), p.series.get("loss")) {
-            (Some(a), Some(l)) => a
-                .iter()
-                .zip(l)
-                .map(|(&a, &l)| (a, l))
-                .filter(|(a, l)| a.is_finite() && l.is_finite())
-                .collect(),
-            _ => Vec::new(),
-        };
+        let points: Vec<(f64, f64)> =
+            match (p.series.get(interp::ALPHA), p.series.get(interp::LOSS)) {
+                (Some(a), Some(l)) => a
+                    .iter()
+                    .zip(l)
+                    .map(|(&a, &l)| (a, l))
+                    .filter(|(a, l)| a.is_finite() && l.is_finite())
+                    .collect(),
+                _ => Vec::new(),
+            };
         if points.len() < 2 {
             let msg = format!("malformed result at step {}: no alpha/loss series", p.step);
             message_panel(title, &msg, area, buf);
@@ -564,12 +569,12 @@ impl Widget for InterpPanel<'_> {
             markers: vec![
                 XMarker {
                     x: 0.0,
-                    color: color_of("from_run"),
+                    color: color_of(interp::FROM_RUN),
                     label: format!("α=0 {from}"),
                 },
                 XMarker {
                     x: 1.0,
-                    color: color_of("to_run"),
+                    color: color_of(interp::TO_RUN),
                     label: format!("α=1 {to}"),
                 },
             ],

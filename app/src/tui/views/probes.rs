@@ -10,7 +10,8 @@ use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph, Widget, Wrap};
-use wsdscope_sessions::EndReason;
+use wsdscope_sessions::vocabulary::{noise, sharpness};
+use wsdscope_sessions::{EndReason, ProbeKind};
 
 use super::landscape::latest_interp;
 use super::{AXIS, LABEL, latest_finite, no_probe_text, run_color};
@@ -122,9 +123,9 @@ fn periodic<'a>(state: &TuiState, r: &RunData) -> Vec<Line<'a>> {
     let label = Style::default().fg(LABEL);
     let mut lines = Vec::new();
     let num = |v: Option<f64>| v.map(sig3).unwrap_or_else(|| "–".into());
-    if let Some(p) = r.latest_probe("sharpness") {
-        let s = p.scalars.get("precond_lambda_max").copied();
-        let t = p.scalars.get("threshold").copied();
+    if let Some(p) = r.latest_probe(ProbeKind::Sharpness.name()) {
+        let s = p.scalars.get(sharpness::PRECOND_LAMBDA_MAX).copied();
+        let t = p.scalars.get(sharpness::THRESHOLD).copied();
         let above = matches!((s, t), (Some(s), Some(t)) if s > t);
         let mut spans = vec![
             Span::styled("sharpness ", label),
@@ -142,13 +143,13 @@ fn periodic<'a>(state: &TuiState, r: &RunData) -> Vec<Line<'a>> {
         } else if s.is_some() && t.is_some() {
             spans.push(Span::styled(" ✔", Style::default().fg(Color::Green)));
         }
-        if let Some(l) = p.scalars.get("lambda_max") {
+        if let Some(l) = p.scalars.get(sharpness::LAMBDA_MAX) {
             spans.push(Span::styled("  λmax ", label));
             spans.push(Span::raw(sig3(*l)));
         }
         lines.push(Line::from(spans));
     }
-    if let Some(p) = r.latest_probe("noise") {
+    if let Some(p) = r.latest_probe(ProbeKind::Noise.name()) {
         let si = |k: &str| {
             p.scalars
                 .get(k)
@@ -157,19 +158,20 @@ fn periodic<'a>(state: &TuiState, r: &RunData) -> Vec<Line<'a>> {
         };
         lines.push(Line::from(vec![
             Span::styled("noise B ", label),
-            Span::raw(si("b_simple_avg")),
+            Span::raw(si(noise::B_SIMPLE_AVG)),
             Span::styled(" avg vs batch ", label),
-            Span::raw(si("batch_tokens")),
+            Span::raw(si(noise::BATCH_TOKENS)),
             Span::styled(", rule ", label),
-            Span::raw(si("rule_tokens")),
+            Span::raw(si(noise::RULE_TOKENS)),
         ]));
     }
     // When each probe last reported, newest first: "@700 sharpness, noise · @600 interp".
     // The interpolation may be reported on the other end (a branch) of the selected run.
-    let mut seen: Vec<(u64, &str)> = ["sharpness", "noise", "slice", "landscape"]
+    let mut seen: Vec<(u64, ProbeKind)> = ProbeKind::ALL
         .into_iter()
-        .filter_map(|k| r.latest_probe(k).map(|p| (p.step, k)))
-        .chain(latest_interp(state).map(|p| (p.step, "interp")))
+        .filter(|&k| k != ProbeKind::Interp)
+        .filter_map(|k| r.latest_probe(k.name()).map(|p| (p.step, k)))
+        .chain(latest_interp(state).map(|p| (p.step, ProbeKind::Interp)))
         .collect();
     if seen.is_empty() {
         lines.push(Line::from(vec![
@@ -186,7 +188,7 @@ fn periodic<'a>(state: &TuiState, r: &RunData) -> Vec<Line<'a>> {
         let kinds: Vec<&str> = seen[i..]
             .iter()
             .take_while(|(s, _)| *s == step)
-            .map(|(_, k)| *k)
+            .map(|(_, k)| k.name())
             .collect();
         if i > 0 {
             spans.push(Span::styled(" · ", label));
@@ -197,7 +199,7 @@ fn periodic<'a>(state: &TuiState, r: &RunData) -> Vec<Line<'a>> {
     }
     if seen
         .iter()
-        .any(|(_, k)| matches!(*k, "slice" | "landscape" | "interp"))
+        .any(|(_, k)| k.spec().drawing.in_parameter_space())
     {
         spans.push(Span::styled(" · v views", label));
     }

@@ -17,9 +17,15 @@ use super::{
     FAINT, LABEL, buckets, draw_order, fork_markers, latest_finite, no_probe_text, phase_bands,
     run_color,
 };
+use wsdscope_sessions::ProbeKind;
+use wsdscope_sessions::vocabulary::{noise, sharpness};
+
 use crate::tui::format;
 use crate::tui::series::{Column, envelope};
 use crate::tui::state::{RunData, TuiState};
+
+const SHARPNESS: &str = ProbeKind::Sharpness.name();
+const NOISE: &str = ProbeKind::Noise.name();
 
 /// One chart of the probes view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,34 +139,34 @@ impl Widget for ChartPanel<'_> {
                 }
             }
             Chart::Sharpness => {
-                name = "sharpness";
+                name = ProbeKind::Sharpness.spec().title;
                 legend.push(Span::styled("── P⁻¹H", Style::default().fg(sel_color)));
                 legend.push(Span::styled(" • λmax(H)", Style::default().fg(sel_color)));
                 legend.push(Span::styled(" ── 38/η", faint));
                 legend.push(Span::styled(" [log-y]", Style::default().fg(LABEL)));
                 for r in &runs {
                     plot.series.push(Series::line(
-                        probe_points(r, "sharpness", "threshold", lo, hi, n),
+                        probe_points(r, SHARPNESS, sharpness::THRESHOLD, lo, hi, n),
                         FAINT,
                     ));
                 }
                 for r in &runs {
                     let c = run_color(r.id);
                     plot.series.push(Series::dots(
-                        probe_points(r, "sharpness", "lambda_max", lo, hi, n),
+                        probe_points(r, SHARPNESS, sharpness::LAMBDA_MAX, lo, hi, n),
                         c,
                     ));
                     plot.series.push(Series::line(
-                        probe_points(r, "sharpness", "precond_lambda_max", lo, hi, n),
+                        probe_points(r, SHARPNESS, sharpness::PRECOND_LAMBDA_MAX, lo, hi, n),
                         c,
                     ));
                 }
                 plot.log_y = true;
                 no_probe = format!("sharpness: {}", no_probe_text(state));
                 plot.empty = &no_probe;
-                latest = sel.and_then(|r| r.latest_probe("sharpness")).and_then(|p| {
-                    let s = p.scalars.get("precond_lambda_max")?;
-                    let t = p.scalars.get("threshold")?;
+                latest = sel.and_then(|r| r.latest_probe(SHARPNESS)).and_then(|p| {
+                    let s = p.scalars.get(sharpness::PRECOND_LAMBDA_MAX)?;
+                    let t = p.scalars.get(sharpness::THRESHOLD)?;
                     Some(if s > t {
                         (
                             format!(
@@ -187,33 +193,33 @@ impl Widget for ChartPanel<'_> {
                 legend.push(Span::styled(" [tokens, log-y]", Style::default().fg(LABEL)));
                 for r in &runs {
                     plot.series.push(Series::line(
-                        probe_points(r, "noise", "batch_tokens", lo, hi, n),
+                        probe_points(r, NOISE, noise::BATCH_TOKENS, lo, hi, n),
                         FAINT,
                     ));
                     plot.series.push(Series::dotted(
-                        probe_points(r, "noise", "rule_tokens", lo, hi, n),
+                        probe_points(r, NOISE, noise::RULE_TOKENS, lo, hi, n),
                         LABEL,
                     ));
                 }
                 for r in &runs {
                     let c = run_color(r.id);
                     plot.series.push(Series::dots(
-                        probe_points(r, "noise", "b_simple", lo, hi, n),
+                        probe_points(r, NOISE, noise::B_SIMPLE, lo, hi, n),
                         c,
                     ));
                     plot.series.push(Series::line(
-                        probe_points(r, "noise", "b_simple_avg", lo, hi, n),
+                        probe_points(r, NOISE, noise::B_SIMPLE_AVG, lo, hi, n),
                         c,
                     ));
                 }
                 plot.log_y = true;
                 no_probe = format!("noise scale: {}", no_probe_text(state));
                 plot.empty = &no_probe;
-                latest = sel.and_then(|r| r.latest_probe("noise")).and_then(|p| {
-                    let b = p.scalars.get("b_simple_avg")?;
+                latest = sel.and_then(|r| r.latest_probe(NOISE)).and_then(|p| {
+                    let b = p.scalars.get(noise::B_SIMPLE_AVG)?;
                     let batch = p
                         .scalars
-                        .get("batch_tokens")
+                        .get(noise::BATCH_TOKENS)
                         .map(|t| format!(" vs batch {}", format::si(*t)))
                         .unwrap_or_default();
                     Some((format!("{} avg{batch}", format::si(*b)), sel_color))
