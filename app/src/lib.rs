@@ -4,6 +4,7 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod live;
 pub mod memory;
 pub mod modes;
 pub mod palette;

@@ -10,8 +10,7 @@ use wsdscope_sessions::{Phase, ProbeResult, RunEvent};
 use wsdscope_trainer::RunConfig;
 use wsdscope_trainer::memory::{self, MemoryEstimate, Place};
 
-use crate::modes::record::EVENT_BUFFER;
-use crate::modes::run::UI_BUFFER;
+use crate::live::{EVENT_BUFFER, UI_BUFFER};
 
 /// Metric columns with a min/max pyramid per run: loss, its EMA, lr, gradient and update
 /// norms, cos, D1, D2, curvature and its EMA (`RunData` in `tui/state.rs`).

@@ -5,23 +5,21 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
-use wsdscope_sessions::{EndReason, Notice, RecordSummary, Recorder, RunEvent, SessionPlan};
-use wsdscope_trainer::{Command, Engine, RunConfig, Trainer, checkpoint};
+use wsdscope_sessions::{EndReason, Recorder, RunEvent, SessionPlan};
+use wsdscope_trainer::{Command, RunConfig, Trainer, checkpoint};
 
 use crate::cli::{RecordArgs, TrainArgs};
+use crate::live::{EVENT_BUFFER, Finished, Live, Printed, Viewer, finish_recording};
 use crate::memory;
 use crate::progress::Progress;
 use crate::settings::{self, Settings};
 use crate::signals::{self, Stop};
 use crate::threads;
 use crate::tui::format::grouped;
-
-/// Events the engine may run ahead of the printer before it waits (nothing is dropped).
-pub(crate) const EVENT_BUFFER: usize = 4096;
 
 /// A fresh `sessions/<UTC timestamp>.h5` in the current directory.
 pub fn default_session_path() -> Result<PathBuf> {
@@ -117,15 +115,6 @@ pub fn open_recorder(
             }
             bail!("cannot find a free session file name under sessions/")
         }
-    }
-}
-
-/// Forgets a session file that never received a run (training failed to start).
-pub fn discard_recorder(rec: Option<Recorder>) {
-    if let Some(r) = rec {
-        let path = r.path().to_path_buf();
-        let _ = r.finish();
-        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -324,135 +313,45 @@ fn shell_quote(a: &str) -> String {
     }
 }
 
-/// Starts the engine with a sink that never drops an event: it waits for room in a channel
-/// of [`EVENT_BUFFER`] events, which [`fan_out`] empties.
-pub(crate) fn spawn_engine(trainer: Trainer) -> Result<(Engine, Receiver<RunEvent>)> {
-    let (tx, rx) = mpsc::sync_channel::<RunEvent>(EVENT_BUFFER);
-    let engine = Engine::spawn(trainer, move |ev| {
-        let _ = tx.send(ev);
-    })?;
-    Ok((engine, rx))
-}
-
-/// Hands every engine event to the session file first (the recorder never drops one), then to
-/// `each`, until the engine closes its sink. The recorder's notices (a write failing and being
-/// retried, recovering) are handed to `each` as they come, between events. When the run must
-/// stop for the recording's sake — the writer failed (nothing more is recorded after that;
-/// what was written stays readable), or the disk is nearly full (the writer records the runs'
-/// ends and closes the file) — `on_stop` gets the reason, once.
-pub(crate) fn fan_out(
-    events: Receiver<RunEvent>,
-    recorder: Option<&Recorder>,
-    mut on_stop: impl FnMut(String),
-    mut each: impl FnMut(Fanned<'_>) -> Result<()>,
-) -> Result<()> {
-    let mut recording_failed = false;
-    let mut stopped = false;
-    let mut stop = |reason: String| {
-        if !std::mem::replace(&mut stopped, true) {
-            on_stop(reason);
-        }
-    };
-    for ev in events {
-        if let Some(r) = recorder {
-            if !recording_failed && let Err(e) = r.record(ev.clone()) {
-                recording_failed = true;
-                stop(format!("recording failed: {e}"));
-            }
-            for n in r.notices() {
-                if let Notice::MustStop(m) = &n {
-                    stop(m.clone());
-                }
-                each(Fanned::Notice(n))?;
-            }
-        }
-        each(Fanned::Event(&ev))?;
-    }
-    if let Some(r) = recorder {
-        for n in r.notices() {
-            each(Fanned::Notice(n))?;
-        }
-    }
-    Ok(())
-}
-
-/// What [`fan_out`] hands on: an engine event, or something the recorder has to say.
-pub(crate) enum Fanned<'a> {
-    Event(&'a RunEvent),
-    Notice(Notice),
-}
-
-/// Completes the session file. Its error says what failed and that the file keeps everything
-/// written before the failure.
-pub(crate) fn finish_recording(
-    recorder: Option<Recorder>,
-    step: u64,
-) -> Result<Option<RecordSummary>> {
-    let Some(r) = recorder else { return Ok(None) };
-    match r.finish() {
-        Ok(s) => Ok(Some(s)),
-        Err(e) => bail!(
-            "{e}; training stopped after step {step}; the session keeps everything written before the failure"
-        ),
-    }
-}
-
-/// Runs the engine to its end, fanning every event out to the session file, `--jsonl` and the
-/// progress line. A recording failure stops training; what was written stays readable. The
-/// first SIGINT/SIGTERM stops it cleanly (exit 130/143), the second at once.
+/// Runs the engine to its end through the live pipeline ([`crate::live`]): every event to
+/// the session file, then to `--jsonl` and the progress line on this thread. A recording
+/// failure stops training; what was written stays readable. The first SIGINT/SIGTERM stops
+/// it cleanly (exit 130/143), the second at once.
 fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
     let Prepared {
         trainer,
         recorder,
         checkpoint_to,
     } = p;
-    let (engine, events) = spawn_engine(trainer)?;
-    interrupts.attach(engine.commands(), checkpoint_to);
+    let path = recorder.as_ref().map(|r| r.path().display().to_string());
+    let (tx, printed) = mpsc::sync_channel(EVENT_BUFFER);
+    let live = Live::start(trainer, recorder, Viewer::Printer(tx))?;
+    interrupts.attach(live.commands(), checkpoint_to);
     let stderr = std::io::stderr();
     let mut progress = Progress::new(stderr.lock(), stderr.is_terminal());
-    if let Some(r) = &recorder {
-        progress.note(&format!("session: {}", r.path().display()));
+    if let Some(p) = &path {
+        progress.note(&format!("session: {p}"));
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut failed = false;
-    let mut last_checkpoint: Option<PathBuf> = None;
-    fan_out(
-        events,
-        recorder.as_ref(),
-        |reason| {
-            engine.send(Command::StopWith {
-                reason,
-                checkpoint_to: None,
-            })
-        },
-        |item| {
-            let ev = match item {
-                Fanned::Notice(n) => {
-                    progress.note(&n.to_string());
-                    return Ok(());
+    // Until the engine ends and the pipeline closes the channel.
+    for item in printed {
+        match item {
+            Printed::Notice(n) => progress.note(&n.to_string()),
+            Printed::Event(ev) => {
+                if jsonl {
+                    writeln!(out, "{}", ev.to_json_line())?;
+                    out.flush()?;
                 }
-                Fanned::Event(ev) => ev,
-            };
-            if jsonl {
-                writeln!(out, "{}", ev.to_json_line())?;
-                out.flush()?;
+                progress.on_event(&ev);
             }
-            progress.on_event(ev);
-            match ev {
-                // The trunk's end decides the exit status; a failed branch is reported, not
-                // fatal.
-                RunEvent::End { reason, run: 0, .. } => failed = *reason == EndReason::Failed,
-                RunEvent::Checkpoint { run: 0, path, .. } => {
-                    last_checkpoint = Some(PathBuf::from(path));
-                }
-                _ => {}
-            }
-            Ok(())
-        },
-    )?;
-    let outcome = engine.join();
-    let path = recorder.as_ref().map(|r| r.path().display().to_string());
+        }
+    }
+    let Finished {
+        outcome,
+        recorder,
+        trunk,
+    } = live.finish()?;
     let summary = finish_recording(recorder, outcome.step)?;
     if let (Some(path), Some(s)) = (&path, &summary) {
         for n in &s.notices {
@@ -468,13 +367,14 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
             stop,
             outcome.step,
             path.as_deref(),
-            last_checkpoint.as_deref(),
+            trunk.checkpoint.as_deref(),
         ) {
             progress.note(&line);
         }
         return Ok(ExitCode::from(stop.exit_code()));
     }
-    Ok(if failed {
+    // The trunk's end decides the exit status; a failed branch is reported, not fatal.
+    Ok(if trunk.reason == Some(EndReason::Failed) {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
