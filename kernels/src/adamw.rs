@@ -15,10 +15,13 @@
 //! one step is three in-place passes per tensor (m from g; v from g; θ from m and v, which
 //! also yields the statistics), with no allocation at all.
 //!
-//! In place, a step cannot be undone, so [`adamw_step_finite`] answers first, reading only,
-//! whether the step would leave every θ, m and v finite. Both compute each element through
-//! the same functions (`StepConsts`), so the answer is exact: a caller that checks every
-//! group before stepping any (as the trainer does) makes the step all-or-nothing.
+//! In place, a step cannot be undone, so [`crate::adamw_step_finite`] answers first, reading
+//! only, whether the step would leave every θ, m and v finite. Both compute each element
+//! through the same functions (`StepConsts`), so the answer is exact: a caller that checks
+//! every group before stepping any (as the trainer does) makes the step all-or-nothing.
+//!
+//! This module holds the step's data types, its CPU passes and its plain-op twin; the entry
+//! points, which send a CUDA group to the fused kernels instead, are in `optim`.
 
 use std::sync::Mutex;
 
@@ -223,7 +226,8 @@ fn finite_chunk_body<T: Real>(theta: &[T], g: &[T], m: &[T], v: &[T], k: StepCon
 }
 simd_fn!(fn finite_chunk<T: Real>(theta: &[T], g: &[T], m: &[T], v: &[T], k: StepConsts<T>) -> bool => finite_chunk_body);
 
-/// [`adamw_step_finite`] for one CPU tensor with elements `T`: chunks on the rayon pool.
+/// [`crate::adamw_step_finite`] for one CPU tensor with elements `T`: chunks on the rayon
+/// pool.
 fn step_finite<T: Real>(
     theta: &Tensor,
     grad: &Tensor,
@@ -327,7 +331,9 @@ impl InplaceOp3 for ParamUpdate {
     }
 }
 
-fn check_group(
+/// Checks a group as every entry point needs it: four lists of one length, each tensor on a
+/// device the step runs on, of the parameter's float dtype and shape, θ, m and v contiguous.
+pub(crate) fn check_group(
     params: &[&Tensor],
     grads: &[&Tensor],
     exp_avg: &[&Tensor],
@@ -381,24 +387,15 @@ fn check_group(
     Ok(())
 }
 
-/// One AdamW step over a parameter group, in place on `params`, `exp_avg` and `exp_avg_sq`
-/// (a `Var` passes as `&var` through `Deref`). All tensors are checked before any is
-/// written. Returns each tensor's [`AdamWStats`]. f32 or f64 on the CPU, contiguous. On
-/// CUDA: f32 (master weights), one fused kernel per tensor writing θ, m and v in one pass,
-/// and one host synchronisation per call (for the statistics). What it writes is written
-/// even if it is not finite: ask [`adamw_step_finite`] first.
-pub fn adamw_step(
+/// [`crate::adamw_step`] on the CPU, for a group [`check_group`] accepted: per tensor, m
+/// and v from g, then θ from the new moments (which also yields the statistics).
+pub(crate) fn adamw_step_cpu(
     params: &[&Tensor],
     grads: &[&Tensor],
     exp_avg: &[&Tensor],
     exp_avg_sq: &[&Tensor],
     hp: &AdamWHparams,
 ) -> Result<Vec<AdamWStats>> {
-    check_group(params, grads, exp_avg, exp_avg_sq)?;
-    #[cfg(feature = "cuda")]
-    if params.first().is_some_and(|p| p.device().is_cuda()) {
-        return crate::cuda_launch::adamw_step(params, grads, exp_avg, exp_avg_sq, hp);
-    }
     let mut out = Vec::with_capacity(params.len());
     for i in 0..params.len() {
         let g = grads[i].contiguous()?;
@@ -415,26 +412,15 @@ pub fn adamw_step(
     Ok(out)
 }
 
-/// Whether [`adamw_step`] with the same arguments would leave every parameter and both
-/// moments of every tensor finite, without writing anything. Each element is computed
-/// exactly as the step computes it (the same functions; θ' in the element type), so `true`
-/// means the step writes only finite values and `false` that it would write at least one
-/// non-finite m, v or θ. The group is checked as [`adamw_step`] checks it. A caller that
-/// must not apply half a step checks every group before stepping any. On the CPU it reads
-/// θ, g, m and v once, on rayon's pool; on CUDA one read-only kernel per tensor and one host
-/// synchronisation per call (for the flag).
-pub fn adamw_step_finite(
+/// [`crate::adamw_step_finite`] on the CPU, for a group [`check_group`] accepted: each
+/// tensor read once, on rayon's pool, stopping at the first that would not stay finite.
+pub(crate) fn adamw_step_finite_cpu(
     params: &[&Tensor],
     grads: &[&Tensor],
     exp_avg: &[&Tensor],
     exp_avg_sq: &[&Tensor],
     hp: &AdamWHparams,
 ) -> Result<bool> {
-    check_group(params, grads, exp_avg, exp_avg_sq)?;
-    #[cfg(feature = "cuda")]
-    if params.first().is_some_and(|p| p.device().is_cuda()) {
-        return crate::cuda_launch::adamw_step_finite(params, grads, exp_avg, exp_avg_sq, hp);
-    }
     for i in 0..params.len() {
         let g = grads[i].contiguous()?;
         let (p, m, v) = (params[i], exp_avg[i], exp_avg_sq[i]);
@@ -459,8 +445,8 @@ pub struct AdamWSlowStep {
     pub stats: AdamWStats,
 }
 
-/// [`adamw_step`] from plain candle ops (the trainer's formulation), returning the new
-/// parameters and moments rather than writing them.
+/// [`crate::adamw_step`] from plain candle ops (the trainer's formulation), returning the
+/// new parameters and moments rather than writing them.
 pub fn adamw_step_slow(
     params: &[&Tensor],
     grads: &[&Tensor],

@@ -80,3 +80,13 @@ pub(crate) fn shape_err(op: &'static str, msg: impl Into<String>) -> candle_core
     }
     .into()
 }
+
+/// Shorthand for a CUDA error.
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_err(op: &'static str, msg: impl Into<String>) -> candle_core::Error {
+    Error::Cuda {
+        op,
+        msg: msg.into(),
+    }
+    .into()
+}

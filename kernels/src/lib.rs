@@ -55,6 +55,7 @@ mod cuda_launch;
 pub mod emu;
 mod error;
 pub mod launch;
+mod optim;
 pub mod parity;
 mod reduce;
 mod rms_norm;
@@ -62,15 +63,14 @@ mod rope;
 pub mod slices;
 mod swiglu;
 
-pub use adamw::{
-    AdamWHparams, AdamWSlowStep, AdamWStats, adamw_step, adamw_step_finite, adamw_step_slow,
-};
+pub use adamw::{AdamWHparams, AdamWSlowStep, AdamWStats, adamw_step_slow};
 pub use attention::{attention, attention_slow, causal_mask, repeat_kv};
 pub use cross_entropy::{cross_entropy, cross_entropy_slow};
 pub use cuda::{CUDA_COMMON_HEADER, CUDA_SOURCES, cuda_kernel_names};
 #[cfg(feature = "cuda")]
 pub use cuda_launch::cuda_device_name;
 pub use error::Error;
+pub use optim::{adamw_step, adamw_step_finite};
 pub use reduce::{
     dot_diff_many, dot_diff_many_slow, dot_many, dot_many_slow, sum_sq_many, sum_sq_many_slow,
 };

@@ -3,7 +3,7 @@
 //! on paired [gate | up] rows, element-wise ops, dtype conversions). All grid-stride loops of
 //! [`BLOCK`] threads over the elements written, so any size fits the grid.
 
-use super::{Arg, DevPtr, Elem, Gpu, Launch, int, name};
+use super::desc::{Arg, DevPtr, Elem, Gpu, Launch, int, name};
 use crate::error::Error;
 
 const SRC: &str = "step.cu";

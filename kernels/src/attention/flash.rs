@@ -1,7 +1,4 @@
-//! Fused causal grouped-query attention, flash style: softmax(q·kᵀ·scale + causal mask)·v.
-//!
-//! q is (B, H, T, D); k and v are (B, Hkv, T, D) with H a multiple of Hkv, and query head h
-//! reads KV head h / (H/Hkv) (HF `repeat_kv`). Both passes walk one head's T×T score matrix
+//! The CPU passes of attention, flash style. Both passes walk one head's T×T score matrix
 //! in BR×BC tiles (64×64, the last ones cut short at T) on and below the diagonal, so a task
 //! holds at most one tile of scores (and, backward, one of score gradients), never the T×T
 //! matrix. Every tile product is a register-blocked matrix multiply from the `gemm` crate
@@ -30,16 +27,9 @@
 //! number of threads. Unlike the crate's own loops they may differ in the last bits between
 //! CPUs, since `gemm` picks its micro-kernels (AVX-512, AVX2 with FMA, …) at run time.
 
-use std::sync::Mutex;
-
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, D, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cpu::{self, Real, check_cpu, check_float, dot, simd_fn, unsupported};
-use crate::error::{Error, shape_err};
-
-const OP: &str = "attention";
+use crate::cpu::{self, Real, dot, simd_fn};
 
 /// Query rows per tile.
 const BR: usize = 64;
@@ -48,15 +38,6 @@ const BC: usize = 64;
 /// Elementwise loops that skip the masked part of a diagonal tile stop at a multiple of
 /// this many elements (a vector of f32 under AVX2), not at the mask's edge.
 const GROUP: usize = 8;
-
-struct Attention {
-    scale: f64,
-    /// Per-row log-sum-exp of the scaled, masked scores, (B, H, T), from the forward pass.
-    lse: Mutex<Option<CpuStorage>>,
-    /// The same from a CUDA forward pass, (B, H, T) f32 on the device.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    saved: crate::cuda::Saved,
-}
 
 #[derive(Clone, Copy)]
 pub(crate) struct Dims {
@@ -68,7 +49,7 @@ pub(crate) struct Dims {
 }
 
 impl Dims {
-    fn of(q: &[usize], k: &[usize]) -> Self {
+    pub(super) fn of(q: &[usize], k: &[usize]) -> Self {
         Dims {
             b: q[0],
             h: q[1],
@@ -340,7 +321,13 @@ struct FwdScratch<T> {
 }
 
 /// (out (B, H, T, D), lse (B, H, T)).
-fn forward<T: Real>(q: &[T], k: &[T], v: &[T], dm: Dims, scale: f64) -> (Vec<T>, Vec<T>) {
+pub(super) fn forward<T: Real>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dm: Dims,
+    scale: f64,
+) -> (Vec<T>, Vec<T>) {
     let mut out = vec![T::zero(); q.len()];
     let mut lse = vec![T::zero(); dm.b * dm.h * dm.t];
     forward_into(q, k, v, dm, scale, &mut out, &mut lse);
@@ -402,7 +389,11 @@ pub(crate) struct BwdIn<'a, T> {
 
 /// (dq, dk, dv). With P = exp(S − lse), Δᵢ = ⟨dOᵢ, Oᵢ⟩:
 /// dV = Pᵀ dO, dP = dO Vᵀ, dS = P ⊙ (dP − Δ), dQ = dS K·scale, dK = dSᵀ Q·scale.
-fn backward<T: Real>(x: &BwdIn<'_, T>, dm: Dims, scale: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
+pub(super) fn backward<T: Real>(
+    x: &BwdIn<'_, T>,
+    dm: Dims,
+    scale: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
     let mut dq = vec![T::zero(); x.q.len()];
     let mut dk = vec![T::zero(); x.k.len()];
     let mut dv = vec![T::zero(); x.v.len()];
@@ -557,334 +548,3 @@ fn backward_group_body<T: Real>(
 simd_fn!(fn backward_group<T: Real>(
     x: &BwdIn<'_, T>, dm: Dims, scale: T, bg: usize, dqg: &mut [T], dkh: &mut [T], dvh: &mut [T],
 ) => backward_group_body);
-
-impl Attention {
-    fn fwd<T: Real>(
-        &self,
-        q: (&CpuStorage, &Layout),
-        k: (&CpuStorage, &Layout),
-        v: (&CpuStorage, &Layout),
-    ) -> Result<CpuStorage> {
-        let dm = Dims::of(q.1.dims(), k.1.dims());
-        let qv = cpu::slice::<T>(q.0, q.1, OP, "q")?;
-        let kv = cpu::slice::<T>(k.0, k.1, OP, "k")?;
-        let vv = cpu::slice::<T>(v.0, v.1, OP, "v")?;
-        let (out, lse) = forward(qv, kv, vv, dm, self.scale);
-        *self.lse.lock().unwrap_or_else(|e| e.into_inner()) = Some(T::to_cpu_storage_owned(lse));
-        Ok(T::to_cpu_storage_owned(out))
-    }
-
-    fn bwd_typed<T: Real>(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        o: &Tensor,
-        dout: &Tensor,
-    ) -> Result<[Tensor; 3]> {
-        let stash = self.lse.lock().unwrap_or_else(|e| e.into_inner());
-        let lse = stash.as_ref().ok_or(Error::MissingState {
-            op: OP,
-            what: "log-sum-exp",
-        })?;
-        let (qs, ql) = q.storage_and_layout();
-        let (ks, kl) = k.storage_and_layout();
-        let (vs, vl) = v.storage_and_layout();
-        let (os, ol) = o.storage_and_layout();
-        let (ds, dl) = dout.storage_and_layout();
-        let x = BwdIn {
-            q: cpu::storage_slice::<T>(&qs, ql, OP, "q")?,
-            k: cpu::storage_slice::<T>(&ks, kl, OP, "k")?,
-            v: cpu::storage_slice::<T>(&vs, vl, OP, "v")?,
-            o: cpu::storage_slice::<T>(&os, ol, OP, "out")?,
-            dout: cpu::storage_slice::<T>(&ds, dl, OP, "grad")?,
-            lse: T::cpu_storage_as_slice(lse)?,
-        };
-        let (dq, dk, dv) = backward(&x, Dims::of(q.dims(), k.dims()), self.scale);
-        Ok([
-            cpu::tensor_from(dq, q.dims())?,
-            cpu::tensor_from(dk, k.dims())?,
-            cpu::tensor_from(dv, v.dims())?,
-        ])
-    }
-}
-
-impl CustomOp3 for Attention {
-    fn name(&self) -> &'static str {
-        OP
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let out = match s1.dtype() {
-            DType::F32 => self.fwd::<f32>((s1, l1), (s2, l2), (s3, l3))?,
-            DType::F64 => self.fwd::<f64>((s1, l1), (s2, l2), (s3, l3))?,
-            dt => return Err(unsupported(OP, dt)),
-        };
-        Ok((out, l1.shape().clone()))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-        s3: &candle_core::CudaStorage,
-        l3: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        let (out, lse) =
-            crate::cuda_launch::attention_fwd((s1, l1), (s2, l2), (s3, l3), self.scale)?;
-        self.saved.put(lse);
-        Ok((out, l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        res: &Tensor,
-        dout: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let dout = dout.contiguous()?;
-        #[cfg(feature = "cuda")]
-        if q.device().is_cuda() {
-            let lse = self.saved.get(OP, "log-sum-exp")?;
-            let [dq, dk, dv] =
-                crate::cuda_launch::attention_bwd(q, k, v, res, &dout, &lse, self.scale)?;
-            return Ok((Some(dq), Some(dk), Some(dv)));
-        }
-        let [dq, dk, dv] = match q.dtype() {
-            DType::F32 => self.bwd_typed::<f32>(q, k, v, res, &dout)?,
-            DType::F64 => self.bwd_typed::<f64>(q, k, v, res, &dout)?,
-            dt => return Err(unsupported(OP, dt)),
-        };
-        Ok((Some(dq), Some(dk), Some(dv)))
-    }
-}
-
-fn check(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
-    for (t, what) in [(q, "q"), (k, "k"), (v, "v")] {
-        check_cpu(t, OP, what)?;
-    }
-    check_float(q, OP)?;
-    cpu::check_same_dtype(k, q, OP, "k")?;
-    cpu::check_same_dtype(v, q, OP, "v")?;
-    let (b, h, t, d) = q.dims4()?;
-    let (bk, hkv, tk, dk) = k.dims4()?;
-    if v.dims() != k.dims() {
-        return Err(shape_err(
-            OP,
-            format!("k {:?} and v {:?} differ", k.dims(), v.dims()),
-        ));
-    }
-    if bk != b || tk != t || dk != d || hkv == 0 || h % hkv != 0 {
-        return Err(shape_err(
-            OP,
-            format!(
-                "q {:?} and k/v {:?} do not fit: want q (B, H, T, D), k/v (B, Hkv, T, D), H a multiple of Hkv",
-                q.dims(),
-                k.dims()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Causal attention `softmax(q·kᵀ·scale + mask)·v` for q (B, H, T, D) and k, v
-/// (B, Hkv, T, D), H a multiple of Hkv (grouped-query). Returns (B, H, T, D).
-/// Differentiable in q, k and v. f32 or f64 on the CPU; f32 or bf16 on CUDA, with a head
-/// dim of at most 128.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    check(q, k, v)?;
-    let op = Attention {
-        scale,
-        lse: Mutex::new(None),
-        saved: Default::default(),
-    };
-    q.contiguous()?
-        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
-}
-
-/// (B, kv, T, hd) → (B, kv·rep, T, hd); query head h reads KV head h / rep (HF `repeat_kv`).
-/// Shared with the model's reference ops.
-pub fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
-    if rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, t, hd) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, kv, rep, t, hd))?
-        .reshape((b, kv * rep, t, hd))
-}
-
-/// (T, T): 0 on and below the diagonal, −∞ above. Shared with the model's reference ops.
-pub fn causal_mask(t: usize, device: &Device, dtype: DType) -> Result<Tensor> {
-    let m: Vec<f32> = (0..t * t)
-        .map(|k| {
-            if k % t > k / t {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Tensor::from_vec(m, (t, t), device)?.to_dtype(dtype)
-}
-
-/// [`attention`] from plain candle ops (the model's original formulation): materialises
-/// the (B, H, T, T) scores.
-pub fn attention_slow(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let (_, h, t, _) = q.dims4()?;
-    let rep = h / k.dim(1)?;
-    let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?); // (B, H, T, D)
-    let mask = causal_mask(t, q.device(), q.dtype())?; // (T, T)
-    let scores = q.matmul(&k.t()?)?.affine(scale, 0.0)?; // (B, H, T, T)
-    let scores = scores.broadcast_add(&mask)?;
-    let m = scores.max_keepdim(D::Minus1)?.detach();
-    let e = scores.broadcast_sub(&m)?.exp()?;
-    let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?; // (B, H, T, T)
-    p.matmul(&v) // (B, H, T, D)
-}
-
-#[cfg(test)]
-mod tests {
-    //! Shapes beyond the integration tests' (kernels/tests/ops.rs): odd T around the tile
-    //! sizes, small and large D, GQA ratios, degenerate sizes, and pool-size independence.
-
-    use candle_core::{DType, Device, Tensor, Var};
-
-    use super::{attention, attention_slow};
-
-    /// Reproducible N(0, std²) entries (SplitMix64 and Box–Muller).
-    fn randn(seed: u64, dims: &[usize], std: f64, dtype: DType) -> Tensor {
-        let mut s = seed;
-        let mut uniform = move || {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 + 0.5 / (1u64 << 53) as f64
-        };
-        let n: usize = dims.iter().product();
-        let data: Vec<f64> = (0..n)
-            .map(|_| {
-                let (u, v) = (uniform(), uniform());
-                (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * std
-            })
-            .collect();
-        let t = Tensor::from_vec(data, dims, &Device::Cpu).unwrap();
-        t.to_dtype(dtype).unwrap()
-    }
-
-    type Op = fn(&Tensor, &Tensor, &Tensor, f64) -> candle_core::Result<Tensor>;
-
-    /// Output and (dq, dk, dv) of ⟨op(q, k, v), r⟩, flattened to f64.
-    fn run(op: Op, x: &[Tensor; 4], scale: f64) -> [Vec<f64>; 4] {
-        let vars = [&x[0], &x[1], &x[2]].map(|t| Var::from_tensor(&t.copy().unwrap()).unwrap());
-        let (q, k, v) = (
-            vars[0].as_tensor(),
-            vars[1].as_tensor(),
-            vars[2].as_tensor(),
-        );
-        let y = op(q, k, v, scale).unwrap();
-        let grads = (&y * &x[3]).unwrap().sum_all().unwrap().backward().unwrap();
-        let flat = |t: &Tensor| {
-            let t = t.to_dtype(DType::F64).unwrap().flatten_all().unwrap();
-            t.to_vec1::<f64>().unwrap()
-        };
-        let g = |v: &Var| flat(grads.get(v).expect("no gradient"));
-        [flat(&y), g(&vars[0]), g(&vars[1]), g(&vars[2])]
-    }
-
-    fn inputs(shape: (usize, usize, usize, usize, usize), dtype: DType) -> [Tensor; 4] {
-        let (b, h, hkv, t, d) = shape;
-        [
-            randn(1, &[b, h, t, d], 2.0, dtype),
-            randn(2, &[b, hkv, t, d], 1.0, dtype),
-            randn(3, &[b, hkv, t, d], 1.0, dtype),
-            randn(4, &[b, h, t, d], 1.0, dtype),
-        ]
-    }
-
-    #[test]
-    fn matches_slow_on_odd_shapes() {
-        // (B, H, Hkv, T, D): T off, below and just past the 64-row tiles; D from 8 to 128;
-        // Hkv = H, H/2, H/3 and 1.
-        let shapes = [
-            (1, 3, 1, 130, 16),
-            (2, 6, 2, 77, 128),
-            (1, 2, 1, 5, 64),
-            (2, 2, 2, 65, 8),
-            (1, 4, 4, 129, 32),
-            (1, 3, 3, 64, 16),
-            (1, 2, 1, 200, 64),
-        ];
-        for dtype in [DType::F32, DType::F64] {
-            let tol = if dtype == DType::F32 { 2e-5 } else { 1e-12 };
-            for shape in shapes {
-                let x = inputs(shape, dtype);
-                let scale = 1.0 / (shape.4 as f64).sqrt();
-                let fast = run(attention, &x, scale);
-                let slow = run(attention_slow, &x, scale);
-                for (what, (f, s)) in ["out", "dq", "dk", "dv"].iter().zip(fast.iter().zip(&slow)) {
-                    let diff = f
-                        .iter()
-                        .zip(s)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0.0, f64::max);
-                    let max = s.iter().map(|a| a.abs()).fold(0.0, f64::max);
-                    eprintln!(
-                        "attention {dtype:?} {shape:?} {what}: max|Δ| = {diff:.3e} (max {max:.3e})"
-                    );
-                    assert!(
-                        diff <= tol * max,
-                        "{dtype:?} {shape:?} {what}: max|Δ| {diff:e}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn results_do_not_depend_on_the_pool_size() {
-        let x = inputs((2, 6, 2, 150, 32), DType::F32);
-        let in_pool = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| run(attention, &x, 0.2))
-        };
-        let one = in_pool(1);
-        for threads in [2, 3, 5] {
-            assert!(
-                in_pool(threads) == one,
-                "results changed with {threads} threads"
-            );
-        }
-    }
-
-    #[test]
-    fn degenerate_sizes_do_not_panic() {
-        for (b, h, hkv, t, d) in [(1, 2, 1, 0, 8), (0, 2, 2, 4, 8), (1, 2, 1, 3, 0)] {
-            let x = inputs((b, h, hkv, t, d), DType::F32);
-            let [y, dq, dk, dv] = run(attention, &x, 0.5);
-            assert_eq!(y.len(), b * h * t * d);
-            assert_eq!(
-                (dq.len(), dk.len(), dv.len()),
-                (y.len(), b * hkv * t * d, b * hkv * t * d)
-            );
-            assert!(dk.iter().chain(&dv).all(|&g| g == 0.0));
-        }
-    }
-}
