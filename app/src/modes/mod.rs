@@ -4,7 +4,6 @@ pub mod bench;
 pub mod inspect;
 pub mod kernels;
 pub mod plot;
-pub mod plot_probes;
 pub mod record;
 pub mod replay;
 pub mod run;

@@ -1,43 +1,23 @@
-//! `wsdscope plot FILE.h5 --out FIG.png|FIG.svg`: a session's curves as a figure — every run
-//! overlaid, warmup/stable/decay shaded, fork points marked, the raw curve (its min/max
-//! envelope) faint behind an EMA-smoothed one, validation loss as markers, legend and axis
-//! labels. Text uses the bundled DejaVu Sans, so no system fonts are needed.
+//! The per-step metric figure (`--metric loss`, `lr`, `grad_norm`, …): every run overlaid,
+//! the raw curve (its min/max envelope) faint behind a zero-lag EMA-smoothed one, validation
+//! loss as markers, and over loss figures the endpoint fit of the completed branches.
 
-use std::path::Path;
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
-use plotters::style::{FontStyle, register_font};
 use wsdscope_sessions::buckets::reduce;
 use wsdscope_sessions::{PhaseBounds, RunInfo, Session};
 
+use super::toolkit::{
+    PALETTE, SIZE, TickedAxis, check_written, draw_phase_bands, figure_title, load_font, log_ticks,
+    number,
+};
 use crate::cli::PlotArgs;
 
-pub(crate) const SIZE: (u32, u32) = (1280, 720);
 /// Samples of the raw envelope and of the smoothed curve drawn per run.
 const DRAW_POINTS: usize = 2000;
-
-/// Line colours of runs 0, 1, 2, … (trunk first).
-pub(crate) const PALETTE: [RGBColor; 8] = [
-    RGBColor(31, 119, 180),
-    RGBColor(214, 39, 40),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-    RGBColor(255, 127, 14),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(23, 190, 207),
-];
-
-/// Phase band fills: warmup, stable, decay.
-pub(crate) const BANDS: [(RGBColor, &str); 3] = [
-    (RGBColor(255, 236, 204), "warmup"),
-    (RGBColor(232, 245, 233), "stable"),
-    (RGBColor(227, 236, 250), "decay"),
-];
 
 /// Zero-lag smoothing: an EMA with factor `alpha` run forward, then backward over the result,
 /// so a fast drop (warmup, decay) is not drawn late. `alpha` 1 returns the series unchanged.
@@ -90,49 +70,9 @@ struct Curve {
     val: Option<(Vec<u64>, Vec<f64>)>,
 }
 
-pub fn run(a: PlotArgs) -> Result<()> {
-    let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if ext != "png" && ext != "svg" {
-        bail!(
-            "--out {}: the figure must end in .png or .svg",
-            a.out.display()
-        );
-    }
-    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty())
-        && !parent.is_dir()
-    {
-        bail!(
-            "--out {}: directory {} does not exist",
-            a.out.display(),
-            parent.display()
-        );
-    }
-    if !(a.smooth > 0.0 && a.smooth <= 1.0) {
-        bail!(
-            "--smooth {} is not allowed; ALPHA is an EMA factor in (0, 1] (1 = no smoothing)",
-            a.smooth
-        );
-    }
-    let mut allowed = wsdscope_sessions::layout::metric_names();
-    allowed.extend(super::plot_probes::FIGURES);
-    let probe_scalar = a
-        .metric
-        .strip_prefix("probe.")
-        .and_then(|r| r.split_once('.'))
-        .is_some_and(|(p, s)| !p.is_empty() && !s.is_empty());
-    if !allowed.contains(&a.metric.as_str()) && !probe_scalar {
-        bail!(
-            "--metric {:?} is not allowed; use one of {}, or probe.<probe>.<scalar> \
-             (e.g. probe.sharpness.lambda_max)",
-            a.metric,
-            allowed.join(", ")
-        );
-    }
-    super::plot_probes::check_args(&a)?;
-    let session = Session::open(&a.file)?;
-    if probe_scalar || super::plot_probes::FIGURES.contains(&a.metric.as_str()) {
-        return super::plot_probes::run(&a, &session, ext == "png");
-    }
+/// Draws `--metric` (a per-step metric) of `session` to `a.out`, a PNG when `png`, else an
+/// SVG.
+pub(super) fn run(a: &PlotArgs, session: &Session, png: bool) -> Result<()> {
     let ids: Vec<u32> = match &a.runs {
         Some(ids) => ids.clone(),
         None => session.runs().iter().map(|r| r.id).collect(),
@@ -158,7 +98,7 @@ pub fn run(a: PlotArgs) -> Result<()> {
     }
     let phases = session.runs()[0].phases;
     let overlay = if a.metric == "loss" || a.metric == "val_loss" {
-        let rows = crate::analysis::branches(&session)?;
+        let rows = crate::analysis::branches(session)?;
         crate::analysis::endpoint_fit(&rows).map(|fit| {
             let c = &session.runs()[0].config;
             FitOverlay {
@@ -193,38 +133,13 @@ pub fn run(a: PlotArgs) -> Result<()> {
             )?
         };
     }
-    if ext == "png" {
+    if png {
         draw_on!(BitMapBackend::new(&out, SIZE));
     } else {
         draw_on!(SVGBackend::new(&out, SIZE));
     }
     check_written(&out)?;
     eprintln!("wrote {}", out.display());
-    Ok(())
-}
-
-/// Registers the bundled DejaVu Sans as "sans-serif".
-pub(crate) fn load_font() -> Result<()> {
-    register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
-        .map_err(|_| anyhow::anyhow!("the bundled font could not be loaded"))
-}
-
-/// The title of a figure of `file`: "WHAT — FILE NAME".
-pub(crate) fn figure_title(what: &str, file: &Path) -> String {
-    format!(
-        "{what} — {}",
-        file.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    )
-}
-
-pub(crate) fn check_written(p: &Path) -> Result<()> {
-    let m = std::fs::metadata(p)
-        .with_context(|| format!("--out {}: the figure was not written", p.display()))?;
-    if m.len() == 0 {
-        bail!("--out {}: the figure is empty", p.display());
-    }
     Ok(())
 }
 
@@ -339,55 +254,6 @@ where
         let chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?;
         frame.draw(&root, chart)
     }
-}
-
-/// A linear axis with caller-chosen ticks (used for log10 units with round-value ticks).
-#[derive(Clone)]
-pub(crate) struct TickedAxis {
-    pub(crate) lo: f64,
-    pub(crate) hi: f64,
-    pub(crate) ticks: Vec<f64>,
-}
-
-impl Ranged for TickedAxis {
-    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
-    type ValueType = f64;
-
-    fn map(&self, v: &f64, limit: (i32, i32)) -> i32 {
-        let f = (v - self.lo) / (self.hi - self.lo);
-        limit.0 + (f * (limit.1 - limit.0) as f64).round() as i32
-    }
-
-    fn key_points<H: plotters::coord::ranged1d::KeyPointHint>(&self, _hint: H) -> Vec<f64> {
-        self.ticks.clone()
-    }
-
-    fn range(&self) -> std::ops::Range<f64> {
-        self.lo..self.hi
-    }
-}
-
-/// Round values between `lo` and `hi` for a log axis: every mantissa 1–9 when the range is
-/// under two decades, 1, 2 and 5 under five, powers of ten beyond.
-pub(crate) fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
-    let decades = (hi / lo).log10();
-    let mantissas: &[f64] = if decades < 2.0 {
-        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
-    } else if decades < 5.0 {
-        &[1.0, 2.0, 5.0]
-    } else {
-        &[1.0]
-    };
-    let mut out = Vec::new();
-    for d in lo.log10().floor() as i32..=hi.log10().ceil() as i32 {
-        for m in mantissas {
-            let v = m * 10f64.powi(d);
-            if v >= lo && v <= hi {
-                out.push(v);
-            }
-        }
-    }
-    out
 }
 
 /// What one figure shows, independent of its y axis kind.
@@ -590,62 +456,6 @@ impl Frame<'_> {
         root.present().map_err(err)?;
         Ok(())
     }
-}
-
-/// Shades the warmup, stable and decay phases of `p` behind a chart whose x axis is steps
-/// (from `x0`) and names them above the plot; `y` is the y range in axis units.
-pub(crate) fn draw_phase_bands<'c, DB, Y>(
-    root: &DrawingArea<DB, Shift>,
-    chart: &mut ChartContext<'c, DB, Cartesian2d<RangedCoordf64, Y>>,
-    p: PhaseBounds,
-    x0: f64,
-    (y0, y1): (f64, f64),
-) -> Result<()>
-where
-    DB: DrawingBackend + 'c,
-    DB::ErrorType: 'static,
-    Y: Ranged<ValueType = f64>,
-{
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| {
-        anyhow::anyhow!("drawing the figure failed: {e:?}")
-    };
-    let bounds = [
-        (0.0, p.warmup_end as f64),
-        (p.warmup_end as f64, p.decay_start as f64),
-        (p.decay_start as f64, p.total as f64),
-    ];
-    for ((lo, hi), (color, label)) in bounds.into_iter().zip(BANDS) {
-        if hi > lo {
-            let lo = lo.max(x0);
-            chart
-                .draw_series(std::iter::once(Rectangle::new(
-                    [(lo, y0), (hi, y1)],
-                    color.filled(),
-                )))
-                .map_err(err)?;
-            let (px, top) = chart.backend_coord(&((lo + hi) / 2.0, y1));
-            let style = TextStyle::from(("sans-serif", 15).into_font())
-                .color(&RGBColor(110, 110, 110))
-                .pos(plotters::style::text_anchor::Pos::new(
-                    plotters::style::text_anchor::HPos::Center,
-                    plotters::style::text_anchor::VPos::Bottom,
-                ));
-            root.draw(&Text::new(label, (px, top - 4), style))
-                .map_err(err)?;
-        }
-    }
-    Ok(())
-}
-
-/// A tick label: short, without trailing zeros, scientific when very large or small.
-/// Values below 1e-12 in size are taken for zero (tick positions carry rounding error).
-pub(crate) fn number(y: f64) -> String {
-    let y = if y.abs() < 1e-12 { 0.0 } else { y };
-    if y != 0.0 && (y.abs() >= 1e4 || y.abs() < 1e-3) {
-        return format!("{y:.1e}");
-    }
-    let s = format!("{y:.4}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 #[cfg(test)]
