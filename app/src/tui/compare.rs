@@ -14,14 +14,15 @@ use wsdscope_sessions::RunId;
 
 use super::state::{RunData, TuiState};
 
-/// Bytes a run keeps per parameter while it lives, as the engine estimates it: f32 parameters,
-/// two AdamW moments and the gradients of a step.
+/// Bytes per parameter of a run's parameter state alone (f32 parameters, two AdamW moments and
+/// the gradients of a step): the estimate for a run whose config is not the trainer's full
+/// form (an older or synthetic session). Otherwise the engine's own estimate is used.
 pub const BYTES_PER_PARAM: u64 = 16;
 
 /// Completed decay branches the endpoint fit needs.
 pub const FIT_MIN_BRANCHES: usize = 3;
 
-/// The engine's memory estimate for a run of `params` parameters.
+/// The parameter-state estimate for a run of `params` parameters (see [`BYTES_PER_PARAM`]).
 pub fn run_bytes(params: u64) -> u64 {
     BYTES_PER_PARAM * params
 }
@@ -160,11 +161,13 @@ pub fn tokens_per_step(r: &RunData) -> Option<u64> {
     r.start.as_ref().map(|s| s.batch as u64 * s.seq as u64)
 }
 
-/// The memory a run holds now: the engine's estimate while it lives, nothing once it ended
-/// (a finished branch frees its memory).
+/// The memory a run holds now: the engine's estimate from its config while it lives (the
+/// parameter state alone when the config is not the trainer's), nothing once it ended (a
+/// finished branch frees its memory).
 pub fn resident_bytes(r: &RunData) -> Option<u64> {
     let s = r.start.as_ref()?;
-    r.is_active().then(|| run_bytes(s.model.params))
+    r.is_active()
+        .then(|| r.run_bytes.unwrap_or_else(|| run_bytes(s.model.params)))
 }
 
 /// The memory all live runs hold, and how many they are.

@@ -7,7 +7,8 @@ use anyhow::{Result, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use wsdscope_sessions::Session;
+use wsdscope_sessions::vocabulary::interp;
+use wsdscope_sessions::{ProbeKind, Session};
 
 use super::marks::{Key, Mark, densify, draw_keys, draw_legend, draw_mark, key, legend_room};
 use super::probe_data::{none_recorded, results_of, series};
@@ -35,15 +36,15 @@ pub(super) fn interp(a: &PlotArgs, session: &Session) -> Result<InterpFigure> {
         }
         None => None,
     };
-    let all = results_of(session, "interp")?;
+    let all = results_of(session, ProbeKind::Interp.name())?;
     if all.is_empty() {
-        return Err(none_recorded(session, "interp"));
+        return Err(none_recorded(session, ProbeKind::Interp.name()));
     }
     let mut curves = Vec::new();
     for p in &all {
         let s = |k: &str| p.scalars.get(k).copied().filter(|v| v.is_finite());
-        let from = s("from_run").map(|v| v as u32);
-        let to = s("to_run").map_or(p.run, |v| v as u32);
+        let from = s(interp::FROM_RUN).map(|v| v as u32);
+        let to = s(interp::TO_RUN).map_or(p.run, |v| v as u32);
         if let Some(ids) = &ids
             && !ids.contains(&to)
             && !from.is_some_and(|f| ids.contains(&f))
@@ -54,12 +55,12 @@ pub(super) fn interp(a: &PlotArgs, session: &Session) -> Result<InterpFigure> {
         let label = format!(
             "run {}{} → run {to}{}",
             from.map_or("?".to_string(), |f| f.to_string()),
-            at(s("from_step")),
-            at(s("to_step"))
+            at(s(interp::FROM_STEP)),
+            at(s(interp::TO_STEP))
         );
-        let pts: Vec<(f64, f64)> = series(p, "alpha")?
+        let pts: Vec<(f64, f64)> = series(p, interp::ALPHA)?
             .iter()
-            .zip(series(p, "loss")?)
+            .zip(series(p, interp::LOSS)?)
             .filter(|(x, l)| x.is_finite() && l.is_finite())
             .map(|(x, l)| (*x, *l))
             .collect();
@@ -74,7 +75,7 @@ pub(super) fn interp(a: &PlotArgs, session: &Session) -> Result<InterpFigure> {
             .iter()
             .map(|p| {
                 p.scalars
-                    .get("to_run")
+                    .get(interp::TO_RUN)
                     .map_or(p.run, |v| *v as u32)
                     .to_string()
             })

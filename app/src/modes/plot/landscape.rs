@@ -5,7 +5,8 @@ use anyhow::{Result, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use wsdscope_sessions::Session;
+use wsdscope_sessions::vocabulary::landscape;
+use wsdscope_sessions::{ProbeKind, Session};
 
 use super::probe_data::{one_probe, run_name, series};
 use super::toolkit::{GREY, INK, derr, draw_title, figure_title, number};
@@ -47,8 +48,12 @@ pub(super) struct LandscapeFigure {
 }
 
 pub(super) fn landscape(a: &PlotArgs, session: &Session) -> Result<LandscapeFigure> {
-    let (info, p) = one_probe(a, session, "landscape")?;
-    let (x, y, loss) = (series(&p, "x")?, series(&p, "y")?, series(&p, "loss")?);
+    let (info, p) = one_probe(a, session, ProbeKind::Landscape.name())?;
+    let (x, y, loss) = (
+        series(&p, landscape::X)?,
+        series(&p, landscape::Y)?,
+        series(&p, landscape::LOSS)?,
+    );
     if x.is_empty() || y.is_empty() || loss.len() != x.len() * y.len() {
         bail!(
             "the landscape probe of run {} at step {} is malformed: {} losses for a {}×{} grid",

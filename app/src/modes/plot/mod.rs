@@ -23,7 +23,7 @@ mod trends;
 use anyhow::{Result, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use wsdscope_sessions::Session;
+use wsdscope_sessions::{ProbeKind, Session};
 
 use self::interp::{InterpFigure, interp};
 use self::landscape::{LandscapeFigure, landscape};
@@ -34,8 +34,15 @@ use crate::cli::PlotArgs;
 
 pub use self::metrics::{ema, smooth};
 
-/// The probe figures `--metric` accepts besides the per-step metrics and probe scalars.
-pub(crate) const FIGURES: [&str; 5] = ["sharpness", "noise", "landscape", "slice", "interp"];
+/// The probe figures `--metric` accepts besides the per-step metrics and probe scalars: one
+/// per probe kind of the vocabulary, in the order `--help` lists them.
+pub(crate) const FIGURES: [ProbeKind; 5] = [
+    ProbeKind::Sharpness,
+    ProbeKind::Noise,
+    ProbeKind::Landscape,
+    ProbeKind::Slice,
+    ProbeKind::Interp,
+];
 
 pub fn run(a: PlotArgs) -> Result<()> {
     let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -61,7 +68,7 @@ pub fn run(a: PlotArgs) -> Result<()> {
         );
     }
     let mut allowed = wsdscope_sessions::layout::metric_names();
-    allowed.extend(FIGURES);
+    allowed.extend(FIGURES.map(ProbeKind::name));
     let probe_scalar = a
         .metric
         .strip_prefix("probe.")
@@ -77,7 +84,7 @@ pub fn run(a: PlotArgs) -> Result<()> {
     }
     check_args(&a)?;
     let session = Session::open(&a.file)?;
-    if probe_scalar || FIGURES.contains(&a.metric.as_str()) {
+    if probe_scalar || ProbeKind::parse(&a.metric).is_some() {
         return run_probe_figure(&a, &session, ext == "png");
     }
     metrics::run(&a, &session, ext == "png")
@@ -86,8 +93,8 @@ pub fn run(a: PlotArgs) -> Result<()> {
 /// Flag combinations that only the probe figures use.
 pub(crate) fn check_args(a: &PlotArgs) -> Result<()> {
     if let Some(s) = a.step
-        && a.metric != "landscape"
-        && a.metric != "slice"
+        && a.metric != ProbeKind::Landscape.name()
+        && a.metric != ProbeKind::Slice.name()
     {
         bail!(
             "--step {s} applies to --metric landscape and slice only (not {:?})",
@@ -102,13 +109,14 @@ fn run_probe_figure(a: &PlotArgs, session: &Session, png: bool) -> Result<()> {
     if session.runs().is_empty() {
         bail!("{}: holds no runs yet; nothing to plot", a.file.display());
     }
-    let figure = match a.metric.as_str() {
-        "sharpness" => Figure::Steps(sharpness(a, session)?),
-        "noise" => Figure::Steps(noise(a, session)?),
-        "landscape" => Figure::Landscape(landscape(a, session)?),
-        "slice" => Figure::Slice(slice(a, session)?),
-        "interp" => Figure::Interp(interp(a, session)?),
-        m => Figure::Steps(probe_scalar(a, session, m)?),
+    // Every kind of the vocabulary has its figure (a new kind fails to compile here).
+    let figure = match ProbeKind::parse(&a.metric) {
+        Some(ProbeKind::Sharpness) => Figure::Steps(sharpness(a, session)?),
+        Some(ProbeKind::Noise) => Figure::Steps(noise(a, session)?),
+        Some(ProbeKind::Landscape) => Figure::Landscape(landscape(a, session)?),
+        Some(ProbeKind::Slice) => Figure::Slice(slice(a, session)?),
+        Some(ProbeKind::Interp) => Figure::Interp(interp(a, session)?),
+        None => Figure::Steps(probe_scalar(a, session, &a.metric)?),
     };
     load_font()?;
     {

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Result, anyhow, bail};
-use wsdscope_sessions::{ProbeResult, RunEvent, RunInfo, Session};
+use wsdscope_sessions::{ProbeKind, ProbeResult, RunEvent, RunInfo, Session};
 
 use crate::cli::PlotArgs;
 
@@ -28,8 +28,8 @@ pub(super) fn recorded_kinds(session: &Session) -> BTreeSet<String> {
 /// The error for a session without any `kind` probe: says so and names what it has.
 pub(super) fn none_recorded(session: &Session, kind: &str) -> anyhow::Error {
     let kinds = recorded_kinds(session);
-    let hint = match kind {
-        "interp" => {
+    let hint = match ProbeKind::parse(kind) {
+        Some(ProbeKind::Interp) => {
             " (interpolations are measured when a branch completes: record with --fork-at and probes on)"
         }
         _ => " (record with --probe-every N or --probe-budget PCT to run probes)",

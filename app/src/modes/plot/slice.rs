@@ -6,7 +6,8 @@ use anyhow::{Result, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use wsdscope_sessions::Session;
+use wsdscope_sessions::vocabulary::slice;
+use wsdscope_sessions::{ProbeKind, Session};
 
 use super::marks::{Key, Mark, densify, draw_keys, draw_legend, draw_mark, key, legend_room};
 use super::probe_data::{one_probe, run_name, series};
@@ -21,12 +22,12 @@ pub(super) struct SliceFigure {
 }
 
 pub(super) fn slice(a: &PlotArgs, session: &Session) -> Result<SliceFigure> {
-    let (info, p) = one_probe(a, session, "slice")?;
+    let (info, p) = one_probe(a, session, ProbeKind::Slice.name())?;
     let random = (
-        series(&p, "alpha")?.to_vec(),
-        series(&p, "loss_random")?.to_vec(),
+        series(&p, slice::ALPHA)?.to_vec(),
+        series(&p, slice::LOSS_RANDOM)?.to_vec(),
     );
-    let update = match (p.series.get("beta"), p.series.get("loss_update")) {
+    let update = match (p.series.get(slice::BETA), p.series.get(slice::LOSS_UPDATE)) {
         (Some(b), Some(l)) => Some((b.clone(), l.clone())),
         _ => None,
     };
@@ -37,7 +38,7 @@ pub(super) fn slice(a: &PlotArgs, session: &Session) -> Result<SliceFigure> {
         ),
         random,
         update,
-        update_norm: p.scalars.get("update_norm").copied(),
+        update_norm: p.scalars.get(slice::UPDATE_NORM).copied(),
     })
 }
 

@@ -5,7 +5,8 @@
 use anyhow::{Result, anyhow, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use wsdscope_sessions::{PhaseBounds, RunInfo, Session};
+use wsdscope_sessions::vocabulary::{noise, sharpness};
+use wsdscope_sessions::{PhaseBounds, ProbeKind, RunInfo, Session};
 
 use super::marks::{Key, Mark, densify, draw_keys, draw_legend, draw_mark, key, legend_room};
 use super::probe_data::{none_recorded, points, recorded_kinds, runs_with, selected_runs};
@@ -96,21 +97,24 @@ fn steps_frame(
 }
 
 pub(super) fn sharpness(a: &PlotArgs, session: &Session) -> Result<StepsFigure> {
-    let runs = runs_with(a, session, "sharpness")?;
+    let runs = runs_with(a, session, ProbeKind::Sharpness.name())?;
     let infos: Vec<RunInfo> = runs.iter().map(|(r, _)| r.clone()).collect();
     let log_y = !a.linear_y;
     let mut f = steps_frame(
         session,
         &infos,
-        figure_title("sharpness", &a.file),
+        figure_title(ProbeKind::Sharpness.spec().title, &a.file),
         "sharpness λ_max".into(),
         log_y,
     );
     for (r, names) in &runs {
         let c = color_of(r.id);
-        let get = |name: &str| points(session, r.id, "sharpness", names, name);
-        let (pre, raw) = (get("precond_lambda_max")?, get("lambda_max")?);
-        let (thr, gd) = (get("threshold")?, get("gd_threshold")?);
+        let get = |name: &str| points(session, r.id, ProbeKind::Sharpness.name(), names, name);
+        let (pre, raw) = (
+            get(sharpness::PRECOND_LAMBDA_MAX)?,
+            get(sharpness::LAMBDA_MAX)?,
+        );
+        let (thr, gd) = (get(sharpness::THRESHOLD)?, get(sharpness::GD_THRESHOLD)?);
         f.layers.push(Layer::new(
             staircase(&gd, stair_end(&gd, r)),
             c,
@@ -142,21 +146,21 @@ pub(super) fn sharpness(a: &PlotArgs, session: &Session) -> Result<StepsFigure> 
 }
 
 pub(super) fn noise(a: &PlotArgs, session: &Session) -> Result<StepsFigure> {
-    let runs = runs_with(a, session, "noise")?;
+    let runs = runs_with(a, session, ProbeKind::Noise.name())?;
     let infos: Vec<RunInfo> = runs.iter().map(|(r, _)| r.clone()).collect();
     let log_y = !a.linear_y;
     let mut f = steps_frame(
         session,
         &infos,
-        figure_title("gradient noise scale", &a.file),
+        figure_title(ProbeKind::Noise.spec().title, &a.file),
         "tokens per batch".into(),
         log_y,
     );
     for (r, names) in &runs {
         let c = color_of(r.id);
-        let get = |name: &str| points(session, r.id, "noise", names, name);
-        let (one, avg) = (get("b_simple")?, get("b_simple_avg")?);
-        let (batch, rule) = (get("batch_tokens")?, get("rule_tokens")?);
+        let get = |name: &str| points(session, r.id, ProbeKind::Noise.name(), names, name);
+        let (one, avg) = (get(noise::B_SIMPLE)?, get(noise::B_SIMPLE_AVG)?);
+        let (batch, rule) = (get(noise::BATCH_TOKENS)?, get(noise::RULE_TOKENS)?);
         // The batch a run trains with: a reference line over the steps the run covers.
         if let Some(&(_, b)) = batch.last() {
             let from = r.fork_step.unwrap_or(0) as f64;

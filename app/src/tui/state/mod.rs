@@ -14,7 +14,7 @@ mod zoom;
 use std::collections::BTreeMap;
 
 use wsdscope_sessions::{EndReason, NoteKind, RunEvent, RunId};
-use wsdscope_trainer::Schedule;
+use wsdscope_trainer::{RunConfig, Schedule};
 
 pub use self::run::{EMA_ALPHA, EndInfo, RunData, RunStatus};
 pub use self::ui::{ForkField, ForkForm, Level, Overlay, ReplayUi, Status, UiState, View};
@@ -74,6 +74,9 @@ impl TuiState {
                     .get("schedule")
                     .and_then(|v| serde_json::from_value::<Schedule>(v.clone()).ok())
                     .or(r.schedule.take());
+                r.run_bytes = serde_json::from_value::<RunConfig>(s.config.clone())
+                    .ok()
+                    .map(|c| wsdscope_trainer::memory::run_bytes(&c));
                 r.parent = s.parent.or(r.parent);
                 r.fork_step = s.fork_step.or(r.fork_step);
                 if s.run != 0 && r.parent.is_none() {

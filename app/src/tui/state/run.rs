@@ -54,6 +54,10 @@ pub struct RunData {
     pub start: Option<Box<RunStart>>,
     /// The run's schedule, read from the config when it has the trainer's form.
     pub schedule: Option<Schedule>,
+    /// Memory the run holds while it lives, as the engine estimates it from its config
+    /// (`wsdscope_trainer::memory::run_bytes`); `None` when the config is not the trainer's
+    /// full form (an older or synthetic session).
+    pub run_bytes: Option<u64>,
     pub steps: Vec<u64>,
     pub loss: Column,
     /// Debiased EMA of the loss (see [`EMA_ALPHA`]).
