@@ -29,6 +29,9 @@ use candle_core::{CpuStorage, D, DType, Device, Layout, Storage, Tensor, Var};
 use wsdscope_kernels::backend::cpu::{Cpu, CpuPool};
 
 use crate::config::{ModelConfig, Precision};
+// The parameters' names and shapes follow from the configuration alone, so they live with
+// it; re-exported here, where a reader of the model looks for them.
+pub use crate::config::{param_names, param_shapes};
 use crate::data::rng::{SplitMix64, hash};
 use crate::error::{Error, Result};
 
@@ -117,47 +120,6 @@ pub struct MiniCpm {
     /// made at the first CUDA step.
     #[cfg(feature = "cuda")]
     cuda: std::sync::OnceLock<wsdscope_kernels::backend::cuda::Cuda>,
-}
-
-/// The HF names and shapes of every parameter, in checkpoint order.
-pub fn param_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    let (h, f, hd) = (cfg.hidden, cfg.ffn, cfg.head_dim());
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab, h])];
-    for i in 0..cfg.layers {
-        let p = format!("model.layers.{i}");
-        out.extend([
-            (format!("{p}.input_layernorm.weight"), vec![h]),
-            (
-                format!("{p}.self_attn.q_proj.weight"),
-                vec![cfg.heads * hd, h],
-            ),
-            (
-                format!("{p}.self_attn.k_proj.weight"),
-                vec![cfg.kv_heads * hd, h],
-            ),
-            (
-                format!("{p}.self_attn.v_proj.weight"),
-                vec![cfg.kv_heads * hd, h],
-            ),
-            (
-                format!("{p}.self_attn.o_proj.weight"),
-                vec![h, cfg.heads * hd],
-            ),
-            (format!("{p}.post_attention_layernorm.weight"), vec![h]),
-            (format!("{p}.mlp.gate_proj.weight"), vec![f, h]),
-            (format!("{p}.mlp.up_proj.weight"), vec![f, h]),
-            (format!("{p}.mlp.down_proj.weight"), vec![h, f]),
-        ]);
-    }
-    out.push(("model.norm.weight".to_string(), vec![h]));
-    out
-}
-
-/// The HF names of every parameter of a model with `layers` layers, in checkpoint order.
-pub fn param_names(layers: usize) -> Vec<String> {
-    let mut cfg = ModelConfig::minicpm(2, 2, 1, 1, layers, 2);
-    cfg.dim_model_base = 2;
-    param_shapes(&cfg).into_iter().map(|(n, _)| n).collect()
 }
 
 /// FNV-1a of a name, to seed each tensor's init independently of the others.
