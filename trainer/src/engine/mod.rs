@@ -5,7 +5,7 @@
 //! forward → backward → finiteness check → AdamW → metrics → eval/checkpoint when due.
 //!
 //! The pieces, in the order a reader meets them:
-//! - `device.rs`: [`device`] resolves `--device` (CUDA never falls back to the CPU).
+//! - `device.rs`: [`device()`] resolves `--device` (CUDA never falls back to the CPU).
 //! - `trainer.rs`: [`Trainer`], one run — its model, optimiser, data and position — and its
 //!   step, probes, evaluation, checkpoints and forks.
 //! - `command.rs`: what the engine is asked between steps ([`Command`], [`ForkRequest`]) and

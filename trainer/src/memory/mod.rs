@@ -19,7 +19,7 @@
 //!
 //! - `breakdown.rs`: [`MemoryEstimate`], its [`Part`]s, the peak, the summary and the
 //!   breakdown.
-//! - `estimate.rs`: [`estimate`], the parts of a configuration, with the bytes one run holds
+//! - `estimate.rs`: [`estimate()`], the parts of a configuration, with the bytes one run holds
 //!   ([`run_bytes`]) and the scripted branches alive at once ([`branches_alive`]).
 //! - `transients.rs`: the training step's and the periodic probe's transient parts.
 //! - `pool.rs`: the CPU step's scratch pool replayed on lengths, and the allocator's
