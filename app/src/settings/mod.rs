@@ -28,7 +28,8 @@ pub use fields::{Setting, Settings};
 pub use resume::{check_resume, resumed};
 pub use run_config::{
     DEFAULT_DECAY, DEFAULT_EVAL_BATCHES, DEFAULT_LR, DEFAULT_PRESET, DEFAULT_VAL_FRACTION,
-    DEFAULT_WARMUP, check_checkpoint_dir, default_threads, parse_branch_decay, parse_decay,
+    DEFAULT_WARMUP, check_checkpoint_dir, default_threads, fork_length, parse_branch_decay,
+    parse_decay,
 };
 
 /// The run configuration a `record` (or later `run`) invocation asks for.

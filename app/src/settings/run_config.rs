@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use wsdscope_trainer::{
-    DataSpec, DecayShape, ForkLength, ForkPlan, OptimConfig, Policy, Precision, ProbeConfig,
-    RunConfig, Schedule, preset,
+    DataSpec, DecayLength, DecayShape, DecaySpec, ForkLength, ForkPlan, LengthForm, OptimConfig,
+    Policy, Precision, ProbeConfig, RunConfig, Schedule, preset,
 };
 
 use super::fields::Settings;
@@ -278,72 +278,30 @@ impl Settings {
     }
 }
 
-/// Parses `SHAPE:FRACTION[:FLOOR]` into (shape, decay steps, floor).
+/// Parses `--decay SHAPE:FRACTION[:FLOOR]` into (shape, decay steps, floor).
 pub fn parse_decay(spec: &str, steps: u64) -> Result<(DecayShape, u64, f64)> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    if !(2..=3).contains(&parts.len()) {
-        bail!(
-            "--decay {spec:?} is not allowed; use SHAPE:FRACTION[:FLOOR], e.g. exp:0.1 or linear:0.2:0"
-        );
-    }
-    let shape: DecayShape = parts[0].parse()?;
-    let fraction: f64 = parts[1].parse().map_err(|_| {
-        anyhow::anyhow!("--decay {spec:?}: FRACTION {:?} is not a number", parts[1])
-    })?;
-    if !(fraction > 0.0 && fraction <= 1.0) {
-        bail!(
-            "--decay {spec:?}: FRACTION {fraction} is not allowed; it is a fraction of --steps in (0, 1]"
-        );
-    }
-    let floor = match parts.get(2) {
-        Some(f) => f
-            .parse::<f64>()
-            .map_err(|_| anyhow::anyhow!("--decay {spec:?}: FLOOR {f:?} is not a number"))?,
-        None => 0.1,
-    };
-    if !(0.0..=1.0).contains(&floor) {
-        bail!(
-            "--decay {spec:?}: FLOOR {floor} is not allowed; it is a fraction of the peak lr in [0, 1]"
-        );
-    }
-    // At least one decay step, so a short run still has the shape it asks for.
-    let decay_steps = ((fraction * steps as f64).round() as u64).max(1);
-    Ok((shape, decay_steps, floor))
+    let d = decay_flag("--decay", spec, LengthForm::FractionOfRun)?;
+    Ok((d.shape, d.length.steps(steps), d.floor))
 }
 
-/// Parses a branch decay `SHAPE:LENGTH[:FLOOR]`: LENGTH is steps when it is an integer ≥ 1,
+/// Parses `--branch-decay SHAPE:LENGTH[:FLOOR]`: LENGTH is steps when it is an integer ≥ 1,
 /// else a fraction of the fork step in (0, 1).
 pub fn parse_branch_decay(spec: &str) -> Result<(DecayShape, ForkLength, f64)> {
-    let parts: Vec<&str> = spec.split(':').collect();
-    if !(2..=3).contains(&parts.len()) {
-        bail!(
-            "--branch-decay {spec:?} is not allowed; use SHAPE:LENGTH[:FLOOR], e.g. exp:0.1 or cosine:200:0"
-        );
+    let d = decay_flag("--branch-decay", spec, LengthForm::StepsOrFraction)?;
+    Ok((d.shape, fork_length(d.length), d.floor))
+}
+
+/// A decay flag's value, its errors prefixed with the flag.
+fn decay_flag(flag: &str, spec: &str, form: LengthForm) -> Result<DecaySpec> {
+    DecaySpec::parse(spec, form).map_err(|e| anyhow::anyhow!("{flag} {e}"))
+}
+
+/// A branch's decay length: steps, or a fraction of the step it forks at.
+pub fn fork_length(length: DecayLength) -> ForkLength {
+    match length {
+        DecayLength::Steps(n) => ForkLength::Steps(n),
+        DecayLength::Fraction(f) => ForkLength::FractionOfStep(f),
     }
-    let shape: DecayShape = parts[0].parse()?;
-    let length = match parts[1].parse::<u64>() {
-        Ok(0) => bail!("--branch-decay {spec:?}: LENGTH 0 is not allowed"),
-        Ok(n) => ForkLength::Steps(n),
-        Err(_) => match parts[1].parse::<f64>() {
-            Ok(f) if f > 0.0 && f < 1.0 => ForkLength::FractionOfStep(f),
-            _ => bail!(
-                "--branch-decay {spec:?}: LENGTH {:?} is not allowed; give steps (an integer ≥ 1) or a fraction of the fork step in (0, 1)",
-                parts[1]
-            ),
-        },
-    };
-    let floor = match parts.get(2) {
-        Some(f) => f
-            .parse::<f64>()
-            .map_err(|_| anyhow::anyhow!("--branch-decay {spec:?}: FLOOR {f:?} is not a number"))?,
-        None => 0.1,
-    };
-    if !(0.0..=1.0).contains(&floor) {
-        bail!(
-            "--branch-decay {spec:?}: FLOOR {floor} is not allowed; it is a fraction of the lr in [0, 1]"
-        );
-    }
-    Ok((shape, length, floor))
 }
 
 /// All cores the process may use.
