@@ -25,7 +25,7 @@ pub use config::{
 pub use engine::{Command, Engine, ForkRequest, Outcome, Trainer};
 pub use error::{Error, Result};
 pub use memory::{MemoryEstimate, available_host, check_fits, estimate};
-pub use schedule::{DecayShape, Schedule};
+pub use schedule::{DecayLength, DecayShape, DecaySpec, LengthForm, Schedule};
 /// The CPU executor of the CUDA kernels (`wsdscope bench --kernels --device cuda-emu`).
 pub use wsdscope_kernels::emu;
 /// The fused kernels' parity check against their plain-op twins (`wsdscope bench --kernels`).

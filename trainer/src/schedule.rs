@@ -14,6 +14,10 @@
 //! Every shape reaches exactly f at s = S + D. The cosine schedule (the baseline WSD is
 //! compared against) decays over everything after warmup; the constant schedule never decays.
 //! A branch (a later issue) is just another schedule with its own S.
+//!
+//! A decay is written `SHAPE:LENGTH[:FLOOR]` ([`DecaySpec`]); one parser reads its length
+//! ([`DecayLength::parse`]) and floor ([`parse_floor`]) for `--decay`, `--branch-decay` and
+//! the TUI's fork form, each taking the length forms of its [`LengthForm`].
 
 use serde::{Deserialize, Serialize};
 use wsdscope_events::{Phase, PhaseBounds};
@@ -50,6 +54,11 @@ impl DecayShape {
         }
     }
 
+    /// Whether this shape can decay to `floor`: exp (floor^p) never reaches 0.
+    pub fn reaches(self, floor: f64) -> bool {
+        !(self == DecayShape::Exp && floor == 0.0)
+    }
+
     /// Multiplier at decay progress `p` ∈ [0, 1] towards floor ratio `floor`.
     pub fn multiplier(self, p: f64, floor: f64) -> f64 {
         let p = p.clamp(0.0, 1.0);
@@ -81,6 +90,185 @@ impl std::str::FromStr for DecayShape {
 impl std::fmt::Display for DecayShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The floor a written decay takes when it gives none: a tenth of the peak.
+pub const DEFAULT_FLOOR: f64 = 0.1;
+
+/// How long a decay lasts, as written: a number of steps, or a fraction of a span (the run's
+/// steps for the trunk's decay, the fork step for a branch's).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DecayLength {
+    Steps(u64),
+    Fraction(f64),
+}
+
+/// The ways a place lets a decay's length be written. The number rules are the same
+/// everywhere ([`DecayLength::parse`]); each place takes the forms that make sense there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LengthForm {
+    /// A fraction of the run's steps in (0, 1]; `1` is the whole run (`--decay`'s FRACTION).
+    FractionOfRun,
+    /// Steps (an integer ≥ 1) or a fraction of the fork step in (0, 1) (`--branch-decay`'s
+    /// LENGTH).
+    StepsOrFraction,
+    /// Steps (an integer ≥ 1) or a percentage of the fork step in (0, 100], e.g. `10%` (the
+    /// TUI's fork form).
+    StepsOrPercent,
+}
+
+impl LengthForm {
+    /// The length's name in the grammar `SHAPE:NAME[:FLOOR]`.
+    fn name(self) -> &'static str {
+        match self {
+            LengthForm::FractionOfRun => "FRACTION",
+            LengthForm::StepsOrFraction | LengthForm::StepsOrPercent => "LENGTH",
+        }
+    }
+
+    /// Two whole decays written this way.
+    fn examples(self) -> &'static str {
+        match self {
+            LengthForm::FractionOfRun => "exp:0.1 or linear:0.2:0",
+            LengthForm::StepsOrFraction => "exp:0.1 or cosine:200:0",
+            LengthForm::StepsOrPercent => "exp:10% or cosine:200:0",
+        }
+    }
+
+    /// What a length written this way may be.
+    fn allowed(self) -> &'static str {
+        match self {
+            LengthForm::FractionOfRun => "a fraction of the run's steps in (0, 1]",
+            LengthForm::StepsOrFraction => {
+                "steps (an integer ≥ 1) or a fraction of the fork step in (0, 1)"
+            }
+            LengthForm::StepsOrPercent => {
+                "steps (an integer ≥ 1) or a percentage of the fork step in (0, 100]"
+            }
+        }
+    }
+
+    fn takes_steps(self) -> bool {
+        self != LengthForm::FractionOfRun
+    }
+
+    fn takes_percent(self) -> bool {
+        self == LengthForm::StepsOrPercent
+    }
+
+    /// Whether `f` is a bare fraction this form takes.
+    fn takes_fraction(self, f: f64) -> bool {
+        match self {
+            LengthForm::FractionOfRun => f > 0.0 && f <= 1.0,
+            // `1` is a step there, so a fraction stays below it.
+            LengthForm::StepsOrFraction => f > 0.0 && f < 1.0,
+            LengthForm::StepsOrPercent => false,
+        }
+    }
+}
+
+impl DecayLength {
+    /// Parses a decay's length written in one of `form`'s ways: an integer is steps (where
+    /// the form takes steps), `P%` a percentage (where it takes them), any other number a
+    /// fraction. The error names the value and what is allowed.
+    pub fn parse(text: &str, form: LengthForm) -> Result<Self> {
+        let refuse = || {
+            Error::Config(format!(
+                "LENGTH {text:?} is not allowed; give {}",
+                form.allowed()
+            ))
+        };
+        if form.takes_percent()
+            && let Some(p) = text.strip_suffix('%')
+        {
+            return match p.parse::<f64>() {
+                Ok(p) if p > 0.0 && p <= 100.0 => Ok(DecayLength::Fraction(p / 100.0)),
+                _ => Err(refuse()),
+            };
+        }
+        if form.takes_steps()
+            && let Ok(n) = text.parse::<u64>()
+        {
+            return if n >= 1 {
+                Ok(DecayLength::Steps(n))
+            } else {
+                Err(refuse())
+            };
+        }
+        match text.parse::<f64>() {
+            Ok(f) if form.takes_fraction(f) => Ok(DecayLength::Fraction(f)),
+            // A length that may be steps too is quoted as written.
+            _ if form.takes_steps() => Err(refuse()),
+            // One that is only ever a fraction says which rule it broke.
+            Err(_) => Err(Error::Config(format!(
+                "{} {text:?} is not a number",
+                form.name()
+            ))),
+            Ok(f) => Err(Error::Config(format!(
+                "{} {f} is not allowed; it is {}",
+                form.name(),
+                form.allowed()
+            ))),
+        }
+    }
+
+    /// The length in steps of a span of `of` steps: at least one, so a short span still
+    /// has the shape it asks for.
+    pub fn steps(self, of: u64) -> u64 {
+        match self {
+            DecayLength::Steps(n) => n.max(1),
+            DecayLength::Fraction(f) => ((f * of as f64).round() as u64).max(1),
+        }
+    }
+}
+
+/// Parses a decay's floor: the final learning rate as a ratio of the peak, in [0, 1].
+pub fn parse_floor(text: &str) -> Result<f64> {
+    let floor: f64 = text
+        .parse()
+        .map_err(|_| Error::Config(format!("FLOOR {text:?} is not a number")))?;
+    if !(0.0..=1.0).contains(&floor) {
+        return Err(Error::Config(format!(
+            "FLOOR {floor} is not allowed; it is a fraction of the peak lr in [0, 1]"
+        )));
+    }
+    Ok(floor)
+}
+
+/// A decay as written on the command line: `SHAPE:LENGTH[:FLOOR]`, the length in one of a
+/// [`LengthForm`]'s ways, the floor [`DEFAULT_FLOOR`] when not given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecaySpec {
+    pub shape: DecayShape,
+    pub length: DecayLength,
+    pub floor: f64,
+}
+
+impl DecaySpec {
+    /// Parses `SHAPE:LENGTH[:FLOOR]`; the error quotes `spec` and names the part at fault,
+    /// so a caller only prefixes where it was written (`--decay`).
+    pub fn parse(spec: &str, form: LengthForm) -> Result<Self> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        if !(2..=3).contains(&parts.len()) {
+            return Err(Error::Config(format!(
+                "{spec:?} is not allowed; use SHAPE:{}[:FLOOR], e.g. {}",
+                form.name(),
+                form.examples()
+            )));
+        }
+        let in_spec = |e: Error| Error::Config(format!("{spec:?}: {e}"));
+        let shape: DecayShape = parts[0].parse().map_err(in_spec)?;
+        let length = DecayLength::parse(parts[1], form).map_err(in_spec)?;
+        let floor = match parts.get(2) {
+            Some(f) => parse_floor(f).map_err(in_spec)?,
+            None => DEFAULT_FLOOR,
+        };
+        Ok(DecaySpec {
+            shape,
+            length,
+            floor,
+        })
     }
 }
 
@@ -155,12 +343,12 @@ impl Schedule {
             )));
         }
         if let Schedule::Wsd {
-            shape: DecayShape::Exp,
+            shape,
             floor,
             decay_steps,
             ..
         } = *self
-            && floor == 0.0
+            && !shape.reaches(floor)
             && decay_steps > 0
         {
             return Err(Error::Config(
@@ -284,113 +472,4 @@ impl Schedule {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn close(a: f64, b: f64) -> bool {
-        (a - b).abs() < 1e-12
-    }
-
-    #[test]
-    fn wsd_boundaries_for_every_shape() {
-        for shape in DecayShape::ALL {
-            let s = Schedule::wsd(0.01, 100, 10, 20, shape, 0.1).unwrap();
-            assert!(close(s.lr(1), 0.001), "{shape}: first warmup step");
-            assert!(close(s.lr(10), 0.01), "{shape}: end of warmup is the peak");
-            assert!(close(s.lr(11), 0.01), "{shape}: stable");
-            assert!(close(s.lr(80), 0.01), "{shape}: last stable step");
-            assert!(
-                s.lr(81) < 0.01,
-                "{shape}: decay starts right after the stable phase"
-            );
-            assert!(
-                close(s.lr(100), 0.001),
-                "{shape}: ends at the floor exactly"
-            );
-            assert!(
-                close(s.lr(150), 0.001),
-                "{shape}: stays at the floor past the end"
-            );
-            assert_eq!(s.phase(10), Phase::Warmup);
-            assert_eq!(s.phase(11), Phase::Stable);
-            assert_eq!(s.phase(80), Phase::Stable);
-            assert_eq!(s.phase(81), Phase::Decay);
-            // Monotone non-increasing over the decay.
-            for t in 81..100 {
-                assert!(s.lr(t + 1) <= s.lr(t) + 1e-15, "{shape} rises at {t}");
-            }
-        }
-    }
-
-    #[test]
-    fn shapes_match_their_formulas_midway() {
-        let f = 0.1;
-        assert!(close(DecayShape::Exp.multiplier(0.5, f), 0.1f64.sqrt()));
-        assert!(close(DecayShape::Linear.multiplier(0.5, f), 0.55));
-        assert!(close(DecayShape::Cosine.multiplier(0.5, f), 0.55));
-        assert!(close(
-            DecayShape::OneSqrt.multiplier(0.25, f),
-            0.1 + 0.9 * 0.5
-        ));
-        assert!(close(DecayShape::Cosine.multiplier(0.0, f), 1.0));
-    }
-
-    #[test]
-    fn floor_zero_is_allowed_except_for_exp() {
-        let s = Schedule::wsd(0.01, 100, 0, 10, DecayShape::Linear, 0.0).unwrap();
-        assert_eq!(s.lr(100), 0.0);
-        assert_eq!(s.lr(1), 0.01, "no warmup: first step at the peak");
-        let err = Schedule::wsd(0.01, 100, 0, 10, DecayShape::Exp, 0.0).unwrap_err();
-        assert!(err.to_string().contains("exp decay needs a floor > 0"));
-    }
-
-    #[test]
-    fn rejects_decay_longer_than_the_run_and_bad_values() {
-        let e = Schedule::wsd(0.01, 100, 10, 95, DecayShape::Exp, 0.1).unwrap_err();
-        assert!(e.to_string().contains("decay of 95 steps"), "{e}");
-        assert!(Schedule::wsd(0.0, 100, 10, 10, DecayShape::Exp, 0.1).is_err());
-        assert!(Schedule::wsd(-1.0, 100, 10, 10, DecayShape::Exp, 0.1).is_err());
-        assert!(Schedule::wsd(0.01, 100, 10, 10, DecayShape::Exp, 1.5).is_err());
-    }
-
-    #[test]
-    fn cosine_and_constant() {
-        let c = Schedule::Cosine {
-            peak: 1.0,
-            warmup: 10,
-            total: 110,
-            floor: 0.1,
-        };
-        assert!(close(c.lr(10), 1.0));
-        assert!(close(c.lr(60), 0.55));
-        assert!(close(c.lr(110), 0.1));
-        assert_eq!(c.phase(11), Phase::Decay);
-        let k = Schedule::Constant {
-            peak: 0.5,
-            warmup: 0,
-            total: 10,
-        };
-        assert!(close(k.lr(1), 0.5) && close(k.lr(10), 0.5));
-        assert_eq!(k.phase(10), Phase::Stable);
-    }
-
-    #[test]
-    fn serde_round_trip_is_pure_data() {
-        let s = Schedule::wsd(0.01, 1000, 100, 100, DecayShape::OneSqrt, 0.0).unwrap();
-        let j = serde_json::to_string(&s).unwrap();
-        assert!(j.contains("\"1-sqrt\""), "{j}");
-        let back: Schedule = serde_json::from_str(&j).unwrap();
-        assert_eq!(back, s);
-        for t in [1, 100, 900, 950, 1000] {
-            assert_eq!(back.lr(t), s.lr(t));
-        }
-    }
-
-    #[test]
-    fn matches_the_torch_reference_formula() {
-        // minicpm_ref.py wsd_mult(step=95, total=100, warmup=10, decay=10, "exp", 0.1) = 0.1**0.5
-        let s = Schedule::wsd(1.0, 100, 10, 10, DecayShape::Exp, 0.1).unwrap();
-        assert!(close(s.multiplier(95), 0.1f64.powf(0.5)));
-        assert!(close(s.multiplier(5), 0.5));
-    }
-}
+mod tests;

@@ -148,13 +148,8 @@ pub(crate) fn prepare(args: &TrainArgs, tui: bool) -> Result<Option<Prepared>> {
         ),
         Some(dir) => {
             let (_, state) = checkpoint::read_state(dir)?;
-            let given = match &args.config {
-                Some(p) => args.settings.clone().over(Settings::from_file(p)?),
-                None => args.settings.clone(),
-            };
-            settings::check_resume(&given, &state.config)?;
-            let mut cfg = state.config;
-            settings::apply_on_resume(&given, &mut cfg)?;
+            let given = Settings::merged(args.settings.clone(), args.config.as_deref())?;
+            let cfg = settings::resumed(&given, state.config)?;
             if state.step >= cfg.steps {
                 bail!(
                     "the checkpoint is at step {} of {}: the run is already complete",

@@ -6,7 +6,10 @@ use ratatui::crossterm::event::{
     KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
 };
 use ratatui::layout::{Position, Rect};
-use wsdscope_trainer::{DecayShape, ForkLength, ForkRequest, Schedule};
+use wsdscope_trainer::schedule::parse_floor;
+use wsdscope_trainer::{DecayLength, DecayShape, ForkLength, ForkRequest, LengthForm, Schedule};
+
+use crate::settings::fork_length;
 
 use super::layout;
 use super::state::{ForkField, ForkForm, Level, Overlay, TuiState, View};
@@ -387,40 +390,25 @@ fn fork_key(state: &mut TuiState, mut form: ForkForm, key: KeyEvent) -> Option<A
 /// Reads the form into a request, or says what is wrong with it.
 pub fn parse_fork(form: &ForkForm) -> Result<ForkRequest, String> {
     let text = form.length.trim();
-    let length = if let Some(p) = text.strip_suffix('%') {
-        match p.trim().parse::<f64>() {
-            Ok(p) if p > 0.0 && p <= 100.0 => ForkLength::FractionOfStep(p / 100.0),
-            _ => {
-                return Err(format!(
-                    "length {text:?}: a percentage must be in (0, 100], e.g. 10%"
-                ));
-            }
+    let length = DecayLength::parse(text, LengthForm::StepsOrPercent).map_err(|_| {
+        if text.ends_with('%') {
+            format!("length {text:?}: a percentage must be in (0, 100], e.g. 10%")
+        } else {
+            format!("length {text:?}: type steps (e.g. 200) or a percentage of the step (e.g. 10%)")
         }
-    } else {
-        match text.parse::<u64>() {
-            Ok(n) if n > 0 => ForkLength::Steps(n),
-            _ => {
-                return Err(format!(
-                    "length {text:?}: type steps (e.g. 200) or a percentage of the step (e.g. 10%)"
-                ));
-            }
-        }
-    };
-    let floor = match form.floor.trim().parse::<f64>() {
-        Ok(f) if (0.0..=1.0).contains(&f) => f,
-        _ => {
-            return Err(format!(
-                "floor {:?}: a ratio of the peak lr in [0, 1], e.g. 0.1",
-                form.floor
-            ));
-        }
-    };
-    if form.shape == DecayShape::Exp && floor == 0.0 {
+    })?;
+    let floor = parse_floor(form.floor.trim()).map_err(|_| {
+        format!(
+            "floor {:?}: a ratio of the peak lr in [0, 1], e.g. 0.1",
+            form.floor
+        )
+    })?;
+    if !form.shape.reaches(floor) {
         return Err("an exp decay needs a floor > 0; use linear, cosine or 1-sqrt for 0".into());
     }
     Ok(ForkRequest {
         parent: form.parent,
-        length,
+        length: fork_length(length),
         shape: form.shape,
         floor,
     })
