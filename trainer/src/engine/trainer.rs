@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use wsdscope_events::vocabulary::{common, interp, noise};
 use wsdscope_events::{EVENT_SCHEMA_VERSION, ProbeResult, RunEvent, RunId, RunStart, StepMetrics};
 
 use super::device::device;
@@ -428,11 +429,11 @@ impl Trainer {
         };
         let mut m = probe::measure(kind, &input)?;
         if kind == ProbeKind::Noise {
-            self.noise_sums.0 += m.scalars["trace"];
-            self.noise_sums.1 += m.scalars["g_sq"];
+            self.noise_sums.0 += m.scalars[noise::TRACE];
+            self.noise_sums.1 += m.scalars[noise::G_SQ];
             let (t, g) = self.noise_sums;
             m.scalars.insert(
-                "b_simple_avg".into(),
+                noise::B_SIMPLE_AVG.into(),
                 if g > 0.0 { t / g } else { f64::NAN },
             );
         }
@@ -450,19 +451,20 @@ impl Trainer {
         };
         let batch = self.data.train_batch(self.step.max(1));
         let mut m = probe::interpolation(&parent.model, &branch.model, &batch, &self.cfg.probes)?;
-        m.scalars.insert("from_run".into(), parent.run as f64);
-        m.scalars.insert("from_step".into(), parent.step as f64);
-        m.scalars.insert("to_run".into(), branch.run as f64);
-        m.scalars.insert("to_step".into(), branch.step as f64);
+        m.scalars.insert(interp::FROM_RUN.into(), parent.run as f64);
+        m.scalars
+            .insert(interp::FROM_STEP.into(), parent.step as f64);
+        m.scalars.insert(interp::TO_RUN.into(), branch.run as f64);
+        m.scalars.insert(interp::TO_STEP.into(), branch.step as f64);
         Ok(self.result(ProbeKind::Interp, m, t0))
     }
 
     fn result(&self, kind: ProbeKind, mut m: Measurement, t0: Instant) -> ProbeResult {
         let secs = t0.elapsed().as_secs_f64();
-        m.scalars.insert("seconds".into(), secs);
+        m.scalars.insert(common::SECONDS.into(), secs);
         if self.mean_step_s > 0.0 {
             m.scalars
-                .insert("cost_steps".into(), secs / self.mean_step_s);
+                .insert(common::COST_STEPS.into(), secs / self.mean_step_s);
         }
         ProbeResult {
             run: self.run,
