@@ -1,6 +1,6 @@
 //! What the app itself holds for a run, so the memory estimate made before training
 //! (`wsdscope_trainer::memory`) counts it too: the `run` TUI's per-step series
-//! (`tui/state.rs`, `tui/series.rs`) and the bounded event channels between the engine, the
+//! (`tui/state/`, `tui/series.rs`) and the bounded event channels between the engine, the
 //! printer or UI, and the session recorder. Headless `record` keeps no series.
 
 use std::mem::size_of;
@@ -13,7 +13,7 @@ use wsdscope_trainer::memory::{self, MemoryEstimate, Place};
 use crate::live::{EVENT_BUFFER, UI_BUFFER};
 
 /// Metric columns with a min/max pyramid per run: loss, its EMA, lr, gradient and update
-/// norms, cos, D1, D2, curvature and its EMA (`RunData` in `tui/state.rs`).
+/// norms, cos, D1, D2, curvature and its EMA (`RunData` in `tui/state/run.rs`).
 const COLUMNS: u64 = 10;
 /// Plain 8-byte series per run: parameter norm, tokens, tokens/s, step time.
 const PLAIN: u64 = 4;

@@ -265,7 +265,7 @@ impl MiniCpm {
     }
 
     /// Bytes the CPU step's scratch pool holds between steps (what the memory estimate
-    /// models; see `memory.rs`).
+    /// models; see `memory/`).
     pub fn scratch_bytes(&self) -> u64 {
         self.pool.bytes()
     }
