@@ -29,6 +29,13 @@ pub enum Command {
     Record(Box<RecordArgs>),
     /// Open a recorded session in the terminal UI with a time cursor (play, scrub, jump).
     Replay(ReplayArgs),
+    /// Open the live terminal UI on a run another process is training (`record`, `run`):
+    /// follow it and steer it; `q` detaches and leaves it running.
+    Attach(AttachArgs),
+    /// Print a session's first events as JSON lines, waiting for its writer (what a run's
+    /// control endpoint sends an attaching viewer to catch up).
+    #[command(hide = true)]
+    History(HistoryArgs),
     /// Summarise a session file: config, runs, final losses, durations.
     Inspect(InspectArgs),
     /// Draw a session's curves to a PNG or SVG figure.
@@ -69,6 +76,16 @@ pub struct TrainArgs {
     /// Print the resolved configuration and parameter counts, then exit without training.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Also accept `wsdscope attach` over TCP on this address (e.g. 127.0.0.1:7070; port 0
+    /// picks one), with a token printed at start. Without it only the Unix socket
+    /// NAME.h5.sock next to the session file is served.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+
+    /// Serve no control socket next to the session file (nobody can attach, unless --listen).
+    #[arg(long)]
+    pub no_socket: bool,
 }
 
 #[derive(Args, Debug)]
@@ -98,6 +115,25 @@ pub struct ReplayArgs {
     /// half second and keep the cursor at the end (until you scrub back; `e` follows again).
     #[arg(long)]
     pub follow: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// The run's control socket (NAME.h5.sock next to its session file), or HOST:PORT of a
+    /// run started with --listen.
+    #[arg(value_name = "SOCKET|HOST:PORT")]
+    pub target: String,
+    /// The token a run started with --listen printed (TCP only).
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    pub file: PathBuf,
+    /// How many events (from the first) to print.
+    #[arg(long)]
+    pub until: u64,
 }
 
 #[derive(Args, Debug)]

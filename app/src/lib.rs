@@ -3,6 +3,7 @@
 //! dispatches; the render benchmark and the tests import these modules from here.
 
 pub mod analysis;
+pub mod attach;
 pub mod cli;
 pub mod live;
 pub mod memory;

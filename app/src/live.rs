@@ -6,6 +6,8 @@
 //! engine thread ─emit─►│
 //!   (Pipeline::deliver)└─► Viewer::Printer ──(bounded, waits)───► main thread: jsonl, progress
 //!                         or Viewer::Display ─(try_send, never waits)─► UI thread (tui::LiveSource)
+//!                      └─► Attached: each viewer ─(try_send, never waits)─► its connection
+//!                                                                   (crate::attach)
 //! ```
 //!
 //! Every event is handled on the engine thread, in order, as it is emitted, so there is one
@@ -22,6 +24,10 @@
 //!    [`LiveInfo::dropped_display`] (the header shows it) and dropped; rarer events (start,
 //!    evals, notes, forks, ends) wait in order in a small queue, so the screen never misses
 //!    how a run ended. The engine never waits for the screen.
+//! 4. **Attached viewers are offered events like the display** ([`Attached`]): each has its
+//!    own channel and queue, and the count of events delivered before it came
+//!    ([`Registered::delivered`]), so it can take the earlier ones from the session file
+//!    without a gap or a duplicate. One that stops reading is given up, never waited for.
 //!
 //! [`Live::start`] starts the engine with the pipeline as its sink; [`Live::finish`] waits
 //! for the engine and hands back the recorder (to complete the file) and what the trunk's
@@ -29,9 +35,10 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Sender, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use wsdscope_sessions::{EndReason, Notice, RecordSummary, Recorder, RunEvent};
@@ -44,6 +51,10 @@ pub const EVENT_BUFFER: usize = 4096;
 
 /// Events the UI may fall behind by before steps are dropped from the display.
 pub const UI_BUFFER: usize = 8192;
+
+/// Events that are not step samples an attached viewer may fall behind by before it is
+/// given up (it stopped reading; its connection is closed).
+pub const ATTACHED_PENDING: usize = 1 << 16;
 
 /// What the printer of `record` receives, in order.
 pub enum Printed {
@@ -83,23 +94,32 @@ impl Live {
     /// `recorder` and `viewer`. If the engine cannot start, the session file is removed (it
     /// never received a run).
     pub fn start(trainer: Trainer, recorder: Option<Recorder>, viewer: Viewer) -> Result<Live> {
+        Live::start_attached(trainer, recorder, viewer, Attached::default())
+    }
+
+    /// [`Live::start`], also offering every event to the viewers that `attached` registers.
+    pub fn start_attached(
+        trainer: Trainer,
+        recorder: Option<Recorder>,
+        viewer: Viewer,
+        attached: Attached,
+    ) -> Result<Live> {
         let stopper = Arc::new(OnceLock::new());
         let pipeline = Arc::new(Mutex::new(Pipeline {
             recorder,
             recording_failed: false,
             viewer: Some(match viewer {
                 Viewer::Printer(tx) => Sink::Printer(tx),
-                Viewer::Display { events, info } => Sink::Display(Display {
-                    tx: events,
-                    pending: VecDeque::new(),
+                Viewer::Display { events, info } => Sink::Display(
+                    Offer::new(events, Arc::clone(&info.dropped_display), None),
                     info,
-                    closed: false,
-                }),
+                ),
             }),
             stopper: Arc::clone(&stopper),
             stop_reason: None,
             stop_sent: false,
             trunk: Trunk::default(),
+            attached,
         }));
         let side = EngineSide(Arc::clone(&pipeline));
         let engine = match Engine::spawn(trainer, move |ev| side.deliver(ev)) {
@@ -175,6 +195,7 @@ struct Pipeline {
     stop_reason: Option<String>,
     stop_sent: bool,
     trunk: Trunk,
+    attached: Attached,
 }
 
 impl Pipeline {
@@ -190,6 +211,7 @@ impl Pipeline {
             }
             self.notices();
         }
+        self.attached.deliver(&ev);
         if let Some(v) = &mut self.viewer {
             v.event(ev);
         }
@@ -214,8 +236,8 @@ impl Pipeline {
         if self.stop_reason.is_some() {
             return;
         }
-        if let Some(Sink::Display(d)) = &self.viewer {
-            let _ = d.info.alert.set(format!(
+        if let Some(Sink::Display(_, info)) = &self.viewer {
+            let _ = info.alert.set(format!(
                 "{reason}; training stopped (the session keeps what was written)"
             ));
         }
@@ -239,16 +261,17 @@ impl Pipeline {
     /// viewer's channel closed (so the printer's loop ends).
     fn close(&mut self) {
         self.notices();
-        if let Some(Sink::Display(d)) = self.viewer.take() {
-            d.finish();
+        if let Some(Sink::Display(d, _)) = self.viewer.take() {
+            d.finish(None);
         }
+        self.attached.close();
     }
 }
 
 /// A viewer as the pipeline drives it.
 enum Sink {
     Printer(SyncSender<Printed>),
-    Display(Display),
+    Display(Offer, LiveInfo),
 }
 
 impl Sink {
@@ -258,7 +281,7 @@ impl Sink {
             Sink::Printer(tx) => {
                 let _ = tx.send(Printed::Event(ev));
             }
-            Sink::Display(d) => d.send(ev),
+            Sink::Display(d, _) => d.send(ev),
         }
     }
 
@@ -267,8 +290,7 @@ impl Sink {
             Sink::Printer(tx) => {
                 let _ = tx.send(Printed::Notice(n));
             }
-            Sink::Display(d) => d
-                .info
+            Sink::Display(_, info) => info
                 .notices
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -277,16 +299,31 @@ impl Sink {
     }
 }
 
-/// The UI's end of the pipeline: `try_send`, never blocking the engine.
-struct Display {
+/// A channel offered each event with `try_send`, never blocking the engine: a step sample
+/// that finds it full is dropped and counted; other events wait in order in `pending`.
+struct Offer {
     tx: SyncSender<RunEvent>,
     /// Events that are not step samples and found the channel full, in order.
     pending: VecDeque<RunEvent>,
-    info: LiveInfo,
+    /// Step samples dropped so far.
+    dropped: Arc<AtomicU64>,
+    /// The most events `pending` may hold before this receiver is given up (an attached
+    /// viewer that stopped reading); `None`: no limit (the local display).
+    limit: Option<usize>,
     closed: bool,
 }
 
-impl Display {
+impl Offer {
+    fn new(tx: SyncSender<RunEvent>, dropped: Arc<AtomicU64>, limit: Option<usize>) -> Self {
+        Offer {
+            tx,
+            pending: VecDeque::new(),
+            dropped,
+            limit,
+            closed: false,
+        }
+    }
+
     fn send(&mut self, ev: RunEvent) {
         if self.closed {
             return;
@@ -310,7 +347,7 @@ impl Display {
             if sample {
                 self.dropped();
             } else {
-                self.pending.push_back(ev);
+                self.queue(ev);
             }
             return;
         }
@@ -320,24 +357,133 @@ impl Display {
                 if sample {
                     self.dropped();
                 } else {
-                    self.pending.push_back(ev);
+                    self.queue(ev);
                 }
             }
             Err(TrySendError::Disconnected(_)) => self.closed = true,
         }
     }
 
-    fn dropped(&self) {
-        self.info.dropped_display.fetch_add(1, Ordering::Relaxed);
+    fn queue(&mut self, ev: RunEvent) {
+        if self.limit.is_some_and(|l| self.pending.len() >= l) {
+            // Nothing is read any more: forget this receiver rather than hold events forever.
+            self.closed = true;
+            self.pending.clear();
+        } else {
+            self.pending.push_back(ev);
+        }
     }
 
-    /// Delivers what is still queued. Training is over by now, so waiting is harmless; a UI
-    /// that has quit makes the sends fail at once.
-    fn finish(mut self) {
+    fn dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Delivers what is still queued. Training is over by now, so waiting is harmless; a
+    /// receiver that has gone makes the sends fail at once. With `patience`, gives up after
+    /// that long (a remote viewer may never read again).
+    fn finish(mut self, patience: Option<Duration>) {
+        let t0 = Instant::now();
         while let Some(p) = self.pending.pop_front() {
-            if self.closed || self.tx.send(p).is_err() {
+            if self.closed {
                 return;
             }
+            match patience {
+                None => {
+                    if self.tx.send(p).is_err() {
+                        return;
+                    }
+                }
+                Some(limit) => {
+                    let mut p = p;
+                    loop {
+                        match self.tx.try_send(p) {
+                            Ok(()) => break,
+                            Err(TrySendError::Full(back)) if t0.elapsed() < limit => {
+                                p = back;
+                                std::thread::sleep(Duration::from_millis(5));
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The viewers attached over the control endpoint ([`crate::attach`]): each is offered every
+/// event like the display (its step samples dropped when it falls behind, never slowing the
+/// engine). Shared by the pipeline and the endpoint's listener, which registers viewers.
+#[derive(Clone, Default)]
+pub struct Attached(Arc<Mutex<AttachedList>>);
+
+#[derive(Default)]
+struct AttachedList {
+    /// Events delivered so far (the next event's `seq` in the session file).
+    delivered: u64,
+    viewers: Vec<Offer>,
+    /// The engine has ended: nothing more comes.
+    closed: bool,
+}
+
+/// A viewer's end of the pipeline, from [`Attached::register`].
+pub struct Registered {
+    /// The events delivered before this viewer was registered (the first one it receives
+    /// is number `delivered`).
+    pub delivered: u64,
+    pub events: Receiver<RunEvent>,
+    /// Step samples dropped because this viewer fell behind.
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl Attached {
+    fn lock(&self) -> MutexGuard<'_, AttachedList> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new viewer, offered every event from now on through a channel of `buffer` events
+    /// (and at most [`ATTACHED_PENDING`] waiting non-sample events). `None` once the engine
+    /// has ended.
+    pub fn register(&self, buffer: usize) -> Option<Registered> {
+        let mut list = self.lock();
+        if list.closed {
+            return None;
+        }
+        let (tx, rx) = mpsc::sync_channel(buffer);
+        let dropped = Arc::new(AtomicU64::new(0));
+        list.viewers
+            .push(Offer::new(tx, Arc::clone(&dropped), Some(ATTACHED_PENDING)));
+        Some(Registered {
+            delivered: list.delivered,
+            events: rx,
+            dropped,
+        })
+    }
+
+    /// How many viewers are attached now.
+    pub fn count(&self) -> usize {
+        self.lock().viewers.iter().filter(|v| !v.closed).count()
+    }
+
+    fn deliver(&self, ev: &RunEvent) {
+        let mut list = self.lock();
+        list.delivered += 1;
+        list.viewers.retain(|v| !v.closed);
+        for v in &mut list.viewers {
+            v.send(ev.clone());
+        }
+    }
+
+    /// The engine has ended: what is queued goes out (for a short while), then every
+    /// viewer's channel closes.
+    fn close(&self) {
+        let viewers = {
+            let mut list = self.lock();
+            list.closed = true;
+            std::mem::take(&mut list.viewers)
+        };
+        for v in viewers {
+            v.finish(Some(Duration::from_secs(2)));
         }
     }
 }

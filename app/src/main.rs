@@ -20,6 +20,8 @@ fn main() -> ExitCode {
         Command::Run(a) => modes::run::run(*a),
         Command::Record(a) => modes::record::run(*a),
         Command::Replay(a) => modes::replay::run(a),
+        Command::Attach(a) => modes::attach::run(a),
+        Command::History(a) => modes::attach::history(a),
         Command::Bench(a) => modes::bench::run(a).map(|_| ExitCode::SUCCESS),
         Command::Inspect(a) => modes::inspect::run(a).map(|_| ExitCode::SUCCESS),
         Command::Plot(a) => modes::plot::run(a).map(|_| ExitCode::SUCCESS),

@@ -1,5 +1,6 @@
 //! The things `wsdscope` does, one module per subcommand.
 
+pub mod attach;
 pub mod bench;
 pub mod inspect;
 pub mod kernels;

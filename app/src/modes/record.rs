@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use wsdscope_sessions::{EndReason, Recorder, RunEvent, SessionPlan};
 use wsdscope_trainer::{Command, RunConfig, Trainer, checkpoint};
 
+use crate::attach::Server;
 use crate::cli::{RecordArgs, TrainArgs};
 use crate::live::{EVENT_BUFFER, Finished, Live, Printed, Viewer, finish_recording};
 use crate::memory;
@@ -133,6 +134,8 @@ pub(crate) struct Prepared {
     /// Where an interrupted trunk checkpoints: its `--checkpoint-dir`, or next to the session
     /// file (`NAME.checkpoints/`), or `checkpoints/` without one.
     pub checkpoint_to: PathBuf,
+    /// The control endpoint viewers attach to (`wsdscope attach`), bound, not yet serving.
+    pub server: Option<Server>,
 }
 
 /// Everything before training, shared by `record` and `run` (`tui`): resolves the settings
@@ -185,10 +188,16 @@ pub(crate) fn prepare(args: &TrainArgs, tui: bool) -> Result<Option<Prepared>> {
         }
         (None, None) => PathBuf::from("checkpoints"),
     };
+    let server = Server::open(
+        recorder.as_ref().map(|r| r.path()),
+        args.listen.as_deref(),
+        args.no_socket,
+    )?;
     Ok(Some(Prepared {
         trainer,
         recorder,
         checkpoint_to,
+        server,
     }))
 }
 
@@ -317,16 +326,28 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
         trainer,
         recorder,
         checkpoint_to,
+        server,
     } = p;
     let path = recorder.as_ref().map(|r| r.path().display().to_string());
     let (tx, printed) = mpsc::sync_channel(EVENT_BUFFER);
-    let live = Live::start(trainer, recorder, Viewer::Printer(tx))?;
+    let attached = server.as_ref().map(Server::attached).unwrap_or_default();
+    let live = Live::start_attached(trainer, recorder, Viewer::Printer(tx), attached)?;
     interrupts.attach(live.commands(), checkpoint_to);
     let stderr = std::io::stderr();
     let mut progress = Progress::new(stderr.lock(), stderr.is_terminal());
     if let Some(p) = &path {
         progress.note(&format!("session: {p}"));
     }
+    // Served until this function returns (the socket file is removed then).
+    let _listening = match server {
+        Some(s) => {
+            for l in s.lines() {
+                progress.note(&l);
+            }
+            Some(s.start(live.commands())?)
+        }
+        None => None,
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // Until the engine ends and the pipeline closes the channel.

@@ -11,9 +11,10 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 
 use anyhow::{Result, bail};
-use wsdscope_sessions::EndReason;
+use wsdscope_sessions::{EndReason, Notice};
 use wsdscope_trainer::Command;
 
+use crate::attach::Server;
 use crate::cli::RunArgs;
 use crate::live::{Finished, Live, Trunk, UI_BUFFER, Viewer, finish_recording};
 use crate::modes::record;
@@ -33,6 +34,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         trainer,
         recorder,
         checkpoint_to,
+        server,
     }) = record::prepare(train, true)?
     else {
         return Ok(ExitCode::SUCCESS);
@@ -47,9 +49,21 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         events: ui_tx,
         info: info.clone(),
     };
-    let live = Live::start(trainer, recorder, viewer)?;
+    let attached = server.as_ref().map(Server::attached).unwrap_or_default();
+    let live = Live::start_attached(trainer, recorder, viewer, attached)?;
     interrupts.attach(live.commands(), checkpoint_to);
     let commands = live.commands();
+    // Other viewers may attach while the UI runs (the token of --listen is on the status
+    // line at start); served until this function returns.
+    let _listening = match server {
+        Some(s) => {
+            let mut notices = info.notices.lock().unwrap_or_else(|e| e.into_inner());
+            notices.extend(s.lines().into_iter().map(Notice::Recovered));
+            drop(notices);
+            Some(s.start(commands.clone())?)
+        }
+        None => None,
+    };
     let ui = tui::run_live(ui_rx, commands.clone(), info.clone());
     // The run has ended or was asked to stop; make sure, then wait for its end event. (After
     // a signal the engine already has its StopWith, which comes first.)

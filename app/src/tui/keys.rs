@@ -29,6 +29,8 @@ pub enum Action {
     Quit,
     /// Leave now, without waiting for the engine to finish its step.
     ForceQuit,
+    /// Attached to another process's run: stop that run, wait for its end, and leave.
+    StopRun,
     /// Replay: play or pause the time cursor.
     PlayPause,
     /// Replay: one speed faster (`+1`) or slower (`-1`): ×1, ×10, ×100, max.
@@ -50,6 +52,12 @@ pub enum Seek {
     NextMark,
     PrevMark,
 }
+
+/// The keys that differ in a run reached with `wsdscope attach` (for the README).
+pub const ATTACH_KEYS: &[(&str, &str)] = &[
+    ("q / Ctrl-C", "detach: leave the TUI, the run goes on"),
+    ("X", "stop the run (asks first), then leave"),
+];
 
 /// Every key of a live run (`wsdscope run`), for the help overlay and the README:
 /// (keys, what they do).
@@ -149,7 +157,11 @@ pub fn handle_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
         }
         Overlay::ConfirmQuit => {
             if matches!(key.code, KeyCode::Char('y' | 'Y')) {
-                Some(Action::Quit)
+                Some(if state.ui.attached {
+                    Action::StopRun
+                } else {
+                    Action::Quit
+                })
             } else {
                 state.set_status(Level::Info, "quit cancelled; training goes on");
                 None
@@ -217,11 +229,14 @@ fn main_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
             if state.ui.stopping {
                 return Some(Action::ForceQuit);
             }
-            if state.ui.live && state.training_active() {
+            if state.ui.live && state.training_active() && !state.ui.attached {
                 state.ui.overlay = Overlay::ConfirmQuit;
             } else {
                 return Some(Action::Quit);
             }
+        }
+        KeyCode::Char('X') if state.ui.attached && state.training_active() => {
+            state.ui.overlay = Overlay::ConfirmQuit;
         }
         _ => {}
     }

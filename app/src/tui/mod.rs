@@ -256,7 +256,7 @@ impl Source for LiveSource {
             Action::Fork(req) => self.send(Command::Fork(req), state),
             Action::ForkResume(parent) => self.send(Command::ForkResume { parent }, state),
             Action::Probe(run) => self.send(Command::Probe { run }, state),
-            Action::Quit => {
+            Action::Quit | Action::StopRun => {
                 if self.disconnected || !state.training_active() {
                     return Flow::Quit;
                 }

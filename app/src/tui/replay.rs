@@ -365,7 +365,7 @@ impl Source for ReplaySource {
 
     fn act(&mut self, action: Action, state: &mut TuiState) -> Flow {
         match action {
-            Action::Quit | Action::ForceQuit => return Flow::Quit,
+            Action::Quit | Action::ForceQuit | Action::StopRun => return Flow::Quit,
             Action::PlayPause => {
                 if self.playing || self.following {
                     self.playing = false;

@@ -9,6 +9,17 @@ use crate::{Phase, RunEvent, RunId, StepGeometry, StepMetrics};
 impl Session {
     /// Every event in the order the live run produced it.
     pub fn events(&self) -> Result<Vec<RunEvent>> {
+        Ok(self
+            .events_with_seq()?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// Every event with its sequence number (its index in the order the live run produced
+    /// them), in that order. In a session still being written, a flush in progress may leave
+    /// a gap: the numbers tell a reader which events are certainly all there.
+    pub fn events_with_seq(&self) -> Result<Vec<(u64, RunEvent)>> {
         // Each source (the log, every run's steps, every run's evals) is already in seq order;
         // merging them is much cheaper than sorting a million large events.
         let mut sources: Vec<Vec<(u64, RunEvent)>> = vec![self.log.clone()];
@@ -128,7 +139,7 @@ impl Session {
 }
 
 /// Merges lists that are each sorted by seq into one event list in seq order.
-fn merge_by_seq(sources: Vec<Vec<(u64, RunEvent)>>) -> Vec<RunEvent> {
+fn merge_by_seq(sources: Vec<Vec<(u64, RunEvent)>>) -> Vec<(u64, RunEvent)> {
     let total = sources.iter().map(Vec::len).sum();
     let mut out = Vec::with_capacity(total);
     let mut iters: Vec<std::iter::Peekable<std::vec::IntoIter<(u64, RunEvent)>>> = sources
@@ -161,7 +172,7 @@ fn merge_by_seq(sources: Vec<Vec<(u64, RunEvent)>>) -> Vec<RunEvent> {
             if *seq > next_other {
                 break;
             }
-            out.push(it.next().expect("peeked").1);
+            out.push(it.next().expect("peeked"));
         }
         if it.peek().is_none() {
             drop(iters.swap_remove(best));

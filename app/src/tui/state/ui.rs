@@ -110,6 +110,9 @@ pub struct UiState {
     pub live: bool,
     /// Set once Stop was sent; the loop waits for the run to end.
     pub stopping: bool,
+    /// The live run is another process's, reached with `wsdscope attach`: `q` detaches and
+    /// leaves it running, `X` stops it.
+    pub attached: bool,
     /// The pause state asked for and not yet confirmed by the engine's note.
     pub pause_intent: Option<bool>,
     /// The run whose probes `p` asked for and that have not arrived yet.
@@ -155,6 +158,7 @@ impl Default for UiState {
             session_path: None,
             live: true,
             stopping: false,
+            attached: false,
             pause_intent: None,
             probing: None,
             area: Rect::default(),
