@@ -415,10 +415,11 @@ fn attach_shows_the_run_and_detaching_leaves_it_running() {
     let attach = format!("'{}' attach s.h5.sock; echo EXIT=$?", binary().display());
 
     let t = Tmux::start(dir.path(), 120, 40, &attach);
-    let s = t.wait_for("the attached run", |s| {
+    t.wait_for("the attached run", |s| {
         s.contains("● running") && s.contains("tok/s")
     });
-    assert!(s.contains("s.h5"), "the header names the session:\n{s}");
+    let s = t.wait_for("caught up", |s| s.contains("attached ("));
+    assert!(s.contains("earlier events"), "{s}");
     t.keys(&["q"]);
     let s = t.wait_for("detached", |s| s.contains("EXIT="));
     assert!(s.contains("EXIT=0") && s.contains("detached from"), "{s}");

@@ -150,7 +150,7 @@ impl AttachSource {
                 Reply::Welcome { .. } | Reply::Accepted { .. } => {}
                 Reply::CaughtUp { events } => state.set_status(
                     Level::Info,
-                    format!("attached: {events} earlier events read; q detaches (the run goes on), X stops it"),
+                    format!("attached ({events} earlier events): q detaches, X stops the run"),
                 ),
                 Reply::Note { text } => state.set_status(Level::Warn, text),
                 Reply::Refused { error } => state.set_status(Level::Error, error),

@@ -35,6 +35,8 @@
 pub mod client;
 pub mod server;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 use serde::{Deserialize, Serialize};
 use wsdscope_sessions::RunId;
