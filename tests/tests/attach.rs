@@ -450,3 +450,65 @@ fn attach_shows_the_run_and_detaching_leaves_it_running() {
     let end = session.iter().find(|e| e["type"] == "end").unwrap();
     assert_eq!(end["reason"], "stopped", "{end}");
 }
+
+/// Another user is refused even where the socket's mode would let them in (the peer's uid is
+/// checked too). Needs root to act as another user; elsewhere it checks nothing.
+#[test]
+fn another_user_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot connect as another user here");
+        return;
+    }
+    if std::process::Command::new("python3")
+        .args(["-c", ""])
+        .status()
+        .is_err()
+    {
+        eprintln!("no python3: no client to run as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut rec = record(dir.path(), LONG);
+    let sock = socket(dir.path());
+    let as_nobody = |sock: &Path| {
+        use std::os::unix::process::CommandExt;
+        let script = "import socket,sys\n\
+            s=socket.socket(socket.AF_UNIX)\n\
+            try:\n s.connect(sys.argv[1])\n\
+            except OSError as e:\n print('connect failed', e.errno); sys.exit(0)\n\
+            s.sendall(b'{\"cmd\":\"hello\",\"protocol\":1}\\n')\n\
+            print(s.makefile().readline().strip())\n";
+        let out = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(sock)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("python3 runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The mode keeps others out…
+    let said = as_nobody(&sock);
+    assert!(said.contains("connect failed"), "{said}");
+    // …and were it opened, the uid check would.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let said = as_nobody(&sock);
+    assert!(
+        said.contains("refused") && said.contains("another user"),
+        "{said}"
+    );
+    // The run is untouched: its owner attaches and stops it.
+    let mut c = Client::unix(&sock);
+    c.hello(None);
+    c.send(r#"{"cmd":"stop"}"#);
+    let (mut events, mut msgs) = (Vec::new(), Vec::new());
+    c.rest(&mut events, &mut msgs);
+    assert!(wait_exit(&mut rec).success());
+    let end = events
+        .iter()
+        .find(|e| e["type"] == "end")
+        .unwrap_or_else(|| panic!("{msgs:?} {}", events.len()));
+    assert_eq!(end["reason"], "stopped", "{end}");
+}

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -29,6 +29,9 @@ const HELLO_WITHIN: Duration = Duration::from_secs(10);
 const MAX_LINE: u64 = 1 << 20;
 /// How often an idle connection looks whether its viewer has gone or dropped samples.
 const TICK: Duration = Duration::from_millis(250);
+/// How long a run that has ended waits for its viewers to receive the rest (their catch-up,
+/// the last events) before it closes their connections.
+const LAST_WORDS: Duration = Duration::from_secs(5);
 
 /// The bound endpoints of one run, not yet serving ([`Server::start`]).
 pub struct Server {
@@ -113,6 +116,7 @@ impl Server {
             session: self.session,
             token: self.tcp.as_ref().map(|(_, _, t)| t.clone()),
             uid: current_uid(),
+            open: Mutex::default(),
         });
         let unix = self.unix.map(|(l, _)| l);
         let tcp = self.tcp.map(|(l, _, _)| l);
@@ -123,6 +127,7 @@ impl Server {
             l.set_nonblocking(true)?;
         }
         let flag = Arc::clone(&stop);
+        let shared = Arc::clone(&ctx);
         let thread = std::thread::Builder::new()
             .name("attach-listener".into())
             .spawn(move || {
@@ -150,16 +155,19 @@ impl Server {
             stop,
             thread: Some(thread),
             socket,
+            shared,
         })
     }
 }
 
-/// A serving endpoint; dropping it stops accepting and removes the socket file (viewers
-/// already attached get the run's end through the pipeline).
+/// A serving endpoint; dropping it (after the run has ended) stops accepting, gives the
+/// attached viewers up to [`LAST_WORDS`] to receive the rest, closes their connections and
+/// removes the socket file.
 pub struct Listening {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     socket: Option<PathBuf>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for Listening {
@@ -167,6 +175,14 @@ impl Drop for Listening {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        let t0 = std::time::Instant::now();
+        while !self.shared.open().is_empty() && t0.elapsed() < LAST_WORDS {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A viewer that stopped reading has a thread blocked writing to it: this ends it.
+        for s in self.shared.open().values() {
+            s.shutdown();
         }
         if let Some(p) = &self.socket {
             let _ = std::fs::remove_file(p);
@@ -182,6 +198,32 @@ struct Shared {
     /// The TCP token.
     token: Option<String>,
     uid: u32,
+    /// The connections being served (a handle on each, to close it), by number.
+    open: Mutex<std::collections::HashMap<u64, Stream>>,
+}
+
+impl Shared {
+    fn open(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Stream>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A connection counted in [`Shared::open`] while it lives.
+struct Open<'a>(&'a Shared, u64);
+
+impl<'a> Open<'a> {
+    fn new(shared: &'a Shared, s: &Stream) -> Option<Open<'a>> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        shared.open().insert(id, s.try_clone().ok()?);
+        Some(Open(shared, id))
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.open().remove(&self.1);
+    }
 }
 
 /// Binds a Unix socket only its owner may use. A socket file left by a run that died is
@@ -224,7 +266,12 @@ fn serve(stream: Stream, tcp: bool, ctx: &Arc<Shared>) {
     let _ = std::thread::Builder::new()
         .name("attach-viewer".into())
         .spawn(move || {
-            let _ = Connection::greet(stream, tcp, &ctx).map(|c| c.run(&ctx));
+            let Some(_open) = Open::new(&ctx, &stream) else {
+                return;
+            };
+            if let Some(c) = Connection::greet(stream, tcp, &ctx) {
+                c.run(&ctx);
+            }
         });
 }
 
