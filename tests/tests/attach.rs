@@ -512,3 +512,41 @@ fn another_user_is_refused() {
         .unwrap_or_else(|| panic!("{msgs:?} {}", events.len()));
     assert_eq!(end["reason"], "stopped", "{end}");
 }
+
+/// `wsdscope run` serves the same endpoint: a viewer attached to it follows the run, and its
+/// pause shows in the run's own TUI.
+#[test]
+fn a_tui_run_can_be_attached_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = format!(
+        "RAYON_NUM_THREADS=1 '{}' run --out s.h5",
+        binary().display()
+    );
+    for a in SMALL.iter().chain(LONG) {
+        cmd.push_str(&format!(" '{a}'"));
+    }
+    let t = Tmux::start(dir.path(), 120, 40, &format!("{cmd}; echo EXIT=$?"));
+    let sock = socket(dir.path());
+    t.wait_for("the run's TUI", |s| s.contains("● running"));
+    let mut c = Client::unix(&sock);
+    c.hello(None);
+    let (mut events, mut msgs) = (Vec::new(), Vec::new());
+    c.until(&mut events, &mut msgs, |v| v["msg"] == "caught_up");
+    c.send(r#"{"cmd":"pause"}"#);
+    c.until(&mut events, &mut msgs, |v| {
+        v["type"] == "note" && v["kind"] == "paused"
+    });
+    t.wait_for("the run's own TUI shows the pause", |s| {
+        s.contains("❚❚ paused")
+    });
+    drop(c);
+    // The run's own q still asks, and stops it.
+    t.keys(&["q"]);
+    t.wait_for("quit confirmation", |s| {
+        s.contains("stop training and quit")
+    });
+    t.keys(&["y"]);
+    let s = t.wait_for("exit", |s| s.contains("EXIT="));
+    assert!(s.contains("EXIT=0"), "{s}");
+    assert!(!sock.exists(), "the socket is removed at the end");
+}
