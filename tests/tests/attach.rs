@@ -420,6 +420,12 @@ fn attach_shows_the_run_and_detaching_leaves_it_running() {
     });
     let s = t.wait_for("caught up", |s| s.contains("attached ("));
     assert!(s.contains("earlier events"), "{s}");
+    t.keys(&["?"]);
+    t.wait_for("the help names the attached keys", |s| {
+        s.contains("attached:") && s.contains("detach: leave the TUI")
+    });
+    t.keys(&["?"]);
+    t.wait_for("help closed", |s| !s.contains("attached:"));
     t.keys(&["q"]);
     let s = t.wait_for("detached", |s| s.contains("EXIT="));
     assert!(s.contains("EXIT=0") && s.contains("detached from"), "{s}");

@@ -1,4 +1,4 @@
-//! The `?` overlay: every key of the current mode (live or replay) and what it does.
+//! The `?` overlay: every key of the current mode (live, attached or replay) and what it does.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -7,7 +7,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Widget};
 
 use super::LABEL;
-use crate::tui::keys::{FORK_KEYS, keys_for};
+use crate::tui::keys::{ATTACH_KEYS, FORK_KEYS, keys_for};
 use crate::tui::layout::centered;
 use crate::tui::state::TuiState;
 
@@ -40,6 +40,16 @@ impl Widget for Help<'_> {
                 ])
             })
             .collect();
+        if self.0.ui.attached {
+            // Attached to another process's run, these keys differ from the ones above.
+            lines.push(Line::from(Span::styled(" attached:", label)));
+            lines.extend(ATTACH_KEYS.iter().map(|(k, d)| {
+                Line::from(vec![
+                    Span::styled(format!(" {k:>key_w$}  "), key),
+                    Span::raw(*d),
+                ])
+            }));
+        }
         lines.push(Line::from(""));
         if live {
             lines.push(Line::from(Span::styled(
