@@ -556,3 +556,33 @@ fn a_tui_run_can_be_attached_too() {
     assert!(s.contains("EXIT=0"), "{s}");
     assert!(!sock.exists(), "the socket is removed at the end");
 }
+
+/// `wsdscope attach HOST:PORT` needs the run's token: a wrong one is one clear line and a
+/// failed exit, the right one opens the TUI.
+#[test]
+fn attach_over_tcp_needs_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rec = record(dir.path(), &[LONG, &["--listen", "127.0.0.1:0"]].concat());
+    let (addr, token) = listening(dir.path());
+    let attach = |token: &str| {
+        format!(
+            "'{}' attach {addr} --token {token}; echo EXIT=$?",
+            binary().display()
+        )
+    };
+    let t = Tmux::start(dir.path(), 120, 40, &attach("not-the-token"));
+    let s = t.wait_for("the refusal", |s| s.contains("EXIT="));
+    assert!(
+        s.contains("refused: wrong token") && s.contains("EXIT=2"),
+        "{s}"
+    );
+    drop(t);
+    let t = Tmux::start(dir.path(), 120, 40, &attach(&token));
+    t.wait_for("the attached run", |s| s.contains("● running"));
+    t.keys(&["q"]);
+    let s = t.wait_for("detached", |s| s.contains("EXIT="));
+    assert!(s.contains("EXIT=0"), "{s}");
+    assert!(rec.try_wait().unwrap().is_none(), "the run still runs");
+    let _ = rec.kill();
+    let _ = rec.wait();
+}
