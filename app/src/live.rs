@@ -225,6 +225,7 @@ impl Pipeline {
             if let Notice::MustStop(m) = &n {
                 self.must_stop(m.clone());
             }
+            self.attached.notice(&n);
             if let Some(v) = &mut self.viewer {
                 v.notice(n);
             }
@@ -236,10 +237,10 @@ impl Pipeline {
         if self.stop_reason.is_some() {
             return;
         }
+        let alert = format!("{reason}; training stopped (the session keeps what was written)");
+        self.attached.notice(&Notice::MustStop(alert.clone()));
         if let Some(Sink::Display(_, info)) = &self.viewer {
-            let _ = info.alert.set(format!(
-                "{reason}; training stopped (the session keeps what was written)"
-            ));
+            let _ = info.alert.set(alert);
         }
         self.stop_reason = Some(reason);
     }
@@ -421,7 +422,9 @@ pub struct Attached(Arc<Mutex<AttachedList>>);
 struct AttachedList {
     /// Events delivered so far (the next event's `seq` in the session file).
     delivered: u64,
-    viewers: Vec<Offer>,
+    /// Each viewer's events, and what the session's writer has to say (taken by its
+    /// connection between events).
+    viewers: Vec<(Offer, Notices)>,
     /// The engine has ended: nothing more comes.
     closed: bool,
 }
@@ -434,7 +437,12 @@ pub struct Registered {
     pub events: Receiver<RunEvent>,
     /// Step samples dropped because this viewer fell behind.
     pub dropped: Arc<AtomicU64>,
+    /// What the session's writer reports (a write retried, recovered, the run must stop).
+    pub notices: Notices,
 }
+
+/// Notices waiting for a viewer to take them.
+pub type Notices = Arc<Mutex<Vec<Notice>>>;
 
 impl Attached {
     fn lock(&self) -> MutexGuard<'_, AttachedList> {
@@ -451,26 +459,43 @@ impl Attached {
         }
         let (tx, rx) = mpsc::sync_channel(buffer);
         let dropped = Arc::new(AtomicU64::new(0));
-        list.viewers
-            .push(Offer::new(tx, Arc::clone(&dropped), Some(ATTACHED_PENDING)));
+        let notices = Notices::default();
+        list.viewers.push((
+            Offer::new(tx, Arc::clone(&dropped), Some(ATTACHED_PENDING)),
+            Arc::clone(&notices),
+        ));
         Some(Registered {
             delivered: list.delivered,
             events: rx,
             dropped,
+            notices,
         })
     }
 
     /// How many viewers are attached now.
     pub fn count(&self) -> usize {
-        self.lock().viewers.iter().filter(|v| !v.closed).count()
+        self.lock()
+            .viewers
+            .iter()
+            .filter(|(v, _)| !v.closed)
+            .count()
     }
 
     fn deliver(&self, ev: &RunEvent) {
         let mut list = self.lock();
         list.delivered += 1;
-        list.viewers.retain(|v| !v.closed);
-        for v in &mut list.viewers {
+        list.viewers.retain(|(v, _)| !v.closed);
+        for (v, _) in &mut list.viewers {
             v.send(ev.clone());
+        }
+    }
+
+    fn notice(&self, n: &Notice) {
+        for (_, notices) in &self.lock().viewers {
+            notices
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(n.clone());
         }
     }
 
@@ -482,7 +507,7 @@ impl Attached {
             list.closed = true;
             std::mem::take(&mut list.viewers)
         };
-        for v in viewers {
+        for (v, _) in viewers {
             v.finish(Some(Duration::from_secs(2)));
         }
     }

@@ -586,3 +586,46 @@ fn attach_over_tcp_needs_the_token() {
     let _ = rec.kill();
     let _ = rec.wait();
 }
+
+/// What the session's writer reports reaches attached viewers too: a write retried, then
+/// recovered.
+#[test]
+fn writer_notices_reach_attached_viewers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::fs::File::create(dir.path().join("events.jsonl")).unwrap();
+    let mut rec = wsdscope()
+        .current_dir(dir.path())
+        .env("RAYON_NUM_THREADS", "1")
+        .env("WSDSCOPE_TEST_FAULTS", "flush-busy:7")
+        .args(["record", "--out", "s.h5", "--jsonl"])
+        .args(SMALL)
+        .args(LONG)
+        .stdout(out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut c = Client::unix(&socket(dir.path()));
+    c.hello(None);
+    let (mut events, mut msgs) = (Vec::new(), Vec::new());
+    c.until(&mut events, &mut msgs, |v| {
+        v["msg"] == "note" && v["text"].as_str().unwrap().contains("recovered")
+    });
+    assert_eq!(msgs.last().unwrap()["level"], "info", "{msgs:?}");
+    c.send(r#"{"cmd":"stop"}"#);
+    c.rest(&mut events, &mut msgs);
+    assert!(wait_exit(&mut rec).success());
+    // The viewer waited for its catch-up while the writer retried, so it fell behind and lost
+    // step samples: exactly as many as it was told, and nothing else.
+    let session = session_events(dir.path(), "s.h5").unwrap();
+    let told = msgs
+        .iter()
+        .filter(|m| m["msg"] == "dropped")
+        .filter_map(|m| m["count"].as_u64())
+        .max()
+        .unwrap_or(0);
+    assert_eq!(events.len() as u64 + told, session.len() as u64);
+    let rare = |e: &&Value| e["type"] != "step";
+    let ours: Vec<String> = events.iter().filter(rare).map(key).collect();
+    let theirs: Vec<String> = session.iter().filter(rare).map(key).collect();
+    assert!(ours == theirs, "every event but step samples arrives");
+}

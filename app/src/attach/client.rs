@@ -152,7 +152,14 @@ impl AttachSource {
                     Level::Info,
                     format!("attached ({events} earlier events): q detaches, X stops the run"),
                 ),
-                Reply::Note { text } => state.set_status(Level::Warn, text),
+                Reply::Note { level, text } => state.set_status(
+                    match level {
+                        super::Level::Info => Level::Info,
+                        super::Level::Warn => Level::Warn,
+                        super::Level::Error => Level::Error,
+                    },
+                    text,
+                ),
                 Reply::Refused { error } => state.set_status(Level::Error, error),
                 Reply::Dropped { count } => state.ui.dropped_display = count,
                 Reply::Ended => {

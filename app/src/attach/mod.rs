@@ -139,8 +139,13 @@ pub enum Reply {
     },
     /// The events before the viewer are all sent (`events` of them); live ones follow.
     CaughtUp { events: u64 },
-    /// Something the viewer should know (the catch-up could not be read, …).
-    Note { text: String },
+    /// Something the viewer should know: what the session's writer reports (a write retried,
+    /// recovered, the run must stop), or that the catch-up could not be read.
+    Note {
+        #[serde(default)]
+        level: Level,
+        text: String,
+    },
     /// A command was passed to the engine.
     Accepted { cmd: String },
     /// A message was refused; nothing changed.
@@ -149,6 +154,16 @@ pub enum Reply {
     Dropped { count: u64 },
     /// The run has ended: no more events come.
     Ended,
+}
+
+/// How much a [`Reply::Note`] matters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Info,
+    #[default]
+    Warn,
+    Error,
 }
 
 impl Reply {

@@ -17,10 +17,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use wsdscope_sessions::Notice;
 use wsdscope_trainer::Command;
 
 use super::stream::Stream;
-use super::{PROTOCOL, Reply, Request, VIEWER_BUFFER};
+use super::{Level, PROTOCOL, Reply, Request, VIEWER_BUFFER};
 use crate::live::{Attached, Registered};
 
 /// How long a new connection may take to say hello.
@@ -407,6 +408,7 @@ impl Connection {
             delivered,
             events,
             dropped,
+            notices,
         } = registered;
         if catch_up(&out, ctx.session.as_deref(), delivered).is_err() {
             return;
@@ -421,7 +423,13 @@ impl Connection {
                 Ok(ev) => Some(ev),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => {
-                    let _ = send(&out, &line(&Reply::Ended));
+                    let n = dropped.load(Ordering::Relaxed);
+                    let mut last = String::new();
+                    if n != told {
+                        last.push_str(&line(&Reply::Dropped { count: n }));
+                    }
+                    last.push_str(&line(&Reply::Ended));
+                    let _ = send(&out, &last);
                     out.lock().unwrap_or_else(|e| e.into_inner()).shutdown();
                     return;
                 }
@@ -434,6 +442,14 @@ impl Connection {
                     buf.push_str(&ev.to_json_line());
                     buf.push('\n');
                 }
+            }
+            for n in std::mem::take(&mut *notices.lock().unwrap_or_else(|e| e.into_inner())) {
+                let (level, text) = match n {
+                    Notice::Retrying(m) => (Level::Warn, m),
+                    Notice::Recovered(m) => (Level::Info, m),
+                    Notice::MustStop(m) => (Level::Error, m),
+                };
+                buf.push_str(&line(&Reply::Note { level, text }));
             }
             let n = dropped.load(Ordering::Relaxed);
             if n != told {
@@ -453,7 +469,10 @@ fn catch_up(out: &Mutex<Stream>, session: Option<&Path>, delivered: u64) -> std:
     if delivered == 0 {
         return send(out, &line(&Reply::CaughtUp { events: 0 }));
     }
-    let note = |text: String| send(out, &line(&Reply::Note { text }));
+    let note = |text: String| {
+        let level = Level::Warn;
+        send(out, &line(&Reply::Note { level, text }))
+    };
     let Some(session) = session else {
         note(format!(
             "{delivered} earlier events are not shown: this run records no session file"
