@@ -1,6 +1,8 @@
 //! `wsdscope record`: train headless. Every event is recorded to an HDF5 session file (unless
 //! `--no-record`); progress goes to stderr; with `--jsonl` every event also goes to stdout as
-//! one JSON object per line (the public contract documented in the README).
+//! one JSON object per line (the public contract documented in the README). Under
+//! `mpirun -n N` (the `mpi` feature) rank 0 does all this while every rank trains on its rows
+//! of each batch.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use wsdscope_sessions::{EndReason, Recorder, RunEvent, SessionPlan};
-use wsdscope_trainer::{Command, RunConfig, Trainer, checkpoint};
+use wsdscope_trainer::{Command, Engine, RunConfig, Trainer, World, checkpoint};
 
 use crate::cli::{RecordArgs, TrainArgs};
 use crate::live::{EVENT_BUFFER, Finished, Live, Printed, Viewer, finish_recording};
@@ -119,11 +121,51 @@ pub fn open_recorder(
 }
 
 pub fn run(args: RecordArgs) -> Result<ExitCode> {
+    // Under `mpirun -n N` each rank trains on its rows of every batch; rank 0 records.
+    let world = World::join()?;
     let interrupts = Interrupts::watch()?;
-    match prepare(&args.train, false)? {
-        None => Ok(ExitCode::SUCCESS),
-        Some(p) => train(p, args.jsonl, interrupts),
+    let result = if world.is_root() {
+        prepare(&args.train, false).and_then(|p| match p {
+            None => Ok(ExitCode::SUCCESS),
+            Some(mut p) => {
+                p.trainer.set_collective(world.collective())?;
+                train(p, args.jsonl, interrupts)
+            }
+        })
+    } else {
+        follow(args.train, &world, interrupts)
+    };
+    if world.size() > 1
+        && let Err(e) = &result
+    {
+        // The other ranks would wait for this one forever.
+        eprintln!("error: rank {} of {}: {e:#}", world.rank(), world.size());
+        world.abort(2);
     }
+    result
+}
+
+/// A rank other than 0 under `mpirun`: the same run as rank 0 (which records it), trained on
+/// this rank's rows of every batch in step with rank 0, its own events dropped; stopped by
+/// the commands rank 0 broadcasts (a signal to this rank alone changes nothing).
+fn follow(mut args: TrainArgs, world: &World, interrupts: Interrupts) -> Result<ExitCode> {
+    args.no_record = true;
+    let Some(p) = prepare(&args, false)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut trainer = p.trainer;
+    trainer.set_collective(world.collective())?;
+    let engine = Engine::spawn(trainer, |_| {})?;
+    interrupts.attach(engine.commands(), p.checkpoint_to);
+    let outcome = engine.join();
+    if let Some(stop) = interrupts.received() {
+        return Ok(ExitCode::from(stop.exit_code()));
+    }
+    Ok(if outcome.reason == EndReason::Failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// A trainer ready to run and where its events and checkpoints go.
