@@ -145,3 +145,162 @@ fn two_ranks_train_what_one_process_trains() {
         assert!(r < 1e-3, "{name}: relative L2 difference {r:.2e}");
     }
 }
+
+/// `wsdscope record ARGS --jsonl` under `mpirun -n 2`, and the JSON lines rank 0 printed so
+/// far.
+struct Job {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl Job {
+    fn start(bin: &Path, dir: &Path, args: &[&str]) -> Job {
+        let mut child = Command::new("mpirun")
+            .args(["--oversubscribe", "-n", "2"])
+            .arg(bin)
+            .args(["record", "--jsonl", "--threads", "1", "--steps", "3000"])
+            .args(args)
+            .env("RAYON_NUM_THREADS", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("mpirun starts");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        Job {
+            child,
+            stdout,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads rank 0's lines until it has reported step `step`.
+    fn read_to_step(&mut self, step: u64) {
+        use std::io::BufRead;
+        let mut line = String::new();
+        while !self.seen.last().is_some_and(|e: &serde_json::Value| {
+            e["type"] == "step" && e["step"].as_u64() >= Some(step)
+        }) {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).unwrap();
+            assert!(n > 0, "the job ended before step {step}");
+            self.seen
+                .push(serde_json::from_str(&line).expect("a JSON line"));
+        }
+    }
+
+    /// Waits (`secs` at most) for mpirun to end; its stderr and every JSON line printed.
+    fn finish(mut self, secs: u64) -> (String, Vec<serde_json::Value>) {
+        use std::io::Read;
+        // Read on while waiting, so that rank 0 never blocks on a full pipe.
+        let mut stdout = self.stdout;
+        let rest = std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out);
+            out
+        });
+        let t0 = std::time::Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            if t0.elapsed().as_secs() >= secs {
+                let _ = self.child.kill();
+                panic!("the job did not end within {secs} s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let (out, mut err) = (rest.join().unwrap(), String::new());
+        let mut stderr = self.child.stderr.take().expect("piped");
+        stderr.read_to_string(&mut err).unwrap();
+        // The last line may be cut short where a rank was killed.
+        self.seen
+            .extend(out.lines().filter_map(|l| serde_json::from_str(l).ok()));
+        (err, self.seen)
+    }
+
+    /// The pid of rank `rank` (a child of mpirun that OpenMPI told its rank).
+    fn rank_pid(&self, rank: usize) -> i32 {
+        let want = format!("OMPI_COMM_WORLD_RANK={rank}");
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // pid (comm) state ppid …: the ppid is the second field after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if ppid != Some(self.child.id()) {
+                continue;
+            }
+            let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            if env.split(|&b| b == 0).any(|v| v == want.as_bytes()) {
+                return pid;
+            }
+        }
+        panic!("no process of rank {rank} under mpirun");
+    }
+}
+
+/// The session of `path` as `inspect --json` reads it.
+fn inspect(bin: &Path, path: &Path) -> serde_json::Value {
+    let out = Command::new(bin)
+        .args(["inspect", path.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "inspect {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// SIGTERM to the job (what a scheduler sends before preemption; mpirun forwards it to every
+/// rank): rank 0 checkpoints, records the end and closes the session, and every rank exits.
+#[test]
+fn sigterm_to_the_job_checkpoints_on_rank_0_and_stops_every_rank() {
+    let Some(bin) = mpi_binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = Job::start(&bin, dir.path(), &["--batch", "4", "--out", "a.h5"]);
+    job.read_to_step(20);
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(job.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let (err, events) = job.finish(30);
+    let end = events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "end")
+        .unwrap_or_else(|| panic!("no end event:\n{err}"));
+    assert_eq!(end["reason"], "stopped", "{err}");
+    assert_eq!(end["message"], "interrupted by SIGTERM");
+    let step = end["step"].as_u64().unwrap();
+    let ck = dir
+        .path()
+        .join(format!("a.checkpoints/step-{step:08}/model.safetensors"));
+    assert!(ck.exists(), "{} is missing:\n{err}", ck.display());
+    assert!(err.contains("interrupted by SIGTERM"), "{err}");
+    let v = inspect(&bin, &dir.path().join("a.h5"));
+    assert_eq!(v["runs"][0]["message"], "interrupted by SIGTERM", "{v}");
+}
+
+/// A rank that dies (SIGKILL) takes the job down within 10 s, named by mpirun; rank 0's
+/// session stays readable.
+#[test]
+fn a_dead_rank_stops_the_job_naming_it() {
+    let Some(bin) = mpi_binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut job = Job::start(&bin, dir.path(), &["--batch", "4", "--out", "b.h5"]);
+    job.read_to_step(20);
+    let pid = job.rank_pid(1);
+    // SAFETY: kill(2) on a process of our own job.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let (err, _) = job.finish(10);
+    assert!(err.contains("rank 1"), "the message names no rank:\n{err}");
+    inspect(&bin, &dir.path().join("b.h5"));
+}
