@@ -98,7 +98,8 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     (d / n.max(1e-300)).sqrt()
 }
 
-/// Two ranks, each on half of every batch, train what one process trains. The split itself
+/// Two ranks, each on half of every batch, train what one process trains, its scripted fork
+/// included. The split itself
 /// is exact up to f32 rounding (the first step's loss and gradient norm agree to 1e-6); the
 /// sums over tokens then round in another order, and training amplifies that (as any change
 /// of summation order would): measured here over seeds 0–2, losses within 2.1e-5 relative
@@ -107,7 +108,11 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 fn two_ranks_train_what_one_process_trains() {
     let Some(bin) = mpi_binary() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let args = |ck: &'static str| ["--steps", "30", "--batch", "16", "--checkpoint-dir", ck];
+    // A scripted fork at step 20 (a 2-step decay branch): every rank forks at that step.
+    let args = |ck: &'static str| {
+        let a = ["--steps", "30", "--batch", "16", "--fork-at", "20"];
+        [&a[..], &["--checkpoint-dir", ck]].concat()
+    };
     let one = record(&bin, None, dir.path(), &args("one"));
     let two = record(&bin, Some(2), dir.path(), &args("two"));
 
@@ -117,7 +122,7 @@ fn two_ranks_train_what_one_process_trains() {
     };
     assert_eq!(kinds(&one), kinds(&two));
     let (l1, l2) = (step_losses(&one), step_losses(&two));
-    assert_eq!(l1.len(), 30);
+    assert_eq!(l1.len(), 32, "30 steps of the trunk, 2 of the branch");
     assert_eq!(l1.len(), l2.len());
     let first = |ev: &[serde_json::Value], k: &str| {
         ev.iter().find(|e| e["type"] == "step").unwrap()[k]
