@@ -264,7 +264,8 @@ fn inspect(bin: &Path, path: &Path) -> serde_json::Value {
 }
 
 /// SIGTERM to the job (what a scheduler sends before preemption; mpirun forwards it to every
-/// rank): rank 0 checkpoints, records the end and closes the session, and every rank exits.
+/// rank): rank 0 checkpoints, records the end and closes the session, and every rank exits
+/// before mpirun's grace period ends (a rank 0 blocked on a full stdout pipe would not).
 #[test]
 fn sigterm_to_the_job_checkpoints_on_rank_0_and_stops_every_rank() {
     let Some(bin) = mpi_binary() else { return };
@@ -276,22 +277,19 @@ fn sigterm_to_the_job_checkpoints_on_rank_0_and_stops_every_rank() {
         unsafe { libc::kill(job.child.id() as i32, libc::SIGTERM) },
         0
     );
-    let (err, events) = job.finish(30);
-    let end = events
-        .iter()
-        .rev()
-        .find(|e| e["type"] == "end")
-        .unwrap_or_else(|| panic!("no end event:\n{err}"));
-    assert_eq!(end["reason"], "stopped", "{err}");
-    assert_eq!(end["message"], "interrupted by SIGTERM");
-    let step = end["step"].as_u64().unwrap();
+    let (err, _) = job.finish(30);
+    // The session says so (stdout may lose lines here: mpirun stops reading it on SIGTERM).
+    let v = inspect(&bin, &dir.path().join("a.h5"));
+    let trunk = &v["runs"][0];
+    assert_eq!(trunk["message"], "interrupted by SIGTERM", "{v}\n{err}");
+    assert_eq!(trunk["status"], "stopped", "{v}");
+    let step = trunk["last_step"].as_u64().unwrap_or(0);
+    assert!(step >= 20, "{v}");
     let ck = dir
         .path()
         .join(format!("a.checkpoints/step-{step:08}/model.safetensors"));
     assert!(ck.exists(), "{} is missing:\n{err}", ck.display());
     assert!(err.contains("interrupted by SIGTERM"), "{err}");
-    let v = inspect(&bin, &dir.path().join("a.h5"));
-    assert_eq!(v["runs"][0]["message"], "interrupted by SIGTERM", "{v}");
 }
 
 /// A rank that dies (SIGKILL) takes the job down within 10 s, named by mpirun; rank 0's

@@ -361,6 +361,7 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
         checkpoint_to,
     } = p;
     let path = recorder.as_ref().map(|r| r.path().display().to_string());
+    let ranks = trainer.collective().size();
     let (tx, printed) = mpsc::sync_channel(EVENT_BUFFER);
     let live = Live::start(trainer, recorder, Viewer::Printer(tx))?;
     interrupts.attach(live.commands(), checkpoint_to);
@@ -371,12 +372,18 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    if ranks > 1 && jsonl {
+        set_nonblocking_stdout()?;
+    }
     // Until the engine ends and the pipeline closes the channel.
     for item in printed {
         match item {
             Printed::Notice(n) => progress.note(&n.to_string()),
             Printed::Event(ev) => {
-                if jsonl {
+                if jsonl && ranks > 1 {
+                    let line = format!("{}\n", ev.to_json_line());
+                    write_unless_interrupted(line.as_bytes(), &interrupts)?;
+                } else if jsonl {
                     writeln!(out, "{}", ev.to_json_line())?;
                     out.flush()?;
                 }
@@ -416,6 +423,46 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Rank 0's stdout under `mpirun` does not block: once a signal has come, mpirun stops
+/// reading its ranks' output, and a full pipe must not hold up the clean stop.
+fn set_nonblocking_stdout() -> Result<()> {
+    // SAFETY: fcntl on this process's standard output descriptor, which stays open.
+    let ok = unsafe {
+        let flags = libc::fcntl(1, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(1, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !ok {
+        bail!(
+            "cannot make stdout non-blocking: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to the non-blocking stdout, waiting while the pipe is full; after a signal
+/// what does not fit is dropped (the session file keeps every event).
+fn write_unless_interrupted(mut bytes: &[u8], interrupts: &Interrupts) -> Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: write(2) from a live slice of `bytes.len()` bytes.
+        let n = unsafe { libc::write(1, bytes.as_ptr().cast(), bytes.len()) };
+        if n >= 0 {
+            bytes = &bytes[n as usize..];
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock if interrupts.received().is_some() => break,
+            std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            std::io::ErrorKind::Interrupted => {}
+            _ => return Err(e).context("cannot write to stdout"),
+        }
+    }
+    Ok(())
 }
 
 fn print_dry_run(cfg: &RunConfig) {
