@@ -7,6 +7,7 @@
 //! want on their own ([`model`], [`schedule`], [`data`], [`checkpoint`]).
 
 pub mod checkpoint;
+pub mod collective;
 pub mod config;
 pub mod data;
 pub mod engine;
@@ -18,6 +19,7 @@ pub mod optim;
 pub mod probe;
 pub mod schedule;
 
+pub use collective::{Collective, World};
 pub use config::{
     DataSpec, ForkLength, ForkPlan, ModelConfig, OptimConfig, Policy, Precision, Preset,
     ProbeConfig, RunConfig, preset, presets,

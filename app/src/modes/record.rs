@@ -1,6 +1,8 @@
 //! `wsdscope record`: train headless. Every event is recorded to an HDF5 session file (unless
 //! `--no-record`); progress goes to stderr; with `--jsonl` every event also goes to stdout as
-//! one JSON object per line (the public contract documented in the README).
+//! one JSON object per line (the public contract documented in the README). Under
+//! `mpirun -n N` (the `mpi` feature) rank 0 does all this while every rank trains on its rows
+//! of each batch.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use wsdscope_sessions::{EndReason, Recorder, RunEvent, SessionPlan};
-use wsdscope_trainer::{Command, RunConfig, Trainer, checkpoint};
+use wsdscope_trainer::{Command, Engine, RunConfig, Trainer, World, checkpoint};
 
 use crate::attach::Server;
 use crate::cli::{RecordArgs, TrainArgs};
@@ -120,11 +122,51 @@ pub fn open_recorder(
 }
 
 pub fn run(args: RecordArgs) -> Result<ExitCode> {
+    // Under `mpirun -n N` each rank trains on its rows of every batch; rank 0 records.
+    let world = World::join()?;
     let interrupts = Interrupts::watch()?;
-    match prepare(&args.train, false)? {
-        None => Ok(ExitCode::SUCCESS),
-        Some(p) => train(p, args.jsonl, interrupts),
+    let result = if world.is_root() {
+        prepare(&args.train, false).and_then(|p| match p {
+            None => Ok(ExitCode::SUCCESS),
+            Some(mut p) => {
+                p.trainer.set_collective(world.collective())?;
+                train(p, args.jsonl, interrupts)
+            }
+        })
+    } else {
+        follow(args.train, &world, interrupts)
+    };
+    if world.size() > 1
+        && let Err(e) = &result
+    {
+        // The other ranks would wait for this one forever.
+        eprintln!("error: rank {} of {}: {e:#}", world.rank(), world.size());
+        world.abort(2);
     }
+    result
+}
+
+/// A rank other than 0 under `mpirun`: the same run as rank 0 (which records it), trained on
+/// this rank's rows of every batch in step with rank 0, its own events dropped; stopped by
+/// the commands rank 0 broadcasts (a signal to this rank alone changes nothing).
+fn follow(mut args: TrainArgs, world: &World, interrupts: Interrupts) -> Result<ExitCode> {
+    args.no_record = true;
+    let Some(p) = prepare(&args, false)? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let mut trainer = p.trainer;
+    trainer.set_collective(world.collective())?;
+    let engine = Engine::spawn(trainer, |_| {})?;
+    interrupts.attach(engine.commands(), p.checkpoint_to);
+    let outcome = engine.join();
+    if let Some(stop) = interrupts.received() {
+        return Ok(ExitCode::from(stop.exit_code()));
+    }
+    Ok(if outcome.reason == EndReason::Failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// A trainer ready to run and where its events and checkpoints go.
@@ -329,6 +371,7 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
         server,
     } = p;
     let path = recorder.as_ref().map(|r| r.path().display().to_string());
+    let ranks = trainer.collective().size();
     let (tx, printed) = mpsc::sync_channel(EVENT_BUFFER);
     let attached = server.as_ref().map(Server::attached).unwrap_or_default();
     let live = Live::start_attached(trainer, recorder, Viewer::Printer(tx), attached)?;
@@ -350,12 +393,18 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    if ranks > 1 && jsonl {
+        set_nonblocking_stdout()?;
+    }
     // Until the engine ends and the pipeline closes the channel.
     for item in printed {
         match item {
             Printed::Notice(n) => progress.note(&n.to_string()),
             Printed::Event(ev) => {
-                if jsonl {
+                if jsonl && ranks > 1 {
+                    let line = format!("{}\n", ev.to_json_line());
+                    write_unless_interrupted(line.as_bytes(), &interrupts)?;
+                } else if jsonl {
                     writeln!(out, "{}", ev.to_json_line())?;
                     out.flush()?;
                 }
@@ -395,6 +444,46 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Rank 0's stdout under `mpirun` does not block: once a signal has come, mpirun stops
+/// reading its ranks' output, and a full pipe must not hold up the clean stop.
+fn set_nonblocking_stdout() -> Result<()> {
+    // SAFETY: fcntl on this process's standard output descriptor, which stays open.
+    let ok = unsafe {
+        let flags = libc::fcntl(1, libc::F_GETFL);
+        flags >= 0 && libc::fcntl(1, libc::F_SETFL, flags | libc::O_NONBLOCK) == 0
+    };
+    if !ok {
+        bail!(
+            "cannot make stdout non-blocking: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to the non-blocking stdout, waiting while the pipe is full; after a signal
+/// what does not fit is dropped (the session file keeps every event).
+fn write_unless_interrupted(mut bytes: &[u8], interrupts: &Interrupts) -> Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: write(2) from a live slice of `bytes.len()` bytes.
+        let n = unsafe { libc::write(1, bytes.as_ptr().cast(), bytes.len()) };
+        if n >= 0 {
+            bytes = &bytes[n as usize..];
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock if interrupts.received().is_some() => break,
+            std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(1))
+            }
+            std::io::ErrorKind::Interrupted => {}
+            _ => return Err(e).context("cannot write to stdout"),
+        }
+    }
+    Ok(())
 }
 
 fn print_dry_run(cfg: &RunConfig) {

@@ -49,6 +49,17 @@ impl Batch {
             targets,
         }
     }
+
+    /// Rows `rows` of this batch (one rank's share of a data-parallel step).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Batch {
+        let span = rows.start * self.seq..rows.end * self.seq;
+        Batch {
+            batch: rows.len(),
+            seq: self.seq,
+            inputs: self.inputs[span.clone()].to_vec(),
+            targets: self.targets[span].to_vec(),
+        }
+    }
 }
 
 /// A token stream held in memory or mapped from disk: little-endian integers of `width`

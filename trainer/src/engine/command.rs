@@ -16,8 +16,9 @@ pub struct ForkRequest {
     pub floor: f64,
 }
 
-/// What the engine is asked to do between steps.
-#[derive(Debug, Clone, PartialEq)]
+/// What the engine is asked to do between steps (serialisable: rank 0 broadcasts it to the
+/// other ranks of a data-parallel run).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Command {
     Pause,
     Resume,

@@ -1,15 +1,19 @@
 //! The engine loop: commands between steps, then one step of the run the policy picks, its
 //! eval and checkpoint when due, the periodic probes, and the trunk's scripted forks, until
-//! every run has ended.
+//! every run has ended. Under several ranks every rank runs this loop in step: the same
+//! commands at the same boundaries ([`Feed`]), the same policy and budget; only rank 0
+//! writes checkpoints and probes (the other ranks' events go nowhere).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 use std::time::Instant;
 
 use wsdscope_events::{EndReason, NoteKind, RunEvent, RunId};
 
 use super::branch::{decay_of, resume_of};
 use super::command::{Command, Outcome};
+use super::feed::{Feed, Next};
 use super::probe_clock::ProbeClock;
 use super::scheduler::{Runs, default_budget};
 use super::trainer::Trainer;
@@ -33,12 +37,21 @@ pub(super) fn drive(
     plan.sort_by_key(|f| f.at);
     plan.reverse(); // pop() yields the earliest
     emit(trunk.run_start_event());
+    let feed = Feed::new(rx, Arc::clone(&trunk.comm));
+    // Rank 0's budget on every rank, so that all accept or refuse the same forks.
+    let mut budget = trunk
+        .cfg
+        .memory_budget_mb
+        .map(|mb| mb << 20)
+        .unwrap_or_else(default_budget)
+        .to_le_bytes()
+        .to_vec();
+    let budget = match trunk.comm.broadcast_bytes(&mut budget) {
+        Ok(()) => u64::from_le_bytes(budget.try_into().unwrap_or([0xff; 8])),
+        Err(_) => default_budget(),
+    };
     let mut runs = Runs {
-        budget: trunk
-            .cfg
-            .memory_budget_mb
-            .map(|mb| mb << 20)
-            .unwrap_or_else(default_budget),
+        budget,
         policy: trunk.cfg.policy,
         slots: trunk.cfg.run_slots(),
         active: vec![trunk],
@@ -63,13 +76,10 @@ pub(super) fn drive(
     'steps: loop {
         // Commands between steps; a paused engine blocks here.
         loop {
-            let c = if paused {
-                rx.recv().ok()
-            } else {
-                match rx.try_recv() {
-                    Ok(c) => Some(c),
-                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
-                }
+            let c = match feed.next(paused) {
+                Next::Command(c) => Some(c),
+                Next::Closed if paused => None,
+                Next::Closed | Next::Empty => break,
             };
             let step0 = runs.active.first().map(|r| r.step).unwrap_or(0);
             match c {
@@ -144,7 +154,7 @@ pub(super) fn drive(
                         Err(e) => failed = Some((EndReason::Failed, Some(e.to_string()))),
                     }
                 }
-                if failed.is_none() && tr.checkpoint_due() {
+                if failed.is_none() && tr.checkpoint_due() && tr.is_root() {
                     let dir = tr.cfg.checkpoint_dir.clone().expect("validated");
                     match tr.save_checkpoint(&dir) {
                         Ok(path) => emit(RunEvent::Checkpoint {

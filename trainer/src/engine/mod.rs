@@ -6,12 +6,14 @@
 //!
 //! The pieces, in the order a reader meets them:
 //! - `device.rs`: [`device()`] resolves `--device` (CUDA never falls back to the CPU).
+//! - `reduce.rs`: the gradient all-reduce of a data-parallel step, in flat buckets.
 //! - `trainer.rs`: [`Trainer`], one run — its model, optimiser, data and position — and its
 //!   step, probes, evaluation, checkpoints and forks.
 //! - `command.rs`: what the engine is asked between steps ([`Command`], [`ForkRequest`]) and
 //!   how a run ended ([`Outcome`]).
 //! - `branch.rs`: the schedules of forked runs: a decay branch ([`decay_branch`]) or WSD-S's
 //!   resumption at the trunk's stable lr.
+//! - `feed.rs`: the commands of a step boundary, broadcast from rank 0 to every rank.
 //! - `probe_clock.rs`: which periodic probe is due, within its share of training time.
 //! - `scheduler.rs`: the runs an engine drives: which steps next under the policy, forks
 //!   within the slots and the memory budget, and the end of each run.
@@ -22,7 +24,9 @@ mod branch;
 mod command;
 mod device;
 mod drive;
+mod feed;
 mod probe_clock;
+mod reduce;
 mod scheduler;
 mod trainer;
 

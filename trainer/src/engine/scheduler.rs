@@ -50,6 +50,9 @@ impl Runs {
         kind: ProbeKind,
         emit: &mut impl FnMut(RunEvent),
     ) -> f64 {
+        if !self.active[i].is_root() {
+            return 0.0; // only rank 0 records: the other ranks would measure for nobody
+        }
         let t0 = Instant::now();
         let result = if kind == ProbeKind::Interp {
             let tr = &self.active[i];
@@ -220,6 +223,7 @@ impl Runs {
             tr.cfg.keep_branch_checkpoints
         };
         if reason != EndReason::Failed
+            && tr.is_root()
             && tr.step > 0
             && keep
             && let Some(dir) = dir

@@ -1,7 +1,8 @@
 //! One run ([`Trainer`]): its model, optimiser, data and position, and what can be done with
 //! it — a training step, a periodic probe, an evaluation, a checkpoint, a fork. A step reads
 //! top to bottom: batch of this global step → forward → backward → finiteness check → AdamW
-//! → metrics.
+//! → metrics. Under several ranks each computes its rows of the batch and the gradients are
+//! all-reduced before the check (`reduce.rs`), so every rank applies the same update.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use wsdscope_events::vocabulary::{common, interp, noise};
 use wsdscope_events::{EVENT_SCHEMA_VERSION, ProbeResult, RunEvent, RunId, RunStart, StepMetrics};
 
 use super::device::device;
+use super::reduce;
 use crate::checkpoint::{self, CHECKPOINT_FORMAT, TrainerState};
+use crate::collective::{self, Collective, Solo};
 use crate::config::{Precision, RunConfig};
 use crate::data::rng::{SplitMix64, hash};
 use crate::data::{Batch, Dataset};
@@ -48,6 +51,8 @@ pub struct Trainer {
     noise_sums: (f64, f64),
     /// A fault for the next step to meet ([`Trainer::inject_fault`], a test hook).
     fault: Option<Fault>,
+    /// The ranks this run is split across ([`Solo`] for one process).
+    pub(super) comm: Arc<dyn Collective>,
 }
 
 /// What [`Trainer::inject_fault`] makes the next training step meet. A test hook: it lets
@@ -133,6 +138,7 @@ impl Trainer {
             tokens: 0,
             last_val: None,
             fault: None,
+            comm: Arc::new(Solo),
         })
     }
 
@@ -226,7 +232,27 @@ impl Trainer {
             rng: self.rng,
             last_val: self.last_val,
             fault: None,
+            comm: Arc::clone(&self.comm),
         })
+    }
+
+    /// Splits this run (and the runs forked from it) across the ranks of `comm`: each computes
+    /// its rows of every batch and all apply the same update. Every rank must build the same
+    /// run (same settings, or the same checkpoint) before this.
+    pub fn set_collective(&mut self, comm: Arc<dyn Collective>) -> Result<()> {
+        collective::check_batch(self.cfg.batch, comm.size())?;
+        self.comm = comm;
+        Ok(())
+    }
+
+    /// The ranks this run is split across.
+    pub fn collective(&self) -> &dyn Collective {
+        &*self.comm
+    }
+
+    /// Whether this process records and checkpoints (rank 0, or the only process).
+    pub fn is_root(&self) -> bool {
+        self.comm.is_root()
     }
 
     /// Bytes this run keeps while it lives: f32 parameters, two AdamW moments, the
@@ -296,7 +322,16 @@ impl Trainer {
         let fault = self.fault.take();
         let s = self.step + 1;
         let lr = self.cfg.schedule.lr(s);
-        let (x, y) = self.tensors(&self.data.train_batch(s))?;
+        // This rank's rows of the global batch (all of it in one process).
+        let (size, rank) = (self.comm.size(), self.comm.rank());
+        let batch = self.data.train_batch(s);
+        let batch = if size > 1 {
+            batch.rows(collective::rows(batch.batch, rank, size))
+        } else {
+            batch
+        };
+        let share = batch.batch as f64 / self.cfg.batch as f64;
+        let (x, y) = self.tensors(&batch)?;
         let (loss, mut grads) = self.model.loss_and_grads(&x, &y)?;
         // Test hook (`inject_fault`): one NaN in the first parameter's gradient.
         if fault == Some(Fault::NonFiniteGradient)
@@ -308,7 +343,12 @@ impl Trainer {
             let bad = Tensor::from_vec(v, g.dims(), g.device())?.to_dtype(g.dtype())?;
             grads.insert(&p.var, bad);
         }
-        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let mut loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if size > 1 {
+            // From here every rank holds the global batch's loss and gradients.
+            let vars: Vec<_> = self.opt.params().iter().map(|p| &p.var).collect();
+            loss_v = reduce::all_reduce(&*self.comm, &vars, &mut grads, loss_v, share)?;
+        }
         let non_finite = |what| Error::NonFinite {
             run: self.run,
             step: s,
