@@ -113,3 +113,21 @@ fn the_cuda_executor_device_is_only_for_the_kernel_check() {
         );
     }
 }
+
+#[test]
+fn the_tui_run_refuses_to_be_one_of_several_mpi_ranks() {
+    // What `mpirun -n 2 wsdscope run` sets in each rank: the TUI would train a full copy per
+    // rank, so it says to record under mpirun and attach instead (before it asks for a
+    // terminal).
+    let out = wsdscope_tests::wsdscope()
+        .args(["run", "--steps", "2"])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("one of 2 MPI ranks") && err.contains("wsdscope attach"),
+        "{err}"
+    );
+}

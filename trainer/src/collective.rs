@@ -149,7 +149,8 @@ impl World {
 
 /// The number of ranks the launcher says this job has (OpenMPI's `mpirun`, or a PMI launcher
 /// such as Slurm's `srun`), if it was launched by one.
-fn launched_ranks() -> Option<usize> {
+/// How many ranks the launcher (`mpirun`, `srun`) started, if this process is one of them.
+pub fn launched_ranks() -> Option<usize> {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]
         .iter()
         .find_map(|v| std::env::var(v).ok()?.parse().ok())

@@ -150,7 +150,10 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
 /// this rank's rows of every batch in step with rank 0, its own events dropped; stopped by
 /// the commands rank 0 broadcasts (a signal to this rank alone changes nothing).
 fn follow(mut args: TrainArgs, world: &World, interrupts: Interrupts) -> Result<ExitCode> {
+    // Rank 0 alone records and serves the attach endpoint.
     args.no_record = true;
+    args.listen = None;
+    args.no_socket = true;
     let Some(p) = prepare(&args, false)? else {
         return Ok(ExitCode::SUCCESS);
     };

@@ -24,6 +24,12 @@ use crate::tui::{self, LiveInfo};
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     use std::io::IsTerminal;
     let train = &args.train;
+    if let Some(n) = wsdscope_trainer::collective::launched_ranks().filter(|&n| n > 1) {
+        bail!(
+            "wsdscope run trains in one process with its TUI, but it was launched as one of {n} MPI ranks; \
+             run `wsdscope record` under mpirun and watch rank 0 with `wsdscope attach`"
+        );
+    }
     if !train.dry_run && !std::io::stdout().is_terminal() {
         bail!(
             "wsdscope run draws a full-screen UI and needs a terminal on stdout; use `wsdscope record` for headless runs"
