@@ -91,14 +91,10 @@ pub struct Finished {
 
 impl Live {
     /// Starts `trainer` on the engine thread with every event going through the pipeline to
-    /// `recorder` and `viewer`. If the engine cannot start, the session file is removed (it
-    /// never received a run).
-    pub fn start(trainer: Trainer, recorder: Option<Recorder>, viewer: Viewer) -> Result<Live> {
-        Live::start_attached(trainer, recorder, viewer, Attached::default())
-    }
-
-    /// [`Live::start`], also offering every event to the viewers that `attached` registers.
-    pub fn start_attached(
+    /// `recorder`, `viewer` and the viewers that `attached` registers (none without a control
+    /// endpoint: `Attached::default()`). If the engine cannot start, the session file is
+    /// removed (it never received a run).
+    pub fn start(
         trainer: Trainer,
         recorder: Option<Recorder>,
         viewer: Viewer,
@@ -140,10 +136,6 @@ impl Live {
     /// A handle for sending commands to the engine (the UI, a signal handler).
     pub fn commands(&self) -> Sender<Command> {
         self.engine.commands()
-    }
-
-    pub fn send(&self, c: Command) {
-        self.engine.send(c);
     }
 
     /// Waits for the engine to end (its last events delivered) and hands back the recorder.

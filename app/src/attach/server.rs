@@ -87,7 +87,7 @@ impl Server {
         }))
     }
 
-    /// The viewers' side of the live pipeline ([`crate::live::Live::start_attached`]).
+    /// The viewers' side of the live pipeline ([`crate::live::Live::start`]).
     pub fn attached(&self) -> Attached {
         self.attached.clone()
     }

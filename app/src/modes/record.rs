@@ -377,7 +377,7 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
     let ranks = trainer.collective().size();
     let (tx, printed) = mpsc::sync_channel(EVENT_BUFFER);
     let attached = server.as_ref().map(Server::attached).unwrap_or_default();
-    let live = Live::start_attached(trainer, recorder, Viewer::Printer(tx), attached)?;
+    let live = Live::start(trainer, recorder, Viewer::Printer(tx), attached)?;
     interrupts.attach(live.commands(), checkpoint_to);
     let stderr = std::io::stderr();
     let mut progress = Progress::new(stderr.lock(), stderr.is_terminal());

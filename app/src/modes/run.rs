@@ -56,7 +56,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         info: info.clone(),
     };
     let attached = server.as_ref().map(Server::attached).unwrap_or_default();
-    let live = Live::start_attached(trainer, recorder, viewer, attached)?;
+    let live = Live::start(trainer, recorder, viewer, attached)?;
     interrupts.attach(live.commands(), checkpoint_to);
     let commands = live.commands();
     // Other viewers may attach while the UI runs (the token of --listen is on the status
