@@ -5,7 +5,7 @@
 use anyhow::{Result, anyhow, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use wsdscope_sessions::vocabulary::{noise, sharpness};
+use wsdscope_sessions::vocabulary::{Drawing, noise, sharpness};
 use wsdscope_sessions::{PhaseBounds, ProbeKind, RunInfo, Session};
 
 use super::marks::{Key, Mark, densify, draw_keys, draw_legend, draw_mark, key, legend_room};
@@ -96,6 +96,14 @@ fn steps_frame(
     }
 }
 
+/// The y-axis label its declaration gives a probe kind drawn over steps.
+fn y_label(kind: ProbeKind) -> &'static str {
+    match kind.spec().drawing {
+        Drawing::OverSteps { y_label, .. } => y_label,
+        _ => kind.spec().title,
+    }
+}
+
 pub(super) fn sharpness(a: &PlotArgs, session: &Session) -> Result<StepsFigure> {
     let runs = runs_with(a, session, ProbeKind::Sharpness.name())?;
     let infos: Vec<RunInfo> = runs.iter().map(|(r, _)| r.clone()).collect();
@@ -104,7 +112,7 @@ pub(super) fn sharpness(a: &PlotArgs, session: &Session) -> Result<StepsFigure> 
         session,
         &infos,
         figure_title(ProbeKind::Sharpness.spec().title, &a.file),
-        "sharpness λ_max".into(),
+        y_label(ProbeKind::Sharpness).into(),
         log_y,
     );
     for (r, names) in &runs {
@@ -153,7 +161,7 @@ pub(super) fn noise(a: &PlotArgs, session: &Session) -> Result<StepsFigure> {
         session,
         &infos,
         figure_title(ProbeKind::Noise.spec().title, &a.file),
-        "tokens per batch".into(),
+        y_label(ProbeKind::Noise).into(),
         log_y,
     );
     for (r, names) in &runs {

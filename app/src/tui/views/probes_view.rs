@@ -18,7 +18,7 @@ use super::{
     run_color,
 };
 use wsdscope_sessions::ProbeKind;
-use wsdscope_sessions::vocabulary::{noise, sharpness};
+use wsdscope_sessions::vocabulary::{Drawing, noise, sharpness};
 
 use crate::tui::format;
 use crate::tui::series::{Column, envelope};
@@ -144,24 +144,13 @@ impl Widget for ChartPanel<'_> {
                 legend.push(Span::styled(" • λmax(H)", Style::default().fg(sel_color)));
                 legend.push(Span::styled(" ── 38/η", faint));
                 legend.push(Span::styled(" [log-y]", Style::default().fg(LABEL)));
-                for r in &runs {
-                    plot.series.push(Series::line(
-                        probe_points(r, SHARPNESS, sharpness::THRESHOLD, lo, hi, n),
-                        FAINT,
-                    ));
-                }
-                for r in &runs {
-                    let c = run_color(r.id);
-                    plot.series.push(Series::dots(
-                        probe_points(r, SHARPNESS, sharpness::LAMBDA_MAX, lo, hi, n),
-                        c,
-                    ));
-                    plot.series.push(Series::line(
-                        probe_points(r, SHARPNESS, sharpness::PRECOND_LAMBDA_MAX, lo, hi, n),
-                        c,
-                    ));
-                }
-                plot.log_y = true;
+                plot.log_y = over_steps(
+                    &mut plot.series,
+                    &runs,
+                    ProbeKind::Sharpness,
+                    None,
+                    (lo, hi, n),
+                );
                 no_probe = format!("sharpness: {}", no_probe_text(state));
                 plot.empty = &no_probe;
                 latest = sel.and_then(|r| r.latest_probe(SHARPNESS)).and_then(|p| {
@@ -191,28 +180,10 @@ impl Widget for ChartPanel<'_> {
                 legend.push(Span::styled(" ── batch", faint));
                 legend.push(Span::styled(" ┈ rule", Style::default().fg(LABEL)));
                 legend.push(Span::styled(" [tokens, log-y]", Style::default().fg(LABEL)));
-                for r in &runs {
-                    plot.series.push(Series::line(
-                        probe_points(r, NOISE, noise::BATCH_TOKENS, lo, hi, n),
-                        FAINT,
-                    ));
-                    plot.series.push(Series::dotted(
-                        probe_points(r, NOISE, noise::RULE_TOKENS, lo, hi, n),
-                        LABEL,
-                    ));
-                }
-                for r in &runs {
-                    let c = run_color(r.id);
-                    plot.series.push(Series::dots(
-                        probe_points(r, NOISE, noise::B_SIMPLE, lo, hi, n),
-                        c,
-                    ));
-                    plot.series.push(Series::line(
-                        probe_points(r, NOISE, noise::B_SIMPLE_AVG, lo, hi, n),
-                        c,
-                    ));
-                }
-                plot.log_y = true;
+                // MiniCPM's batch rule, dotted beside each run's batch.
+                let rule = Some(noise::RULE_TOKENS);
+                plot.log_y =
+                    over_steps(&mut plot.series, &runs, ProbeKind::Noise, rule, (lo, hi, n));
                 no_probe = format!("noise scale: {}", no_probe_text(state));
                 plot.empty = &no_probe;
                 latest = sel.and_then(|r| r.latest_probe(NOISE)).and_then(|p| {
@@ -258,6 +229,46 @@ fn lines(
 /// outside on each side, so lines reach the edges), in step order. More than two per bucket
 /// are reduced to each bucket's min and max, so what a frame allocates is bounded by the
 /// chart's width, not by how many probes the run has.
+/// The series of a probe kind drawn over steps, as its declaration says
+/// ([`Drawing::OverSteps`]): for every run its reference (faint) and the chart's `guide`
+/// scalar (dotted), then for every run its single estimates (dots) and its headline (a line)
+/// in the run's colour, the selected run last. Returns whether the y-axis is logarithmic.
+fn over_steps(
+    series: &mut Vec<Series>,
+    runs: &[&RunData],
+    kind: ProbeKind,
+    guide: Option<&str>,
+    (lo, hi, n): (f64, f64, usize),
+) -> bool {
+    let Drawing::OverSteps {
+        headline,
+        samples,
+        reference,
+        log_y,
+        ..
+    } = kind.spec().drawing
+    else {
+        unreachable!("{kind} is not declared as drawn over steps")
+    };
+    let kind = kind.name();
+    for r in runs {
+        if let Some(k) = reference {
+            series.push(Series::line(probe_points(r, kind, k, lo, hi, n), FAINT));
+        }
+        if let Some(k) = guide {
+            series.push(Series::dotted(probe_points(r, kind, k, lo, hi, n), LABEL));
+        }
+    }
+    for r in runs {
+        let c = run_color(r.id);
+        if let Some(k) = samples {
+            series.push(Series::dots(probe_points(r, kind, k, lo, hi, n), c));
+        }
+        series.push(Series::line(probe_points(r, kind, headline, lo, hi, n), c));
+    }
+    log_y
+}
+
 pub fn probe_points(
     r: &RunData,
     kind: &str,
