@@ -33,15 +33,15 @@
 //! for the engine and hands back the recorder (to complete the file) and what the trunk's
 //! events said ([`Trunk`]).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
-use wsdscope_sessions::{EndReason, Notice, RecordSummary, Recorder, RunEvent};
+use wsdscope_sessions::{EndReason, Notice, RecordSummary, Recorder, RunEvent, RunId};
 use wsdscope_trainer::{Command, Engine, Outcome, Trainer};
 
 use crate::tui::LiveInfo;
@@ -116,6 +116,8 @@ impl Live {
             stop_sent: false,
             trunk: Trunk::default(),
             attached,
+            open_runs: BTreeMap::new(),
+            started: Instant::now(),
         }));
         let side = EngineSide(Arc::clone(&pipeline));
         let engine = match Engine::spawn(trainer, move |ev| side.deliver(ev)) {
@@ -136,6 +138,11 @@ impl Live {
     /// A handle for sending commands to the engine (the UI, a signal handler).
     pub fn commands(&self) -> Sender<Command> {
         self.engine.commands()
+    }
+
+    /// A way to end the session without the engine ([`Breaker::fail`]).
+    pub fn breaker(&self) -> Breaker {
+        Breaker(Arc::downgrade(&self.pipeline))
     }
 
     /// Waits for the engine to end (its last events delivered) and hands back the recorder.
@@ -188,12 +195,27 @@ struct Pipeline {
     stop_sent: bool,
     trunk: Trunk,
     attached: Attached,
+    /// The runs that have started and not ended, with the last step each reported.
+    open_runs: BTreeMap<RunId, u64>,
+    started: Instant,
 }
 
 impl Pipeline {
     /// One event: the session file first, then the viewer.
     fn deliver(&mut self, ev: RunEvent) {
         self.trunk.on_event(&ev);
+        match &ev {
+            RunEvent::RunStart(s) => {
+                self.open_runs.insert(s.run, s.start_step);
+            }
+            RunEvent::Step(m) => {
+                self.open_runs.insert(m.run, m.step);
+            }
+            RunEvent::End { run, .. } => {
+                self.open_runs.remove(run);
+            }
+            _ => {}
+        }
         if let Some(r) = &self.recorder {
             if !self.recording_failed
                 && let Err(e) = r.record(ev.clone())
@@ -258,6 +280,37 @@ impl Pipeline {
             d.finish(None);
         }
         self.attached.close();
+    }
+}
+
+/// Ends the session from outside the engine thread, for when the engine can no longer do it
+/// (another rank of the job died while this one waits for it inside a collective). It holds
+/// the pipeline weakly: once the engine has ended and [`Live::finish`] has taken the
+/// pipeline, it does nothing.
+#[derive(Clone)]
+pub struct Breaker(Weak<Mutex<Pipeline>>);
+
+impl Breaker {
+    /// Ends every run still open with `failed` and `message` (recorded and shown like any
+    /// event), then completes the session file and returns its summary (`None` without a
+    /// session file). Events the engine emits afterwards are not recorded. `None` when the
+    /// engine had already ended: then the session ends as the engine ended it.
+    pub fn fail(&self, message: &str) -> Option<Result<Option<RecordSummary>>> {
+        let pipeline = self.0.upgrade()?;
+        let mut p = pipeline.lock().unwrap_or_else(|e| e.into_inner());
+        let wall_s = p.started.elapsed().as_secs_f64();
+        for (run, step) in std::mem::take(&mut p.open_runs) {
+            p.deliver(RunEvent::End {
+                run,
+                step,
+                reason: EndReason::Failed,
+                message: Some(message.to_string()),
+                final_val_loss: None,
+                wall_s,
+            });
+        }
+        let step = p.trunk.step;
+        Some(finish_recording(p.recorder.take(), step))
     }
 }
 

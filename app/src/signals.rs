@@ -45,6 +45,19 @@ impl Stop {
     }
 }
 
+/// Writes `line` straight to fd 2 and ends the process with `code` at once, from a thread
+/// other than the mode's (which may hold the stderr lock for its progress line, or wait
+/// forever for what cannot come).
+pub fn exit_now(line: &str, code: i32) -> ! {
+    // SAFETY: write(2) from a buffer that lives for the call; then `_exit` ends the process
+    // without running atexit handlers or destructors, which could touch the HDF5 file from
+    // this thread while the recorder writes it; SWMR keeps the file consistent.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), line.len());
+        libc::_exit(code)
+    }
+}
+
 /// Watches for SIGINT and SIGTERM on a thread of its own for the rest of the process.
 pub struct Watch {
     received: Arc<OnceLock<Stop>>,
@@ -78,14 +91,7 @@ impl Watch {
                                 "\nwsdscope: second {}: exiting now; the session keeps what was flushed (at most the last half second is lost)\n",
                                 stop.name()
                             );
-                            // SAFETY: write(2) from a buffer that lives for the call; then
-                            // `_exit` ends the process without running atexit handlers or
-                            // destructors, which could touch the HDF5 file from this thread
-                            // while the recorder writes it; SWMR keeps the file consistent.
-                            unsafe {
-                                libc::write(2, line.as_ptr().cast(), line.len());
-                                libc::_exit(i32::from(stop.exit_code()));
-                            }
+                            exit_now(&line, i32::from(stop.exit_code()));
                         }
                     }
                 }

@@ -292,8 +292,8 @@ fn sigterm_to_the_job_checkpoints_on_rank_0_and_stops_every_rank() {
     assert!(err.contains("interrupted by SIGTERM"), "{err}");
 }
 
-/// A rank that dies (SIGKILL) takes the job down within 10 s, named by mpirun; rank 0's
-/// session stays readable.
+/// A rank that dies (SIGKILL) takes the job down within 10 s, named on rank 0; rank 0's
+/// session stays readable and its run ends `failed`, saying which rank died.
 #[test]
 fn a_dead_rank_stops_the_job_naming_it() {
     let Some(bin) = mpi_binary() else { return };
@@ -304,6 +304,14 @@ fn a_dead_rank_stops_the_job_naming_it() {
     // SAFETY: kill(2) on a process of our own job.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let (err, _) = job.finish(10);
-    assert!(err.contains("rank 1"), "the message names no rank:\n{err}");
-    inspect(&bin, &dir.path().join("b.h5"));
+    assert!(
+        err.contains("rank 1 of 2 died"),
+        "rank 0 does not name the rank that died:\n{err}"
+    );
+    let session = inspect(&bin, &dir.path().join("b.h5"));
+    let trunk = &session["runs"][0];
+    assert_eq!(trunk["status"], "failed", "{trunk}");
+    assert!(trunk["last_step"].as_u64().unwrap() >= 20, "{trunk}");
+    let message = trunk["message"].as_str().unwrap_or_default();
+    assert!(message.contains("rank 1 of 2 died"), "{message}");
 }

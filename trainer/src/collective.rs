@@ -6,8 +6,11 @@
 //! Each rank trains on its own rows of the global batch ([`rows`]), so together the ranks see
 //! exactly the data one process sees; see `engine/reduce.rs` for the gradient all-reduce.
 
+mod lifeline;
 #[cfg(feature = "mpi")]
 mod mpi;
+
+pub use lifeline::{Lifeline, Lost};
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -147,8 +150,6 @@ impl World {
     }
 }
 
-/// The number of ranks the launcher says this job has (OpenMPI's `mpirun`, or a PMI launcher
-/// such as Slurm's `srun`), if it was launched by one.
 /// How many ranks the launcher (`mpirun`, `srun`) started, if this process is one of them.
 pub fn launched_ranks() -> Option<usize> {
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"]

@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use wsdscope_sessions::{EndReason, Recorder, RunEvent, SessionPlan};
+use wsdscope_trainer::collective::Lifeline;
 use wsdscope_trainer::{Command, Engine, RunConfig, Trainer, World, checkpoint};
 
 use crate::attach::Server;
 use crate::cli::{RecordArgs, TrainArgs};
-use crate::live::{EVENT_BUFFER, Finished, Live, Printed, Viewer, finish_recording};
+use crate::live::{Breaker, EVENT_BUFFER, Finished, Live, Printed, Viewer, finish_recording};
 use crate::memory;
 use crate::progress::Progress;
 use crate::settings::{self, Settings};
@@ -125,16 +126,23 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
     // Under `mpirun -n N` each rank trains on its rows of every batch; rank 0 records.
     let world = World::join()?;
     let interrupts = Interrupts::watch()?;
+    // A rank that dies is noticed by the others at once, and named.
+    let (lifeline, why) = Lifeline::join(&*world.collective())?;
+    if let Some(why) = why {
+        eprintln!(
+            "note: the ranks have no lifeline ({why}); a rank that dies is noticed by mpirun alone"
+        );
+    }
     let result = if world.is_root() {
         prepare(&args.train, false).and_then(|p| match p {
             None => Ok(ExitCode::SUCCESS),
             Some(mut p) => {
                 p.trainer.set_collective(world.collective())?;
-                train(p, args.jsonl, interrupts)
+                train(p, args.jsonl, interrupts, lifeline.as_deref())
             }
         })
     } else {
-        follow(args.train, &world, interrupts)
+        follow(args.train, &world, interrupts, lifeline.as_deref())
     };
     if world.size() > 1
         && let Err(e) = &result
@@ -149,7 +157,12 @@ pub fn run(args: RecordArgs) -> Result<ExitCode> {
 /// A rank other than 0 under `mpirun`: the same run as rank 0 (which records it), trained on
 /// this rank's rows of every batch in step with rank 0, its own events dropped; stopped by
 /// the commands rank 0 broadcasts (a signal to this rank alone changes nothing).
-fn follow(mut args: TrainArgs, world: &World, interrupts: Interrupts) -> Result<ExitCode> {
+fn follow(
+    mut args: TrainArgs,
+    world: &World,
+    interrupts: Interrupts,
+    lifeline: Option<&Lifeline>,
+) -> Result<ExitCode> {
     // Rank 0 alone records and serves the attach endpoint.
     args.no_record = true;
     args.listen = None;
@@ -161,7 +174,14 @@ fn follow(mut args: TrainArgs, world: &World, interrupts: Interrupts) -> Result<
     trainer.set_collective(world.collective())?;
     let engine = Engine::spawn(trainer, |_| {})?;
     interrupts.attach(engine.commands(), p.checkpoint_to);
+    on_lost_rank(lifeline, world.size(), |line| {
+        // Rank 0 is gone: nothing is recorded here, and the collective will never return.
+        signals::exit_now(&format!("\nerror: {line}\n"), 1)
+    });
     let outcome = engine.join();
+    if let Some(l) = lifeline {
+        l.farewell();
+    }
     if let Some(stop) = interrupts.received() {
         return Ok(ExitCode::from(stop.exit_code()));
     }
@@ -366,7 +386,12 @@ fn shell_quote(a: &str) -> String {
 /// the session file, then to `--jsonl` and the progress line on this thread. A recording
 /// failure stops training; what was written stays readable. The first SIGINT/SIGTERM stops
 /// it cleanly (exit 130/143), the second at once.
-fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
+fn train(
+    p: Prepared,
+    jsonl: bool,
+    interrupts: Interrupts,
+    lifeline: Option<&Lifeline>,
+) -> Result<ExitCode> {
     let Prepared {
         trainer,
         recorder,
@@ -379,6 +404,11 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
     let attached = server.as_ref().map(Server::attached).unwrap_or_default();
     let live = Live::start(trainer, recorder, Viewer::Printer(tx), attached)?;
     interrupts.attach(live.commands(), checkpoint_to);
+    let breaker = live.breaker();
+    let session = path.clone();
+    on_lost_rank(lifeline, ranks, move |line| {
+        fail_session(&breaker, &line, session.as_deref())
+    });
     let stderr = std::io::stderr();
     let mut progress = Progress::new(stderr.lock(), stderr.is_terminal());
     if let Some(p) = &path {
@@ -421,6 +451,9 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
         trunk,
     } = live.finish()?;
     let summary = finish_recording(recorder, outcome.step)?;
+    if let Some(l) = lifeline {
+        l.farewell();
+    }
     if let (Some(path), Some(s)) = (&path, &summary) {
         for n in &s.notices {
             progress.note(&n.to_string());
@@ -447,6 +480,45 @@ fn train(p: Prepared, jsonl: bool, interrupts: Interrupts) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Calls `act` (on a thread of its own) with a line naming the rank that died, when the
+/// lifeline reports one; nothing without a lifeline.
+fn on_lost_rank(
+    lifeline: Option<&Lifeline>,
+    size: usize,
+    act: impl FnOnce(String) + Send + 'static,
+) {
+    let Some(losses) = lifeline.and_then(Lifeline::losses) else {
+        return;
+    };
+    std::thread::Builder::new()
+        .name("wsdscope-lost-rank".into())
+        .spawn(move || {
+            if let Ok(lost) = losses.recv() {
+                act(format!(
+                    "rank {} of {size} died ({}); the job stops, as the other ranks would wait for it forever",
+                    lost.rank, lost.how
+                ));
+            }
+        })
+        .expect("cannot start the lost-rank thread");
+}
+
+/// Rank 0 after another rank died: the engine waits forever inside a collective, so the
+/// session is ended here (every open run `failed`, the file completed) and the process exits
+/// with status 1, which makes the launcher stop the rest of the job. Does nothing when the
+/// run had already ended (the session is complete; rank 0 finishes normally).
+fn fail_session(breaker: &Breaker, line: &str, session: Option<&str>) {
+    let Some(finished) = breaker.fail(line) else {
+        return;
+    };
+    let kept = match (finished, session) {
+        (Ok(_), Some(p)) => format!("; the session ends failed and stays readable: {p}"),
+        (Err(e), _) => format!("; {e:#}"),
+        (Ok(_), None) => String::new(),
+    };
+    signals::exit_now(&format!("\nerror: {line}{kept}\n"), 1)
 }
 
 /// Rank 0's stdout under `mpirun` does not block: once a signal has come, mpirun stops
