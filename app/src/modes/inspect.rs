@@ -102,6 +102,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let fit = endpoint_fit(&rows);
     let events = s.events()?;
     let predictions = crate::predict::predictions(&events);
+    let law = crate::predict::session_law(&events);
     let probes = probe_counts(&events);
     let writer = s.writer_alive();
     if a.json {
@@ -121,10 +122,16 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "config": config,
             "writer_alive": writer,
             "runs": s.runs().iter().map(|r| run_json(r, writer)).collect::<Vec<_>>(),
+            "law": law.map(|f| json!({
+                "l0": f.law.l0, "a": f.law.a, "alpha": f.law.alpha, "b": f.law.b,
+                "c": f.law.c, "beta": f.law.beta, "gamma": f.law.gamma,
+                "decay_fitted": f.decay_fitted, "rms": f.rms, "points": f.points,
+            })),
             "predictions": predictions.iter().map(|p| json!({
                 "run": p.run, "fork_step": p.fork_step, "end_step": p.end_step,
                 "tail_steps": crate::predict::tail_len(p.end_step - p.fork_step),
                 "predicted_tail_train_loss": p.before, "decay_fitted": p.decay_fitted,
+                "uncertainty": p.uncertainty(),
                 "actual_tail_train_loss": p.actual,
                 "error": p.actual.map(|a| p.before - a),
             })).collect::<Vec<_>>(),
@@ -188,17 +195,13 @@ pub fn run(a: InspectArgs) -> Result<()> {
                 .actual
                 .map(|a| format!("actual {a:.4}, error {:+.4}", p.before - a))
                 .unwrap_or_else(|| "not completed".into());
+            let how = match p.uncertainty() {
+                Some(u) => format!(" ± {u:.2} (decay term from the calibrated prior)"),
+                None => String::new(),
+            };
             println!(
-                "  run {:>2} forked at {:>6}, ends {:>6}: predicted {:.4}{}; {actual}",
-                p.run,
-                p.fork_step,
-                p.end_step,
-                p.before,
-                if p.decay_fitted {
-                    ""
-                } else {
-                    " (decay term from the prior)"
-                }
+                "  run {:>2} forked at {:>6}, ends {:>6}: predicted {:.4}{how}; {actual}",
+                p.run, p.fork_step, p.end_step, p.before,
             );
         }
     }
