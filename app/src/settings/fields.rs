@@ -119,7 +119,7 @@ settings! {
     /// cpu (default) or cuda:N.
     #[arg(long)]
     adjustable device: String,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: `RAYON_NUM_THREADS` when set, else all cores).
     #[arg(long)]
     adjustable threads: usize,
     /// Training data: a UTF-8 text file (bytes, or tokens with --tokenizer) or a .u16/.u32
