@@ -161,7 +161,7 @@ pub struct BenchArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// cpu (default) or cuda:N; with --kernels also cuda-emu (the CUDA kernels on the CPU
+    /// cpu (default), cuda or cuda:N; with --kernels also cuda-emu (the CUDA kernels on the CPU
     /// executor).
     #[arg(long)]
     pub device: Option<String>,
