@@ -167,7 +167,7 @@ pub struct BenchArgs {
     /// Worker threads (default: `RAYON_NUM_THREADS` when set, else all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// cpu (default) or cuda:N; with --kernels also cuda-emu (the CUDA kernels on the CPU
+    /// cpu (default), cuda or cuda:N; with --kernels also cuda-emu (the CUDA kernels on the CPU
     /// executor).
     #[arg(long)]
     pub device: Option<String>,

@@ -116,7 +116,7 @@ settings! {
     /// Seeds the initial weights and the synthetic data.
     #[arg(long)]
     shaping seed: u64,
-    /// cpu (default) or cuda:N.
+    /// cpu (default), cuda (under mpirun: the GPU of the rank's place on its node) or cuda:N.
     #[arg(long)]
     adjustable device: String,
     /// Worker threads (default: `RAYON_NUM_THREADS` when set, else all cores).

@@ -198,10 +198,10 @@ impl RunConfig {
                 "--eval-batches 0 is not allowed; it must be at least 1".into(),
             ));
         }
-        if self.precision == Precision::Bf16 && !self.device.starts_with("cuda:") {
+        if self.precision == Precision::Bf16 && !self.on_cuda() {
             return Err(Error::Config(format!(
                 "--precision bf16 is not allowed on --device {}: bf16 mixed precision needs a \
-                 CUDA device (--device cuda:N); use --precision f32 on the CPU",
+                 CUDA device (--device cuda or cuda:N); use --precision f32 on the CPU",
                 self.device
             )));
         }
@@ -263,6 +263,12 @@ impl RunConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether `device` is a GPU: `cuda` (the GPU of this rank, see [`crate::engine::device`])
+    /// or `cuda:N`.
+    pub fn on_cuda(&self) -> bool {
+        self.device == "cuda" || self.device.starts_with("cuda:")
     }
 
     pub fn tokens_per_step(&self) -> u64 {

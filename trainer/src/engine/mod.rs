@@ -5,8 +5,10 @@
 //! forward → backward → finiteness check → AdamW → metrics → eval/checkpoint when due.
 //!
 //! The pieces, in the order a reader meets them:
-//! - `device.rs`: [`device()`] resolves `--device` (CUDA never falls back to the CPU).
-//! - `reduce.rs`: the gradient all-reduce of a data-parallel step, in flat buckets.
+//! - `device.rs`: [`device()`] resolves `--device` (CUDA never falls back to the CPU), and
+//!   [`gpu_ordinal`] picks each rank's GPU.
+//! - `reduce.rs`: the gradient all-reduce of a data-parallel step, in flat buckets (on the
+//!   host, or on the GPU through NCCL).
 //! - `trainer.rs`: [`Trainer`], one run — its model, optimiser, data and position — and its
 //!   step, probes, evaluation, checkpoints and forks.
 //! - `command.rs`: what the engine is asked between steps ([`Command`], [`ForkRequest`]) and
@@ -37,7 +39,7 @@ use wsdscope_events::{EndReason, RunEvent};
 
 pub use branch::decay_branch;
 pub use command::{Command, ForkRequest, Outcome};
-pub use device::device;
+pub use device::{Placement, device, gpu_ordinal};
 use drive::drive;
 pub use trainer::{Fault, Trainer};
 

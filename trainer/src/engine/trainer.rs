@@ -238,10 +238,12 @@ impl Trainer {
 
     /// Splits this run (and the runs forked from it) across the ranks of `comm`: each computes
     /// its rows of every batch and all apply the same update. Every rank must build the same
-    /// run (same settings, or the same checkpoint) before this.
+    /// run (same settings, or the same checkpoint) before this, and call it at the same point
+    /// (on a GPU it starts NCCL: see [`collective::for_device`]).
     pub fn set_collective(&mut self, comm: Arc<dyn Collective>) -> Result<()> {
         collective::check_batch(self.cfg.batch, comm.size())?;
-        self.comm = comm;
+        // On a GPU the ranks sum through NCCL (made here, once, on this run's device).
+        self.comm = collective::for_device(comm, &self.device)?;
         Ok(())
     }
 
@@ -343,12 +345,19 @@ impl Trainer {
             let bad = Tensor::from_vec(v, g.dims(), g.device())?.to_dtype(g.dtype())?;
             grads.insert(&p.var, bad);
         }
-        let mut loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if size > 1 {
-            // From here every rank holds the global batch's loss and gradients.
+        // From here every rank holds the global batch's loss and gradients.
+        let loss_v = if !collective::exchanges(&*self.comm) {
+            loss.to_dtype(DType::F64)?.to_scalar::<f64>()?
+        } else {
             let vars: Vec<_> = self.opt.params().iter().map(|p| &p.var).collect();
-            loss_v = reduce::all_reduce(&*self.comm, &vars, &mut grads, loss_v, share)?;
-        }
+            match self.comm.on_device() {
+                Some(sums) => reduce::all_reduce_on_device(sums, &vars, &mut grads, &loss, share)?,
+                None => {
+                    let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    reduce::all_reduce(&*self.comm, &vars, &mut grads, loss_v, share)?
+                }
+            }
+        };
         let non_finite = |what| Error::NonFinite {
             run: self.run,
             step: s,

@@ -105,7 +105,7 @@ impl MemoryEstimate {
             parts: Vec::new(),
             batch: cfg.batch,
             seq: cfg.seq,
-            cuda: cfg.device.starts_with("cuda:"),
+            cuda: cfg.on_cuda(),
             branches: 0,
         }
     }

@@ -53,7 +53,7 @@ struct RunParts {
 impl RunParts {
     fn of(cfg: &RunConfig, d: &Dims) -> Self {
         let p = d.params();
-        let cuda = cfg.device.starts_with("cuda:");
+        let cuda = cfg.on_cuda();
         let rope = 2 * d.t * d.hd * 4; // (T, hd) cos and sin, f32, per model
         let mut parts: Vec<(&'static str, u128, Lever)> = vec![
             (
