@@ -426,6 +426,7 @@ pub fn parse_fork(form: &ForkForm) -> Result<ForkRequest, String> {
         length: fork_length(length),
         shape: form.shape,
         floor,
+        at_step: None,
     })
 }
 

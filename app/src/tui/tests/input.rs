@@ -71,6 +71,7 @@ fn fork_form_submits_a_fork_request() {
             length: ForkLength::FractionOfStep(0.1),
             shape: DecayShape::Linear,
             floor: 0.2,
+            at_step: None,
         }))
     );
     assert_eq!(s.ui.overlay, Overlay::None);
