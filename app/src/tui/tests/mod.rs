@@ -10,6 +10,7 @@
 mod apply;
 mod input;
 mod live_loop;
+mod outliers;
 mod replay_mode;
 mod screens;
 
