@@ -91,6 +91,7 @@ impl Settings {
             reference_ops: false,
             precision: Precision::default(),
             max_runs: None,
+            siblings: Vec::new(),
         };
         self.adjust(&mut cfg)?;
         if let Some(p) = &cfg.init_from
