@@ -12,6 +12,7 @@ mod input;
 mod live_loop;
 mod replay_mode;
 mod screens;
+mod siblings;
 
 use std::time::Duration;
 
