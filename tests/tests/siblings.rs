@@ -208,9 +208,8 @@ fn bad_siblings_resumes_and_budgets_are_refused_clearly() {
             "lr=0.003",
         ],
     );
-    let mut args = vec!["record", "--no-record", "--steps", "8", "--resume", cks];
-    args.extend_from_slice(SMALL);
-    let mut with = args.clone();
+    let mut with = vec!["record", "--no-record", "--steps", "8", "--resume", cks];
+    with.extend_from_slice(SMALL);
     with.extend_from_slice(&["--sibling", "lr=0.003"]);
     let r = run(&with);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
@@ -219,4 +218,26 @@ fn bad_siblings_resumes_and_budgets_are_refused_clearly() {
         "{}",
         r.stderr
     );
+    // Without --sibling the trunk continues alone from its step-4 checkpoint, and says so.
+    let step4 = ck.join("step-00000004");
+    let mut alone = vec![
+        "record",
+        "--jsonl",
+        "--no-record",
+        "--steps",
+        "8",
+        "--resume",
+    ];
+    alone.push(step4.to_str().unwrap());
+    alone.extend_from_slice(SMALL);
+    let r = run(&alone);
+    assert!(r.ok(), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("the trunk continues alone"),
+        "{}",
+        r.stderr
+    );
+    let ev = json_lines(&r.stdout);
+    assert_eq!(names(&ev).len(), 1, "only the trunk resumes");
+    assert_eq!(series(&ev, 0, "loss").len(), 4);
 }

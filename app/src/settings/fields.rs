@@ -232,7 +232,7 @@ settings! {
     /// warmup, weight-decay, clip, batch, seed, hidden, layers, heads, kv-heads, ffn.
     /// Repeatable; in a config file, [[sibling]] tables.
     #[arg(long, value_name = "KEY=V1[,V2…]")]
-    adjustable sibling: Vec<super::siblings::SiblingSpec>,
+    adjustable sibling: Vec<super::sibling_spec::SiblingSpec>,
 }
 
 impl Settings {
@@ -287,7 +287,7 @@ pub(super) mod sample {
         bool = "true", "true" => true;
         Vec<u64> = "7", "[7]" => vec![7];
         Vec<String> = "sample", "[\"sample\"]" => vec!["sample".into()];
-        Vec<super::super::siblings::SiblingSpec> = "lr=0.5", "[{lr = 0.5}]"
+        Vec<super::super::sibling_spec::SiblingSpec> = "lr=0.5", "[{lr = 0.5}]"
             => vec!["lr=0.5".parse().unwrap()];
     }
 }
