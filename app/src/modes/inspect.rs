@@ -1,6 +1,7 @@
 //! `wsdscope inspect FILE.h5 [--json | --events]`: what a session holds — its configuration,
-//! its runs (id, name, parent, fork step, steps, final train and val loss, status, duration) —
-//! or its whole event stream as the JSON lines the run printed.
+//! its runs (id, name, parent, fork step, steps, final train and val loss, status, duration),
+//! its branches and their fit, its siblings with their differences from the trunk and which run
+//! ended lowest — or its whole event stream as the JSON lines the run printed.
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -9,6 +10,7 @@ use wsdscope_sessions::{EndReason, RunInfo, Session};
 use crate::analysis::{BranchRow, branches, describe_fit, endpoint_fit};
 use crate::cli::InspectArgs;
 use crate::progress::duration;
+use crate::sibling_table::{SiblingRow, siblings, winner};
 
 /// How a run stands. Without an `end` event it is running while a recorder still writes the
 /// file, and was killed (or its recorder was) once none does.
@@ -100,6 +102,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
         .unwrap_or(Value::Null);
     let rows = branches(&s)?;
     let fit = endpoint_fit(&rows);
+    let sibling_rows = siblings(&s);
+    let won = winner(&s);
     let events = s.events()?;
     let predictions = crate::predict::predictions(&events);
     let law = crate::predict::session_law(&events);
@@ -114,6 +118,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
         });
         let out = json!({
             "branches": rows,
+            "siblings": sibling_rows,
+            "lowest_val_loss": won,
             "fit": fit_json,
             "file": a.file.display().to_string(),
             "format_version": s.format_version(),
@@ -155,7 +161,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         println!("config: {}", describe_config(&config));
     }
     println!(
-        "{:>4}  {:<12} {:>6} {:>6} {:>16} {:>10} {:>10}  {:<19} {:>8}",
+        "{:>4}  {:<16} {:>6} {:>6} {:>16} {:>10} {:>10}  {:<19} {:>8}",
         "run", "name", "parent", "fork", "steps", "train loss", "val loss", "status", "duration"
     );
     for r in s.runs() {
@@ -164,7 +170,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             _ => "none".into(),
         };
         println!(
-            "{:>4}  {:<12} {:>6} {:>6} {:>16} {:>10} {:>10}  {:<19} {:>8}",
+            "{:>4}  {:<16} {:>6} {:>6} {:>16} {:>10} {:>10}  {:<19} {:>8}",
             r.id,
             r.name,
             r.parent
@@ -185,6 +191,15 @@ pub fn run(a: InspectArgs) -> Result<()> {
     }
     if !rows.is_empty() {
         print_branches(&rows);
+    }
+    if !sibling_rows.is_empty() {
+        print_siblings(&sibling_rows);
+    }
+    if let Some(w) = &won {
+        println!(
+            "lowest final val loss: run {} ({}) {:.4}, {:.4} below the next",
+            w.id, w.label, w.final_val_loss, w.margin
+        );
     }
     if !predictions.is_empty() {
         println!(
@@ -243,6 +258,31 @@ fn probe_counts(events: &[wsdscope_sessions::RunEvent]) -> Vec<(u32, String, usi
     }
     out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     out
+}
+
+fn print_siblings(rows: &[SiblingRow]) {
+    println!("siblings (from step 0 beside the trunk, on its batches):");
+    println!(
+        "{:>4}  {:<18} {:>10} {:>9} {:>10} {:>8}  differences from the trunk",
+        "run", "label", "params", "val loss", "trunk val", "vs trunk"
+    );
+    for r in rows {
+        let vs = match (r.final_val_loss, r.trunk_val_loss) {
+            (Some(a), Some(b)) => format!("{:+.4}", a - b),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>4}  {:<18} {:>10} {:>9} {:>10} {:>8}  {}{}",
+            r.id,
+            r.label,
+            crate::tui::format::grouped(r.params),
+            opt(r.final_val_loss),
+            opt(r.trunk_val_loss),
+            vs,
+            r.differences.join(", "),
+            if r.completed { "" } else { "  (not completed)" }
+        );
+    }
 }
 
 fn print_branches(rows: &[BranchRow]) {

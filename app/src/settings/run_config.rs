@@ -91,6 +91,7 @@ impl Settings {
             reference_ops: false,
             precision: Precision::default(),
             max_runs: None,
+            siblings: Vec::new(),
         };
         self.adjust(&mut cfg)?;
         if let Some(p) = &cfg.init_from
@@ -155,6 +156,10 @@ impl Settings {
         }
         if self.max_runs.is_some() {
             cfg.max_runs = self.max_runs;
+        }
+        // Siblings do not change the trunk; each is resolved over these settings.
+        if self.sibling.is_some() {
+            cfg.siblings = self.sibling_plans()?;
         }
         cfg.validate()?;
         wsdscope_trainer::engine::device(&cfg.device)?;

@@ -73,6 +73,13 @@ pub(super) fn drive(
                 message,
             })
         };
+    // Siblings start beside the trunk before its first step, within the slots and budget.
+    let siblings = runs.active[0].cfg.siblings.clone();
+    for s in &siblings {
+        if let Err(m) = runs.sibling(s, &mut emit) {
+            note(&mut emit, 0, 0, NoteKind::Refused, m);
+        }
+    }
     'steps: loop {
         // Commands between steps; a paused engine blocks here.
         loop {

@@ -13,6 +13,8 @@
 //!   step, probes, evaluation, checkpoints and forks.
 //! - `command.rs`: what the engine is asked between steps ([`Command`], [`ForkRequest`]) and
 //!   how a run ended ([`Outcome`]).
+//! - `sibling.rs`: [`Trainer::sibling`], a run beside the trunk from step 0 that differs in
+//!   a few settings, from the trunk's initial weights where the shape allows.
 //! - `branch.rs`: the schedules of forked runs: a decay branch ([`decay_branch`]) or WSD-S's
 //!   resumption at the trunk's stable lr.
 //! - `feed.rs`: the commands of a step boundary, broadcast from rank 0 to every rank.
@@ -30,6 +32,7 @@ mod feed;
 mod probe_clock;
 mod reduce;
 mod scheduler;
+mod sibling;
 mod trainer;
 
 use std::sync::mpsc::{self, Sender};

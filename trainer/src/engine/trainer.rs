@@ -29,14 +29,14 @@ use crate::probe::{self, Measurement, ProbeInput, ProbeKind, StepTracker};
 pub struct Trainer {
     pub(super) cfg: RunConfig,
     pub(super) run: RunId,
-    name: String,
+    pub(super) name: String,
     pub(super) parent: Option<RunId>,
     fork_step: Option<u64>,
-    model: MiniCpm,
+    pub(super) model: MiniCpm,
     opt: AdamW,
     /// Shared by every run of a session: batches are pure functions of the global step.
-    data: Arc<Dataset>,
-    device: Device,
+    pub(super) data: Arc<Dataset>,
+    pub(super) device: Device,
     /// Steps completed.
     pub(super) step: u64,
     pub(super) tokens: u64,
@@ -99,7 +99,7 @@ impl Trainer {
     }
 
     /// The trunk (run 0) at step 0 with fresh AdamW moments.
-    fn trunk(
+    pub(super) fn trunk(
         cfg: RunConfig,
         mut model: MiniCpm,
         data: Arc<Dataset>,
@@ -213,6 +213,7 @@ impl Trainer {
         cfg.steps = schedule.total();
         cfg.schedule = schedule;
         cfg.forks.clear();
+        cfg.siblings.clear();
         cfg.checkpoint_every = 0;
         Ok(Trainer {
             tracker: StepTracker::new(tracked_indices(&model, &cfg)),
@@ -309,6 +310,11 @@ impl Trainer {
         self.last_val
     }
 
+    /// This run's batch of global step `s` (a sibling's `--batch` may differ from the trunk's).
+    fn batch(&self, s: u64) -> Batch {
+        self.data.train_batch_of(s, self.cfg.batch)
+    }
+
     fn tensors(&self, b: &Batch) -> Result<(Tensor, Tensor)> {
         let x = Tensor::from_slice(&b.inputs, (b.batch, b.seq), &self.device)?;
         let y = Tensor::from_slice(&b.targets, (b.batch, b.seq), &self.device)?;
@@ -326,7 +332,7 @@ impl Trainer {
         let lr = self.cfg.schedule.lr(s);
         // This rank's rows of the global batch (all of it in one process).
         let (size, rank) = (self.comm.size(), self.comm.rank());
-        let batch = self.data.train_batch(s);
+        let batch = self.batch(s);
         let batch = if size > 1 {
             batch.rows(collective::rows(batch.batch, rank, size))
         } else {
@@ -466,7 +472,7 @@ impl Trainer {
             )));
         }
         let t0 = Instant::now();
-        let batch = self.data.train_batch(self.step);
+        let batch = self.batch(self.step);
         let input = ProbeInput {
             model: &self.model,
             opt: &self.opt,
@@ -498,7 +504,7 @@ impl Trainer {
         } else {
             (other, self)
         };
-        let batch = self.data.train_batch(self.step.max(1));
+        let batch = self.batch(self.step.max(1));
         let mut m = probe::interpolation(&parent.model, &branch.model, &batch, &self.cfg.probes)?;
         m.scalars.insert(interp::FROM_RUN.into(), parent.run as f64);
         m.scalars

@@ -13,6 +13,7 @@ mod live_loop;
 mod outliers;
 mod replay_mode;
 mod screens;
+mod siblings;
 
 use std::time::Duration;
 
