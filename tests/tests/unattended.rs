@@ -255,10 +255,12 @@ fn a_second_signal_exits_at_once_leaving_a_readable_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut job = Job::start(
         dir.path(),
-        &[&["--out", "s.h5", "--probe-every", "1000"], JOB].concat(),
+        // The probe (where the recorder is held) comes late enough that the writer has
+        // flushed steps before it (it flushes twice a second; a step here takes ~1 ms).
+        &[&["--out", "s.h5", "--probe-every", "2500"], JOB].concat(),
         &[("WSDSCOPE_TEST_PAUSE", "probe")],
     );
-    job.wait_for_step(1010);
+    job.wait_for_step(2510);
     job.signal(libc::SIGINT);
     std::thread::sleep(Duration::from_millis(500));
     assert!(
