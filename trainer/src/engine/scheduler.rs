@@ -173,6 +173,7 @@ impl Runs {
             self.trunk_evals.insert(branch.cfg.steps);
         }
         self.started.insert(id, Instant::now());
+        self.probes.start(&branch);
         self.active.push(branch);
         Ok(id)
     }
