@@ -191,7 +191,7 @@ pub(super) fn drive(
             }
             if done && run != 0 && runs.active[i].cfg.probes.periodic() {
                 let secs = runs.probe(i, ProbeKind::Interp, &mut emit);
-                runs.probes.spent(&runs.active[i], secs);
+                runs.probes.spent(secs);
             }
         }
         // Scripted forks from the trunk once it has completed their step.

@@ -26,10 +26,6 @@ pub(super) struct ProbeClock {
     pub(super) cost: BTreeMap<ProbeKind, f64>,
     /// The planner's view of each run and the step it has completed.
     spans: BTreeMap<RunId, (RunSpan, u64)>,
-    /// Last measured cost of each kind, in training steps.
-    cost_steps: BTreeMap<ProbeKind, f64>,
-    /// Training steps' worth of periodic probes run so far.
-    spent_steps: f64,
     /// Steps each (run, kind) was probed at.
     past: BTreeMap<(RunId, ProbeKind), BTreeSet<u64>>,
     plan: Plan,
@@ -123,60 +119,46 @@ impl ProbeClock {
         if !planned(tr) {
             return;
         }
-        let steps = if tr.mean_step_s > 0.0 {
-            secs / tr.mean_step_s
-        } else {
-            probe_plan::prior_cost(kind, &tr.cfg.probes, tr.cfg.batch)
-        };
-        self.spent_steps += steps;
-        self.cost_steps.insert(kind, steps);
         self.past.entry((tr.run, kind)).or_default().insert(tr.step);
         self.replan(tr);
     }
 
     /// A probe outside the plan (the interpolation at a branch's end) took `secs` of the
     /// budget.
-    pub(super) fn spent(&mut self, tr: &Trainer, secs: f64) {
+    pub(super) fn spent(&mut self, secs: f64) {
         self.probe_s += secs;
-        if tr.mean_step_s > 0.0 {
-            self.spent_steps += secs / tr.mean_step_s;
-        }
     }
 
-    /// Plans the runs' remaining probes with what is left of the budget: its share of the
-    /// time of every step the runs train this session, less what the probes took so far.
+    /// Plans the runs' remaining probes with what is left of the budget, in seconds as the
+    /// share is stated: its share of the training so far and of the steps still to come at
+    /// the current pace, less what the probes took so far. A kind costs what it took last
+    /// time (as the `--probe-every` rotation counts it), or its estimate in steps at that pace
+    /// before it has run (before any step was timed, everything is counted in steps).
     fn replan(&mut self, tr: &Trainer) {
         if !planned(tr) {
             return;
         }
         let cfg = &tr.cfg.probes;
         let kinds = kinds(tr);
+        let pace = if tr.mean_step_s > 0.0 {
+            tr.mean_step_s
+        } else {
+            1.0
+        };
         let cost: BTreeMap<ProbeKind, f64> = kinds
             .iter()
             .map(|&k| {
-                let c = self.cost_steps.get(&k).copied();
-                (
-                    k,
-                    c.unwrap_or_else(|| probe_plan::prior_cost(k, cfg, tr.cfg.batch)),
-                )
+                let prior = || pace * probe_plan::prior_cost(k, cfg, tr.cfg.batch);
+                (k, self.cost.get(&k).copied().unwrap_or_else(prior))
             })
             .collect();
         let share = cfg.budget().unwrap_or(100.0) / 100.0;
-        let step_s = tr.mean_step_s;
-        let budget = if step_s > 0.0 {
-            // In seconds, as the share is stated: the training so far and the steps still to
-            // come at the current pace, less the probes so far; in steps at that pace.
-            let to_come: u64 = self
-                .spans
-                .values()
-                .map(|(s, done)| s.bounds.total.saturating_sub((*done).max(s.from)))
-                .sum();
-            (share * (self.train_s + to_come as f64 * step_s) - self.probe_s) / step_s
-        } else {
-            // Before any step was timed.
-            let steps: u64 = self.spans.values().map(|(s, _)| s.steps()).sum();
-            share * steps as f64 - self.spent_steps
-        };
+        let to_come: u64 = self
+            .spans
+            .values()
+            .map(|(s, done)| s.bounds.total.saturating_sub((*done).max(s.from)))
+            .sum();
+        let budget = share * (self.train_s + to_come as f64 * pace) - self.probe_s;
         let runs: Vec<(RunSpan, u64)> = self.spans.values().copied().collect();
         self.plan = probe_plan::plan(&PlanInput {
             runs: &runs,
