@@ -10,7 +10,7 @@ use crate::settings::Settings;
 #[derive(Parser, Debug)]
 #[command(
     name = "wsdscope",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("WSDSCOPE_COMMIT"), ")"),
     about = "See and steer the dynamics of a Warmup-Stable-Decay training run",
     long_about = "wsdscope trains a MiniCPM-architecture language model under a WSD schedule and streams \
                   its dynamics: loss, gradient and update norms, validation loss, phases."
@@ -48,6 +48,12 @@ pub enum Command {
     /// Tokenizer utilities.
     #[command(subcommand)]
     Tokenizer(TokenizerCommand),
+    /// Print shell completions for wsdscope, e.g.
+    /// `wsdscope completions bash > ~/.local/share/bash-completion/completions/wsdscope`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// What to train and where to record it: every flag `record` and `run` share.
@@ -158,10 +164,10 @@ pub struct BenchArgs {
     pub seq: Option<usize>,
     #[arg(long)]
     pub batch: Option<usize>,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: `RAYON_NUM_THREADS` when set, else all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// cpu (default) or cuda:N; with --kernels also cuda-emu (the CUDA kernels on the CPU
+    /// cpu (default), cuda or cuda:N; with --kernels also cuda-emu (the CUDA kernels on the CPU
     /// executor).
     #[arg(long)]
     pub device: Option<String>,

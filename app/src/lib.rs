@@ -12,6 +12,7 @@ pub mod palette;
 pub mod predict;
 pub mod progress;
 pub mod settings;
+pub mod sibling_table;
 pub mod signals;
 pub mod threads;
 pub mod tui;

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use wsdscope::cli::{Cli, Command, TokenizerCommand};
 use wsdscope::{modes, tui};
@@ -25,6 +25,15 @@ fn main() -> ExitCode {
         Command::Bench(a) => modes::bench::run(a).map(|_| ExitCode::SUCCESS),
         Command::Inspect(a) => modes::inspect::run(a).map(|_| ExitCode::SUCCESS),
         Command::Plot(a) => modes::plot::run(a).map(|_| ExitCode::SUCCESS),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "wsdscope",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Presets => {
             print_presets();
             Ok(ExitCode::SUCCESS)

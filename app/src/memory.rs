@@ -72,7 +72,8 @@ fn probe_result_bytes(cfg: &RunConfig) -> u64 {
 }
 
 /// Bytes the `run` TUI holds for `cfg` by the end of the run, with `tui`; 0 for headless
-/// `record`, which keeps no series. Counts the trunk's steps and every scripted branch's.
+/// `record`, which keeps no series. Counts the trunk's steps, every scripted branch's and
+/// every sibling's.
 pub fn display_bytes(cfg: &RunConfig, tui: bool) -> u64 {
     if !tui {
         return 0;
@@ -83,7 +84,12 @@ pub fn display_bytes(cfg: &RunConfig, tui: bool) -> u64 {
         0
     };
     let branch_steps = cfg.forks.iter().map(|f| f.length.steps_at(f.at));
-    let runs: Vec<u64> = std::iter::once(cfg.steps).chain(branch_steps).collect();
+    // Each sibling keeps a series of the trunk's length.
+    let sibling_steps = cfg.siblings.iter().map(|s| s.config.steps);
+    let runs: Vec<u64> = std::iter::once(cfg.steps)
+        .chain(branch_steps)
+        .chain(sibling_steps)
+        .collect();
     let series = runs.iter().fold(0u64, |acc, &s| {
         acc.saturating_add(run_series_bytes(s, tracked))
     });
@@ -127,7 +133,7 @@ pub fn estimate(cfg: &RunConfig, tui: bool, recording: bool) -> MemoryEstimate {
         e.add("the TUI's series and event queue", display);
     }
     if recording {
-        let runs = memory::branches_alive(cfg);
+        let runs = memory::branches_alive(cfg) + cfg.siblings.len() as u64;
         e.add(
             "the session recorder",
             recorder_bytes().saturating_add(HDF5_PER_RUN.saturating_mul(runs)),
@@ -188,5 +194,17 @@ mod tests {
             2
         ];
         assert!(display_bytes(&forked, true) > a);
+        // A sibling keeps a series as long as the trunk's, and the recorder a run more.
+        let mut sib = small.clone();
+        sib.siblings = vec![wsdscope_trainer::SiblingPlan {
+            label: "lr=0.003".into(),
+            config: small.clone(),
+        }];
+        assert!(display_bytes(&sib, true) >= 2 * a - (UI_BUFFER as u64) * slot_bytes());
+        let (one, two) = (estimate(&small, false, true), estimate(&sib, false, true));
+        assert!(
+            two.total() > one.total() + HDF5_PER_RUN,
+            "the sibling's state and writer"
+        );
     }
 }

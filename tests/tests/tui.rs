@@ -1,12 +1,13 @@
 //! The TUI end to end: the real binary in a pseudo-terminal (tmux), driven by key presses,
 //! read back from the screen. `wsdscope run` trains a small model, shows help, toggles log-y,
 //! pauses, survives a tiny terminal, quits after confirmation with a complete session file;
+//! its fork form pauses the run and the branch starts at the step the form showed;
 //! `wsdscope replay` opens that file and moves its cursor. Needs tmux (CI installs it); without
 //! it these tests fail, they do not skip.
 
 use std::path::Path;
 
-use wsdscope_tests::{SMALL, Tmux, binary, run};
+use wsdscope_tests::{SMALL, Tmux, binary, run, session_events};
 
 /// `wsdscope ARGS…` as a shell command that prints its exit status when it ends.
 fn shell(args: &[&str]) -> String {
@@ -61,13 +62,7 @@ fn run_trains_shows_help_pauses_and_quits_with_a_complete_session() {
     t.resize(120, 40);
     t.wait_for("panels again", |s| s.contains("❚❚ paused"));
 
-    t.keys(&["q"]);
-    t.wait_for("quit confirmation", |s| {
-        s.contains("stop training and quit")
-    });
-    t.keys(&["y"]);
-    let end = t.wait_for("exit", |s| s.contains("EXIT="));
-    assert!(end.contains("EXIT=0"), "clean exit expected:\n{end}");
+    let end = quit_confirmed(&t);
     assert!(
         end.contains("session: "),
         "the session path is printed:\n{end}"
@@ -107,6 +102,69 @@ fn run_trains_shows_help_pauses_and_quits_with_a_complete_session() {
     t.keys(&["q"]);
     let end = t.wait_for("exit", |s| s.contains("EXIT="));
     assert!(end.contains("EXIT=0"), "{end}");
+}
+
+/// Quits a run that is training (`q`, then `y` to confirm); the screen at its clean exit.
+fn quit_confirmed(t: &Tmux) -> String {
+    t.keys(&["q"]);
+    t.wait_for("quit confirmation", |s| {
+        s.contains("stop training and quit")
+    });
+    t.keys(&["y"]);
+    let end = t.wait_for("exit", |s| s.contains("EXIT="));
+    assert!(end.contains("EXIT=0"), "clean exit expected:\n{end}");
+    end
+}
+
+/// The step the fork form's title shows ("fork a decay branch from run 0 at step 1,234").
+fn form_step(screen: &str) -> Option<u64> {
+    let rest = &screen[screen.find("from run 0 at step ")? + "from run 0 at step ".len()..];
+    let digits: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ',')
+        .filter(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+#[test]
+fn the_fork_form_pauses_the_run_and_the_branch_starts_at_the_step_it_showed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fork.h5");
+    let mut args = vec!["run", "--out", out.to_str().unwrap(), "--steps", "20000"];
+    args.extend_from_slice(SMALL);
+    let t = Tmux::start(dir.path(), 120, 40, &shell(&args));
+    t.wait_for("training steps", |s| {
+        s.contains("● running") && s.contains("tok/s")
+    });
+
+    t.keys(&["f"]);
+    let form = t.wait_for("the form with the step it paused at", |s| {
+        s.contains("paused while you choose") && form_step(s).is_some()
+    });
+    let shown = form_step(&form).unwrap();
+    // Paused: the step does not move while the form is open.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let later = t.screen();
+    assert_eq!(form_step(&later), Some(shown), "{later}");
+    assert!(later.contains("❚❚ paused"), "{later}");
+
+    t.keys(&["Enter"]);
+    t.wait_for("training again", |s| s.contains("● running"));
+    quit_confirmed(&t);
+
+    let events = session_events(dir.path(), "fork.h5").unwrap();
+    let forks: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "forked").collect();
+    assert_eq!(forks.len(), 1, "one fork: {forks:?}");
+    assert_eq!(
+        forks[0]["step"].as_u64(),
+        Some(shown),
+        "the branch starts at the step the form showed"
+    );
+    assert!(
+        !events.iter().any(|e| e["kind"] == "refused"),
+        "no refusal expected"
+    );
 }
 
 #[test]

@@ -5,15 +5,23 @@
 //!
 //! Each rank trains on its own rows of the global batch ([`rows`]), so together the ranks see
 //! exactly the data one process sees; see `engine/reduce.rs` for the gradient all-reduce.
+//!
+//! A run on a GPU with several ranks trains through NCCL instead ([`for_device`], built with
+//! the `cuda` feature): its sums stay on the device ([`DeviceSum`]) and MPI only starts the
+//! job (it carries NCCL's unique id) and aborts it.
 
 mod lifeline;
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(feature = "cuda")]
+mod nccl;
 
 pub use lifeline::{Lifeline, Lost};
 
 use std::ops::Range;
 use std::sync::Arc;
+
+use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -38,6 +46,59 @@ pub trait Collective: Send + Sync {
     /// Rank 0 records the session and writes checkpoints.
     fn is_root(&self) -> bool {
         self.rank() == 0
+    }
+
+    /// Sums of tensors on their own device, if this collective has them (NCCL on a GPU);
+    /// without, the engine sums through host buffers.
+    fn on_device(&self) -> Option<&dyn DeviceSum> {
+        None
+    }
+}
+
+/// Sums over the ranks of tensors where they live, queued on their device's stream like any
+/// other op on them. Every rank must make the same calls in the same order.
+pub trait DeviceSum: Send + Sync {
+    /// Replaces the contiguous f32 or f64 tensor `t` with its element-wise sum over all
+    /// ranks, in place: `t` must own its storage (no other tensor may share it).
+    fn all_reduce_sum_in_place(&self, t: &Tensor) -> Result<()>;
+}
+
+/// Whether the ranks of `comm` exchange anything in a step: several ranks, or one sent
+/// through NCCL anyway (`WSDSCOPE_NCCL=1`, to check that path on one GPU). One process on its
+/// own makes no collective calls.
+pub fn exchanges(comm: &dyn Collective) -> bool {
+    comm.size() > 1 || comm.on_device().is_some()
+}
+
+/// The collective a run on `device` trains with: NCCL on the GPU when `device` is CUDA and
+/// `comm` has several ranks, or one with `WSDSCOPE_NCCL=1`; otherwise `comm` itself. NCCL's
+/// unique id travels over `comm` (MPI), so every rank must call this at the same point.
+pub fn for_device(comm: Arc<dyn Collective>, device: &Device) -> Result<Arc<dyn Collective>> {
+    let forced = nccl_forced(std::env::var("WSDSCOPE_NCCL").ok().as_deref())?;
+    if forced && !device.is_cuda() {
+        return Err(Error::Config(format!(
+            "WSDSCOPE_NCCL=1 sends the ranks' sums through NCCL, which needs a GPU \
+             (--device cuda); this run is on {device:?}"
+        )));
+    }
+    if comm.on_device().is_some() || !device.is_cuda() || (comm.size() == 1 && !forced) {
+        return Ok(comm);
+    }
+    #[cfg(feature = "cuda")]
+    return Ok(Arc::new(nccl::Nccl::join(&*comm, device)?));
+    #[cfg(not(feature = "cuda"))]
+    Ok(comm)
+}
+
+/// Whether `WSDSCOPE_NCCL` (`value`) asks for NCCL even for one process: `1` yes; unset,
+/// empty or `0` no.
+fn nccl_forced(value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("" | "0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(v) => Err(Error::Config(format!(
+            "WSDSCOPE_NCCL={v:?} is not allowed; use 1 (NCCL even for one process) or 0"
+        ))),
     }
 }
 
@@ -187,5 +248,24 @@ mod tests {
         Solo.broadcast_bytes(&mut b).unwrap();
         assert_eq!(b, [7]);
         assert!(check_batch(1, 2).is_err() && check_batch(2, 2).is_ok());
+    }
+
+    #[test]
+    fn one_process_exchanges_nothing_and_keeps_its_collective_on_the_cpu() {
+        assert!(!exchanges(&Solo));
+        let comm = for_device(Arc::new(Solo), &Device::Cpu).unwrap();
+        assert!(!exchanges(&*comm));
+    }
+
+    #[test]
+    fn wsdscope_nccl_takes_1_or_0() {
+        assert!(!nccl_forced(None).unwrap());
+        assert!(!nccl_forced(Some("0")).unwrap() && !nccl_forced(Some("")).unwrap());
+        assert!(nccl_forced(Some("1")).unwrap());
+        let e = nccl_forced(Some("yes")).unwrap_err().to_string();
+        assert!(
+            e.contains("WSDSCOPE_NCCL=\"yes\" is not allowed; use 1"),
+            "{e}"
+        );
     }
 }

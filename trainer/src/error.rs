@@ -34,6 +34,10 @@ pub enum Error {
         what: &'static str,
     },
 
+    /// The ranks could not do something together (NCCL); the message says what and why.
+    #[error("{0}")]
+    Collective(String),
+
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
 

@@ -22,7 +22,7 @@ pub mod schedule;
 pub use collective::{Collective, World};
 pub use config::{
     DataSpec, ForkLength, ForkPlan, ModelConfig, OptimConfig, Policy, Precision, Preset,
-    ProbeConfig, RunConfig, preset, presets,
+    ProbeConfig, RunConfig, SiblingPlan, preset, presets,
 };
 pub use engine::{Command, Engine, ForkRequest, Outcome, Trainer};
 pub use error::{Error, Result};

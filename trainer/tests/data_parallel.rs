@@ -143,6 +143,7 @@ fn train(comm: Option<Arc<dyn Collective>>, steps: u64) -> Trace {
                         length: ForkLength::Steps(3),
                         shape: DecayShape::Linear,
                         floor: 0.0,
+                        at_step: None,
                     }))
                     .unwrap();
                 }

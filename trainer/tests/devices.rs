@@ -18,13 +18,21 @@ fn cuda_is_a_cuda_device_or_a_clear_error() {
             assert!(m.contains("--device cuda:0: CUDA is unavailable"), "{m}");
         }
     }
+    // Plain `cuda` is this process's GPU (GPU 0 outside a launcher of several ranks).
+    match device("cuda") {
+        Ok(d) => assert!(d.is_cuda(), "cuda fell back to {d:?}"),
+        Err(e) => {
+            let m = e.to_string();
+            assert!(m.contains("--device cuda: CUDA is unavailable"), "{m}");
+        }
+    }
     let m = device("cuda:4096").unwrap_err().to_string();
     assert!(m.contains("--device cuda:4096: CUDA is unavailable"), "{m}");
     assert!(
         device("cuda:x")
             .unwrap_err()
             .to_string()
-            .contains("cpu or cuda:N")
+            .contains("use cpu, cuda or cuda:N")
     );
 }
 

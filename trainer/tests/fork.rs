@@ -1,12 +1,13 @@
 //! Forking runs: a fork that keeps its parent's schedule continues bit-identically (so it sees
 //! the same batches and state), decay branches run beside the trunk under each policy, and
-//! forks over the memory budget are refused with a note.
+//! forks over the memory budget are refused with a note; a fork asked for at a step starts there
+//! or is refused.
 
 mod common;
 
 use std::sync::mpsc;
 
-use wsdscope_events::{EndReason, RunEvent};
+use wsdscope_events::{EndReason, NoteKind, RunEvent};
 use wsdscope_trainer::engine::decay_branch;
 use wsdscope_trainer::{
     Command, DecayShape, Engine, ForkLength, ForkPlan, ForkRequest, Policy, Trainer,
@@ -161,12 +162,14 @@ fn live_forks_and_refusals() {
         length: ForkLength::Steps(3),
         shape: DecayShape::OneSqrt,
         floor: 0.0,
+        at_step: None,
     }));
     engine.send(Command::Fork(ForkRequest {
         parent: 7,
         length: ForkLength::Steps(3),
         shape: DecayShape::Exp,
         floor: 0.1,
+        at_step: None,
     }));
     engine.send(Command::ForkResume { parent: 0 });
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -205,6 +208,67 @@ fn live_forks_and_refusals() {
         .any(|e| matches!(e, RunEvent::Note { message, .. } if message.contains("memory budget")));
     assert!(refused);
     assert!(!ev.iter().any(|e| matches!(e, RunEvent::Forked { .. })));
+}
+
+/// A fork asked for at a step (the TUI's form, which pauses the run to show it) starts there,
+/// and one whose parent has moved on is refused with both steps named, not made elsewhere.
+#[test]
+fn a_fork_at_a_shown_step_starts_there_or_is_refused() {
+    let (tx, rx) = mpsc::channel();
+    let (paused_tx, paused_rx) = mpsc::channel::<u64>();
+    let (at_tx, at_rx) = mpsc::channel::<()>();
+    let engine = Engine::spawn(Trainer::new(common::small_run(40)).unwrap(), move |e| {
+        match &e {
+            RunEvent::Step(m) if m.step == 3 && m.run == 0 => {
+                let _ = at_tx.send(());
+            }
+            RunEvent::Note {
+                kind: NoteKind::Paused,
+                step,
+                ..
+            } => {
+                let _ = paused_tx.send(*step);
+            }
+            _ => {}
+        }
+        tx.send(e).unwrap();
+    })
+    .unwrap();
+    at_rx.recv().unwrap();
+    engine.send(Command::Pause);
+    let shown = paused_rx.recv().unwrap();
+    let request = |at_step| {
+        Command::Fork(ForkRequest {
+            parent: 0,
+            length: ForkLength::Steps(3),
+            shape: DecayShape::Linear,
+            floor: 0.0,
+            at_step: Some(at_step),
+        })
+    };
+    engine.send(request(shown - 1));
+    engine.send(request(shown));
+    engine.send(Command::Resume);
+    engine.send(Command::Stop);
+    engine.join();
+    let ev: Vec<RunEvent> = rx.iter().collect();
+    let forks: Vec<u64> = ev
+        .iter()
+        .filter_map(|e| match e {
+            RunEvent::Forked { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(forks, vec![shown]);
+    let want = format!(
+        "fork refused: run 0 is at step {shown}, not at step {} the fork was asked for",
+        shown - 1
+    );
+    assert!(
+        ev.iter()
+            .any(|e| matches!(e, RunEvent::Note { message, .. } if *message == want)),
+        "no note {want:?}"
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@
 //! **Wire protocol** ([`PROTOCOL`]): one JSON object per line, both ways.
 //! - Client → server: first [`Request::Hello`] (`{"cmd":"hello","protocol":1,"token":…}`),
 //!   then commands: `pause`, `resume`, `stop`, `probe` (`run`), `wsd_s` (`parent`), `fork`
-//!   (the fields of a `ForkRequest`: `parent`, `length`, `shape`, `floor`).
+//!   (the fields of a `ForkRequest`: `parent`, `length`, `shape`, `floor`, optional `at_step`).
 //! - Server → client: [`Reply`]s (objects with a `"msg"` field) and events (the `RunEvent`
 //!   objects of `record --jsonl`, with a `"type"` field). First `welcome` with the session
 //!   path and `delivered`, the number of events the run had produced when this viewer was

@@ -9,6 +9,7 @@ fn every_request_reads_back_as_it_was_written() {
         length: ForkLength::Steps(200),
         shape: DecayShape::Linear,
         floor: 0.1,
+        at_step: None,
     };
     for r in [
         Request::Hello {

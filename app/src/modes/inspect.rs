@@ -1,6 +1,7 @@
 //! `wsdscope inspect FILE.h5 [--json | --events]`: what a session holds — its configuration,
-//! its runs (id, name, parent, fork step, steps, final train and val loss, status, duration) —
-//! or its whole event stream as the JSON lines the run printed.
+//! its runs (id, name, parent, fork step, steps, final train and val loss, status, duration),
+//! its branches and their fit, its siblings with their differences from the trunk and which run
+//! ended lowest — or its whole event stream as the JSON lines the run printed.
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -9,6 +10,7 @@ use wsdscope_sessions::{EndReason, RunInfo, Session};
 use crate::analysis::{BranchRow, branches, describe_fit, endpoint_fit};
 use crate::cli::InspectArgs;
 use crate::progress::duration;
+use crate::sibling_table::{SiblingRow, siblings, winner};
 
 /// How a run stands. Without an `end` event it is running while a recorder still writes the
 /// file, and was killed (or its recorder was) once none does.
@@ -100,8 +102,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
         .unwrap_or(Value::Null);
     let rows = branches(&s)?;
     let fit = endpoint_fit(&rows);
+    let sibling_rows = siblings(&s);
+    let won = winner(&s);
     let events = s.events()?;
     let predictions = crate::predict::predictions(&events);
+    let law = crate::predict::session_law(&events);
     let probes = probe_counts(&events);
     let writer = s.writer_alive();
     if a.json {
@@ -113,6 +118,8 @@ pub fn run(a: InspectArgs) -> Result<()> {
         });
         let out = json!({
             "branches": rows,
+            "siblings": sibling_rows,
+            "lowest_val_loss": won,
             "fit": fit_json,
             "file": a.file.display().to_string(),
             "format_version": s.format_version(),
@@ -121,10 +128,16 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "config": config,
             "writer_alive": writer,
             "runs": s.runs().iter().map(|r| run_json(r, writer)).collect::<Vec<_>>(),
+            "law": law.map(|f| json!({
+                "l0": f.law.l0, "a": f.law.a, "alpha": f.law.alpha, "b": f.law.b,
+                "c": f.law.c, "beta": f.law.beta, "gamma": f.law.gamma,
+                "decay_fitted": f.decay_fitted, "rms": f.rms, "points": f.points,
+            })),
             "predictions": predictions.iter().map(|p| json!({
                 "run": p.run, "fork_step": p.fork_step, "end_step": p.end_step,
                 "tail_steps": crate::predict::tail_len(p.end_step - p.fork_step),
                 "predicted_tail_train_loss": p.before, "decay_fitted": p.decay_fitted,
+                "uncertainty": p.uncertainty(),
                 "actual_tail_train_loss": p.actual,
                 "error": p.actual.map(|a| p.before - a),
             })).collect::<Vec<_>>(),
@@ -148,7 +161,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         println!("config: {}", describe_config(&config));
     }
     println!(
-        "{:>4}  {:<12} {:>6} {:>6} {:>16} {:>10} {:>10}  {:<19} {:>8}",
+        "{:>4}  {:<16} {:>6} {:>6} {:>16} {:>10} {:>10}  {:<19} {:>8}",
         "run", "name", "parent", "fork", "steps", "train loss", "val loss", "status", "duration"
     );
     for r in s.runs() {
@@ -157,7 +170,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             _ => "none".into(),
         };
         println!(
-            "{:>4}  {:<12} {:>6} {:>6} {:>16} {:>10} {:>10}  {:<19} {:>8}",
+            "{:>4}  {:<16} {:>6} {:>6} {:>16} {:>10} {:>10}  {:<19} {:>8}",
             r.id,
             r.name,
             r.parent
@@ -179,6 +192,15 @@ pub fn run(a: InspectArgs) -> Result<()> {
     if !rows.is_empty() {
         print_branches(&rows);
     }
+    if !sibling_rows.is_empty() {
+        print_siblings(&sibling_rows);
+    }
+    if let Some(w) = &won {
+        println!(
+            "lowest final val loss: run {} ({}) {:.4}, {:.4} below the next",
+            w.id, w.label, w.final_val_loss, w.margin
+        );
+    }
     if !predictions.is_empty() {
         println!(
             "decay predictions (multi-power law fitted on what was recorded before each fork; mean training loss over each branch's last fifth):"
@@ -188,17 +210,13 @@ pub fn run(a: InspectArgs) -> Result<()> {
                 .actual
                 .map(|a| format!("actual {a:.4}, error {:+.4}", p.before - a))
                 .unwrap_or_else(|| "not completed".into());
+            let how = match p.uncertainty() {
+                Some(u) => format!(" ± {u:.2} (decay term from the calibrated prior)"),
+                None => String::new(),
+            };
             println!(
-                "  run {:>2} forked at {:>6}, ends {:>6}: predicted {:.4}{}; {actual}",
-                p.run,
-                p.fork_step,
-                p.end_step,
-                p.before,
-                if p.decay_fitted {
-                    ""
-                } else {
-                    " (decay term from the prior)"
-                }
+                "  run {:>2} forked at {:>6}, ends {:>6}: predicted {:.4}{how}; {actual}",
+                p.run, p.fork_step, p.end_step, p.before,
             );
         }
     }
@@ -240,6 +258,31 @@ fn probe_counts(events: &[wsdscope_sessions::RunEvent]) -> Vec<(u32, String, usi
     }
     out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     out
+}
+
+fn print_siblings(rows: &[SiblingRow]) {
+    println!("siblings (from step 0 beside the trunk, on its batches):");
+    println!(
+        "{:>4}  {:<18} {:>10} {:>9} {:>10} {:>8}  differences from the trunk",
+        "run", "label", "params", "val loss", "trunk val", "vs trunk"
+    );
+    for r in rows {
+        let vs = match (r.final_val_loss, r.trunk_val_loss) {
+            (Some(a), Some(b)) => format!("{:+.4}", a - b),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>4}  {:<18} {:>10} {:>9} {:>10} {:>8}  {}{}",
+            r.id,
+            r.label,
+            crate::tui::format::grouped(r.params),
+            opt(r.final_val_loss),
+            opt(r.trunk_val_loss),
+            vs,
+            r.differences.join(", "),
+            if r.completed { "" } else { "  (not completed)" }
+        );
+    }
 }
 
 fn print_branches(rows: &[BranchRow]) {

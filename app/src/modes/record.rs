@@ -104,7 +104,19 @@ pub fn open_recorder(
     let RunEvent::RunStart(start) = trainer.run_start_event() else {
         unreachable!("run_start_event is a run_start")
     };
-    let plan = SessionPlan::for_trunk(&start, trainer.config().run_slots());
+    let mut plan = SessionPlan::for_trunk(&start, trainer.config().run_slots());
+    // A sibling of another depth reports more per-layer columns: the widest run sets them.
+    for s in &trainer.config().siblings {
+        let c = &s.config;
+        let tracked = if c.probes.per_step {
+            c.probes.tracked(c.model.layers).len()
+        } else {
+            0
+        };
+        let w = &mut plan.widths;
+        w[0] = w[0].max(c.model.layers);
+        w[2] = w[2].max(tracked);
+    }
     match out {
         Some(p) => Ok(Some(Recorder::create(p, &plan)?)),
         None => {
@@ -217,6 +229,12 @@ pub(crate) fn prepare(args: &TrainArgs, tui: bool) -> Result<Option<Prepared>> {
         Some(dir) => {
             let (_, state) = checkpoint::read_state(dir)?;
             let given = Settings::merged(args.settings.clone(), args.config.as_deref())?;
+            if !state.config.siblings.is_empty() && given.sibling.is_none() {
+                eprintln!(
+                    "note: the saved run had {} sibling(s); a checkpoint holds the trunk only, so the trunk continues alone",
+                    state.config.siblings.len()
+                );
+            }
             let cfg = settings::resumed(&given, state.config)?;
             if state.step >= cfg.steps {
                 bail!(
@@ -343,7 +361,8 @@ pub(crate) fn interrupted_lines(
 }
 
 /// The command line that resumes this run from the checkpoints under `root`: the same
-/// arguments with `--resume ROOT` instead of any earlier `--resume`, quoted for a POSIX shell.
+/// arguments with `--resume ROOT` instead of any earlier `--resume`, and without `--sibling`
+/// (a checkpoint holds the trunk only), quoted for a POSIX shell.
 pub(crate) fn resume_command(root: &Path) -> String {
     let mut args: Vec<String> = Vec::new();
     let mut skip = false;
@@ -351,11 +370,11 @@ pub(crate) fn resume_command(root: &Path) -> String {
         if std::mem::take(&mut skip) {
             continue;
         }
-        if a == "--resume" {
+        if a == "--resume" || a == "--sibling" {
             skip = true;
             continue;
         }
-        if !a.starts_with("--resume=") {
+        if !a.starts_with("--resume=") && !a.starts_with("--sibling=") {
             args.push(a);
         }
     }
@@ -588,6 +607,19 @@ fn print_dry_run(cfg: &RunConfig) {
         cfg.schedule.describe(),
         cfg.schedule.peak()
     );
+    for (i, s) in cfg.siblings.iter().enumerate() {
+        let c = &s.config;
+        println!(
+            "sibling {}: {}: {} parameters, {} × {} tokens, {}; peak lr {}",
+            i + 1,
+            s.label,
+            grouped(c.model.total_params()),
+            c.batch,
+            c.seq,
+            c.schedule.describe(),
+            c.schedule.peak()
+        );
+    }
     println!(
         "{}",
         serde_json::to_string_pretty(cfg).expect("config serialises")

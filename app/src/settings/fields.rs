@@ -116,10 +116,10 @@ settings! {
     /// Seeds the initial weights and the synthetic data.
     #[arg(long)]
     shaping seed: u64,
-    /// cpu (default) or cuda:N.
+    /// cpu (default), cuda (under mpirun: the GPU of the rank's place on its node) or cuda:N.
     #[arg(long)]
     adjustable device: String,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: `RAYON_NUM_THREADS` when set, else all cores).
     #[arg(long)]
     adjustable threads: usize,
     /// Training data: a UTF-8 text file (bytes, or tokens with --tokenizer) or a .u16/.u32
@@ -233,6 +233,12 @@ settings! {
     /// --fork-at branches and 31 more for live forks); the session file keeps a slot for each.
     #[arg(long, value_name = "N")]
     adjustable max_runs: u32,
+    /// A sibling run beside the trunk from step 0: its initial weights (same shape) and
+    /// batches, KEY changed to each value (one sibling per value). KEY: schedule, decay, lr,
+    /// warmup, weight-decay, clip, batch, seed, hidden, layers, heads, kv-heads, ffn.
+    /// Repeatable; in a config file, [[sibling]] tables.
+    #[arg(long, value_name = "KEY=V1[,V2…]")]
+    adjustable sibling: Vec<super::sibling_spec::SiblingSpec>,
 }
 
 impl Settings {
@@ -287,5 +293,7 @@ pub(super) mod sample {
         bool = "true", "true" => true;
         Vec<u64> = "7", "[7]" => vec![7];
         Vec<String> = "sample", "[\"sample\"]" => vec!["sample".into()];
+        Vec<super::super::sibling_spec::SiblingSpec> = "lr=0.5", "[{lr = 0.5}]"
+            => vec!["lr=0.5".parse().unwrap()];
     }
 }

@@ -4,6 +4,8 @@
 //! - `fields`: every setting, declared once; the flag, the TOML key, the overlay of flags
 //!   over the file and whether it shapes the run all come from that declaration.
 //! - `run_config`: validation into a `RunConfig`, and the decay flags.
+//! - `sibling_spec`: one `--sibling KEY=V1[,V2…]` or `[[sibling]]` table as given;
+//!   `siblings`: each resolved over the trunk's settings through the flags' own parsers.
 //! - `resume`: what `--resume` checks against the saved run, and what it may change.
 //!
 //! To add a setting: add one entry to the `settings!` list in `fields.rs` — its doc comment
@@ -18,6 +20,8 @@
 mod fields;
 mod resume;
 mod run_config;
+mod sibling_spec;
+mod siblings;
 
 use std::path::Path;
 
@@ -31,6 +35,8 @@ pub use run_config::{
     DEFAULT_WARMUP, check_checkpoint_dir, default_threads, fork_length, parse_branch_decay,
     parse_decay,
 };
+pub use sibling_spec::SiblingSpec;
+pub use siblings::SIBLING_KEYS;
 
 /// The run configuration a `record` (or later `run`) invocation asks for.
 pub fn resolve(cli: Settings, config_file: Option<&Path>) -> Result<RunConfig> {

@@ -12,8 +12,15 @@ use super::run_config::parse_decay;
 /// The configuration a `--resume` continues with: the saved one, checked against the shaping
 /// settings given, with the adjustable ones applied.
 pub fn resumed(given: &Settings, saved: RunConfig) -> Result<RunConfig> {
+    if given.sibling.is_some() {
+        bail!(
+            "--sibling does not apply to --resume: a checkpoint holds the trunk only, so siblings cannot continue; drop --sibling (and [[sibling]] tables) to continue the trunk alone, or start a new run with them"
+        );
+    }
     check_resume(given, &saved)?;
     let mut cfg = saved;
+    // The saved run's siblings were not checkpointed: the trunk continues alone.
+    cfg.siblings.clear();
     given.adjust(&mut cfg)?;
     Ok(cfg)
 }

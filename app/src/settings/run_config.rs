@@ -91,6 +91,7 @@ impl Settings {
             reference_ops: false,
             precision: Precision::default(),
             max_runs: None,
+            siblings: Vec::new(),
         };
         self.adjust(&mut cfg)?;
         if let Some(p) = &cfg.init_from
@@ -158,6 +159,10 @@ impl Settings {
         }
         if self.max_runs.is_some() {
             cfg.max_runs = self.max_runs;
+        }
+        // Siblings do not change the trunk; each is resolved over these settings.
+        if self.sibling.is_some() {
+            cfg.siblings = self.sibling_plans()?;
         }
         cfg.validate()?;
         wsdscope_trainer::engine::device(&cfg.device)?;
@@ -307,11 +312,34 @@ pub fn fork_length(length: DecayLength) -> ForkLength {
     }
 }
 
-/// All cores the process may use.
+/// The threads a run uses unless `--threads` says otherwise: `RAYON_NUM_THREADS` when the
+/// user set it (a whole number ≥ 1), else all cores the process may use.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    threads_from(std::env::var("RAYON_NUM_THREADS").ok().as_deref())
+}
+
+/// [`default_threads`] given the value of `RAYON_NUM_THREADS`; one that is not a whole number
+/// ≥ 1 is ignored, as rayon itself ignores it.
+fn threads_from(rayon: Option<&str>) -> usize {
+    rayon
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+}
+
+#[cfg(test)]
+#[test]
+fn threads_default_to_rayon_num_threads_when_it_is_set() {
+    let cores = threads_from(None);
+    assert!(cores >= 1);
+    assert_eq!(threads_from(Some("3")), 3);
+    assert_eq!(threads_from(Some(" 5 ")), 5);
+    assert_eq!(threads_from(Some("0")), cores);
+    assert_eq!(threads_from(Some("many")), cores);
 }
 
 /// A `--checkpoint-dir` must be creatable before training starts.

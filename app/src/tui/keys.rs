@@ -19,7 +19,7 @@ use super::state::{ForkField, ForkForm, Level, Overlay, TuiState, View};
 pub enum Action {
     Pause,
     Resume,
-    /// Fork a decay branch (the engine decides the exact step: the one it is at).
+    /// Fork a decay branch at the step the form showed (`at_step`; the run is paused there).
     Fork(ForkRequest),
     /// Fork a run into one that resumes the stable learning rate (WSD-S).
     ForkResume(wsdscope_sessions::RunId),
@@ -73,13 +73,20 @@ pub const KEYS: &[(&str, &str)] = &[
         "toggle log-y (loss, norms, K) and log colours (landscape)",
     ),
     ("s", "toggle EMA smoothing (raw curve faint behind)"),
+    (
+        "o",
+        "loss and norms: clip outliers (the warmup) / show every point",
+    ),
     ("c", "compare branches: table, endpoint fit, memory"),
     ("v", "views: main → probes → landscape → main"),
     (
         "p",
         "probe the selected run now (sharpness, noise, slices, landscape)",
     ),
-    ("f", "fork a decay branch from the selected run"),
+    (
+        "f",
+        "fork a decay branch from the selected run (pauses while you choose)",
+    ),
     (
         "R",
         "WSD-S: fork the selected (decayed) run to resume the stable lr",
@@ -115,6 +122,10 @@ pub const REPLAY_KEYS: &[(&str, &str)] = &[
         "toggle log-y (loss, norms, K) and log colours (landscape)",
     ),
     ("s", "toggle EMA smoothing (raw curve faint behind)"),
+    (
+        "o",
+        "loss and norms: clip outliers (the warmup) / show every point",
+    ),
     ("c", "compare branches: table, endpoint fit, memory"),
     ("v", "views: main → probes → landscape → main"),
     ("q / ctrl-c", "quit"),
@@ -187,13 +198,14 @@ fn main_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
         KeyCode::Tab | KeyCode::Down | KeyCode::Char('j') => state.cycle_run(1),
         KeyCode::BackTab | KeyCode::Up | KeyCode::Char('k') => state.cycle_run(-1),
         KeyCode::Char('g' | 'y') => state.ui.log_y = !state.ui.log_y,
+        KeyCode::Char('o') => state.ui.clip_outliers = !state.ui.clip_outliers,
         KeyCode::Char('s') => state.ui.smooth = !state.ui.smooth,
         KeyCode::Char('c') => state.ui.compare = !state.ui.compare,
         KeyCode::Char('v') => {
             state.ui.compare = false;
             state.ui.view = state.ui.view.next();
         }
-        KeyCode::Char('f') => open_fork_form(state),
+        KeyCode::Char('f') => return open_fork_form(state),
         KeyCode::Char('R') => {
             if !state.ui.live {
                 state.set_status(Level::Warn, "forking needs a live run");
@@ -274,15 +286,16 @@ fn toggle_pause(state: &mut TuiState) -> Option<Action> {
     Some(if pause { Action::Pause } else { Action::Resume })
 }
 
-/// Opens the fork form for the selected run, prefilled from its schedule.
-pub fn open_fork_form(state: &mut TuiState) {
+/// Opens the fork form for the selected run, prefilled from its schedule, and pauses the run
+/// (unless it is paused already) so that the step the form shows is the one it forks at.
+pub fn open_fork_form(state: &mut TuiState) -> Option<Action> {
     if !state.ui.live {
         state.set_status(Level::Warn, "forking needs a live run");
-        return;
+        return None;
     }
     let Some(run) = state.selected_run() else {
         state.set_status(Level::Warn, "no run yet: wait for the first step to fork");
-        return;
+        return None;
     };
     if !run.is_active() {
         let id = run.id;
@@ -290,7 +303,7 @@ pub fn open_fork_form(state: &mut TuiState) {
             Level::Warn,
             format!("run {id} has ended; fork from a run that is still training"),
         );
-        return;
+        return None;
     }
     let schedule = run
         .schedule
@@ -312,25 +325,36 @@ pub fn open_fork_form(state: &mut TuiState) {
     } else {
         floor
     };
+    let parent = run.id;
+    let resume = !state.ui.pause_intent.unwrap_or_else(|| state.paused());
     state.ui.overlay = Overlay::Fork(ForkForm {
-        parent: run.id,
-        at_step: run.last_step(),
+        parent,
+        resume,
         field: ForkField::Length,
         length,
         shape,
         floor: super::format::value(floor),
         error: None,
     });
+    resume.then(|| {
+        state.ui.pause_intent = Some(true);
+        Action::Pause
+    })
 }
 
 fn fork_key(state: &mut TuiState, mut form: ForkForm, key: KeyEvent) -> Option<Action> {
     use ForkField::*;
     match key.code {
         KeyCode::Esc => {
+            if form.resume {
+                state.set_status(Level::Info, "fork cancelled; training resumes");
+                state.ui.pause_intent = Some(false);
+                return Some(Action::Resume);
+            }
             state.set_status(Level::Info, "fork cancelled");
             return None;
         }
-        KeyCode::Enter => match parse_fork(&form) {
+        KeyCode::Enter => match parse_fork(&form).and_then(|r| at_shown_step(state, r)) {
             Ok(req) => {
                 let length = match req.length {
                     ForkLength::Steps(n) => format!("{n} steps"),
@@ -339,13 +363,17 @@ fn fork_key(state: &mut TuiState, mut form: ForkForm, key: KeyEvent) -> Option<A
                 state.set_status(
                     Level::Info,
                     format!(
-                        "asked to fork run {} (now at step {}): {length}, {} to {}×peak",
+                        "asked to fork run {} at step {}: {length}, {} to {}×peak",
                         req.parent,
-                        form.at_step,
+                        req.at_step.unwrap_or_default(),
                         req.shape,
                         super::format::value(req.floor)
                     ),
                 );
+                if form.resume {
+                    state.ui.pause_intent = Some(false);
+                    state.ui.resume_after_fork = true;
+                }
                 return Some(Action::Fork(req));
             }
             Err(e) => form.error = Some(e),
@@ -402,7 +430,19 @@ fn fork_key(state: &mut TuiState, mut form: ForkForm, key: KeyEvent) -> Option<A
     None
 }
 
-/// Reads the form into a request, or says what is wrong with it.
+/// The request to fork at the step the form shows, or why it cannot be sent yet.
+fn at_shown_step(state: &TuiState, req: ForkRequest) -> Result<ForkRequest, String> {
+    let at_step = state.fork_point(req.parent).ok_or_else(|| {
+        "the run is still pausing: the form shows the fork step once it has".to_string()
+    })?;
+    Ok(ForkRequest {
+        at_step: Some(at_step),
+        ..req
+    })
+}
+
+/// Reads the form into a request (the step left to [`at_shown_step`]), or says what is
+/// wrong with it.
 pub fn parse_fork(form: &ForkForm) -> Result<ForkRequest, String> {
     let text = form.length.trim();
     let length = DecayLength::parse(text, LengthForm::StepsOrPercent).map_err(|_| {
@@ -426,6 +466,7 @@ pub fn parse_fork(form: &ForkForm) -> Result<ForkRequest, String> {
         length: fork_length(length),
         shape: form.shape,
         floor,
+        at_step: None,
     })
 }
 

@@ -154,6 +154,12 @@ where
                 {
                     return Ok(());
                 }
+                // The fork form paused the run: it goes on once the fork is on its way.
+                if std::mem::take(&mut state.ui.resume_after_fork)
+                    && source.act(Action::Resume, state) == Flow::Quit
+                {
+                    return Ok(());
+                }
             }
         }
     })();

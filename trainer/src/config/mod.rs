@@ -21,4 +21,6 @@ pub use choices::{Policy, Precision};
 pub use model::{ModelConfig, param_names, param_shapes};
 pub use presets::{Preset, preset, presets};
 pub use probes::ProbeConfig;
-pub use run::{DataSpec, ForkLength, ForkPlan, MAX_RUNS, OptimConfig, RunConfig, SPARE_RUNS};
+pub use run::{
+    DataSpec, ForkLength, ForkPlan, MAX_RUNS, OptimConfig, RunConfig, SPARE_RUNS, SiblingPlan,
+};

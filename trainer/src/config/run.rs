@@ -96,6 +96,15 @@ pub struct ForkPlan {
     pub floor: f64,
 }
 
+/// A run that starts at step 0 beside the trunk, from the trunk's initial weights (where the
+/// shape is the same; else its own μP init) and on the trunk's batches, differing from it
+/// only in what `label` names (`lr=0.003`, `schedule=cosine`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SiblingPlan {
+    pub label: String,
+    pub config: RunConfig,
+}
+
 /// Everything that determines a training run. Two runs with equal configs on the same
 /// device and thread count produce bit-identical losses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,6 +156,10 @@ pub struct RunConfig {
     /// with a slot for each). `None`: the trunk, the scripted forks and [`SPARE_RUNS`] more.
     #[serde(default)]
     pub max_runs: Option<u32>,
+    /// Runs beside the trunk from step 0 that differ from it in a few settings (a controlled
+    /// comparison: same initial weights where the shape allows, same batches).
+    #[serde(default)]
+    pub siblings: Vec<SiblingPlan>,
 }
 
 /// Run slots a session keeps for live forks beyond the trunk and its scripted forks.
@@ -198,10 +211,10 @@ impl RunConfig {
                 "--eval-batches 0 is not allowed; it must be at least 1".into(),
             ));
         }
-        if self.precision == Precision::Bf16 && !self.device.starts_with("cuda:") {
+        if self.precision == Precision::Bf16 && !self.on_cuda() {
             return Err(Error::Config(format!(
                 "--precision bf16 is not allowed on --device {}: bf16 mixed precision needs a \
-                 CUDA device (--device cuda:N); use --precision f32 on the CPU",
+                 CUDA device (--device cuda or cuda:N); use --precision f32 on the CPU",
                 self.device
             )));
         }
@@ -253,16 +266,57 @@ impl RunConfig {
                 "--checkpoint-every needs --checkpoint-dir DIR to say where checkpoints go".into(),
             ));
         }
+        for s in &self.siblings {
+            self.check_sibling(s)?;
+        }
         if let Some(n) = self.max_runs {
-            let need = 1 + self.forks.len() as u32;
+            let need = 1 + self.forks.len() as u32 + self.siblings.len() as u32;
             if n < need || n > MAX_RUNS {
                 return Err(Error::Config(format!(
-                    "--max-runs {n} is not allowed; it must be in {need}..={MAX_RUNS} (the trunk and its {} scripted forks need {need})",
-                    self.forks.len()
+                    "--max-runs {n} is not allowed; it must be in {need}..={MAX_RUNS} (the trunk, its {} scripted forks and {} siblings need {need})",
+                    self.forks.len(),
+                    self.siblings.len()
                 )));
             }
         }
         Ok(())
+    }
+
+    /// Whether `device` is a GPU: `cuda` (the GPU of this rank, see [`crate::engine::device`])
+    /// or `cuda:N`.
+    pub fn on_cuda(&self) -> bool {
+        self.device == "cuda" || self.device.starts_with("cuda:")
+    }
+
+    /// A sibling shares the trunk's data, length and device; only what it names may differ.
+    fn check_sibling(&self, s: &SiblingPlan) -> Result<()> {
+        let c = &s.config;
+        let shared = [
+            ("steps", c.steps == self.steps),
+            ("seq", c.seq == self.seq),
+            (
+                "data",
+                c.data == self.data && c.val_fraction == self.val_fraction,
+            ),
+            ("vocab", c.model.vocab == self.model.vocab),
+            ("eval-batches", c.eval_batches == self.eval_batches),
+            ("device", c.device == self.device),
+            ("precision", c.precision == self.precision),
+        ];
+        if let Some((what, _)) = shared.iter().find(|(_, same)| !same) {
+            return Err(Error::Config(format!(
+                "sibling {}: its {what} differs from the trunk's; siblings share the trunk's data, steps and device",
+                s.label
+            )));
+        }
+        if !c.siblings.is_empty() || !c.forks.is_empty() {
+            return Err(Error::Config(format!(
+                "sibling {}: a sibling has no siblings or scripted forks of its own",
+                s.label
+            )));
+        }
+        c.validate()
+            .map_err(|e| Error::Config(format!("sibling {}: {e}", s.label)))
     }
 
     pub fn tokens_per_step(&self) -> u64 {
@@ -270,9 +324,10 @@ impl RunConfig {
     }
 
     /// How many runs the session holds in all, the trunk's included: `--max-runs`, or the
-    /// trunk, the scripted forks and [`SPARE_RUNS`] more for live forks.
+    /// trunk, the scripted forks, the siblings and [`SPARE_RUNS`] more for live forks.
     pub fn run_slots(&self) -> u32 {
-        self.max_runs
-            .unwrap_or_else(|| (1 + self.forks.len() as u32 + SPARE_RUNS).min(MAX_RUNS))
+        self.max_runs.unwrap_or_else(|| {
+            (1 + self.forks.len() as u32 + self.siblings.len() as u32 + SPARE_RUNS).min(MAX_RUNS)
+        })
     }
 }

@@ -211,7 +211,15 @@ impl Dataset {
 
     /// The training batch of 1-based global step `step`.
     pub fn train_batch(&self, step: u64) -> Batch {
-        let (b, t) = (self.batch, self.seq);
+        self.train_batch_of(step, self.batch)
+    }
+
+    /// Step `step`'s batch for a run of `b` rows per step: the same stream read `b` windows at
+    /// a time, so step `s` holds windows `(s−1)·b … s·b−1` (a sibling with another `--batch`
+    /// sees the same windows in the same order; at the run's own batch it is
+    /// [`Self::train_batch`]).
+    pub fn train_batch_of(&self, step: u64, b: usize) -> Batch {
+        let t = self.seq;
         let first = (step.saturating_sub(1)) * b as u64;
         let mut windows = vec![0u32; b * (t + 1)];
         match &self.source {
@@ -368,6 +376,7 @@ mod tests {
             reference_ops: false,
             precision: Default::default(),
             max_runs: None,
+            siblings: Vec::new(),
         }
     }
 

@@ -14,6 +14,11 @@ pub struct ForkRequest {
     pub length: ForkLength,
     pub shape: crate::schedule::DecayShape,
     pub floor: f64,
+    /// The parent's step the requester showed as the fork step (the TUI pauses the run while
+    /// its form is open): the engine forks only if the parent is still at that step and
+    /// otherwise refuses, naming both steps. `None`: wherever the parent is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_step: Option<u64>,
 }
 
 /// What the engine is asked to do between steps (serialisable: rank 0 broadcasts it to the

@@ -74,6 +74,13 @@ pub(super) fn drive(
                 message,
             })
         };
+    // Siblings start beside the trunk before its first step, within the slots and budget.
+    let siblings = runs.active[0].cfg.siblings.clone();
+    for s in &siblings {
+        if let Err(m) = runs.sibling(s, &mut emit) {
+            note(&mut emit, 0, 0, NoteKind::Refused, m);
+        }
+    }
     'steps: loop {
         // Commands between steps; a paused engine blocks here.
         loop {
@@ -110,7 +117,22 @@ pub(super) fn drive(
                 }
                 Some(Command::Fork(req)) => {
                     let branch = decay_of(req.length, req.shape, req.floor);
-                    if let Err(m) = runs.fork(req.parent, branch, &mut emit) {
+                    // A fork asked for at the step the requester showed happens there or
+                    // not at all.
+                    let now = runs
+                        .active
+                        .iter()
+                        .find(|r| r.run == req.parent)
+                        .map(|r| r.step);
+                    if let (Some(shown), Some(now)) = (req.at_step, now)
+                        && shown != now
+                    {
+                        let m = format!(
+                            "fork refused: run {} is at step {now}, not at step {shown} the fork was asked for",
+                            req.parent
+                        );
+                        note(&mut emit, req.parent, now, NoteKind::Refused, m);
+                    } else if let Err(m) = runs.fork(req.parent, branch, &mut emit) {
                         note(&mut emit, req.parent, step0, NoteKind::Refused, m);
                     }
                 }

@@ -32,7 +32,7 @@ impl Feed {
 
     /// The next command at this boundary; `wait` (a paused engine) blocks until one comes.
     pub(super) fn next(&self, wait: bool) -> Next {
-        if self.comm.size() == 1 {
+        if !crate::collective::exchanges(&*self.comm) {
             return self.local(wait);
         }
         let mut bytes = if self.comm.is_root() {

@@ -5,12 +5,16 @@
 //! forward → backward → finiteness check → AdamW → metrics → eval/checkpoint when due.
 //!
 //! The pieces, in the order a reader meets them:
-//! - `device.rs`: [`device()`] resolves `--device` (CUDA never falls back to the CPU).
-//! - `reduce.rs`: the gradient all-reduce of a data-parallel step, in flat buckets.
+//! - `device.rs`: [`device()`] resolves `--device` (CUDA never falls back to the CPU), and
+//!   [`gpu_ordinal`] picks each rank's GPU.
+//! - `reduce.rs`: the gradient all-reduce of a data-parallel step, in flat buckets (on the
+//!   host, or on the GPU through NCCL).
 //! - `trainer.rs`: [`Trainer`], one run — its model, optimiser, data and position — and its
 //!   step, probes, evaluation, checkpoints and forks.
 //! - `command.rs`: what the engine is asked between steps ([`Command`], [`ForkRequest`]) and
 //!   how a run ended ([`Outcome`]).
+//! - `sibling.rs`: [`Trainer::sibling`], a run beside the trunk from step 0 that differs in
+//!   a few settings, from the trunk's initial weights where the shape allows.
 //! - `branch.rs`: the schedules of forked runs: a decay branch ([`decay_branch`]) or WSD-S's
 //!   resumption at the trunk's stable lr.
 //! - `feed.rs`: the commands of a step boundary, broadcast from rank 0 to every rank.
@@ -32,6 +36,7 @@ mod probe_clock;
 mod probe_plan;
 mod reduce;
 mod scheduler;
+mod sibling;
 mod trainer;
 
 use std::sync::mpsc::{self, Sender};
@@ -41,7 +46,7 @@ use wsdscope_events::{EndReason, RunEvent};
 
 pub use branch::decay_branch;
 pub use command::{Command, ForkRequest, Outcome};
-pub use device::device;
+pub use device::{Placement, device, gpu_ordinal};
 use drive::drive;
 pub use trainer::{Fault, Trainer};
 

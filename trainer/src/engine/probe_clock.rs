@@ -65,7 +65,7 @@ impl ProbeClock {
                 .plan
                 .get(&tr.run)
                 .and_then(|p| p.get(&tr.step))
-                .and_then(|ks| ks.iter().find(|k| !past(k)))
+                .and_then(|ks| ks.iter().find(|k| !past(k) && kinds(tr).contains(k)))
                 .map(|&k| (k, 0));
         }
         // Every N steps, one kind in turn (never on the run's last step, nor twice a step).
@@ -97,8 +97,10 @@ impl ProbeClock {
         Some((kind, next))
     }
 
-    /// Run `tr` starts (the trunk, or a branch just forked): its steps join the budget and
-    /// its anchors the plan.
+    /// Run `tr` starts (the trunk, a sibling beside it, or a branch just forked): its steps
+    /// join the budget and its anchors the plan (a sibling has a schedule of its own, so it
+    /// gets the trunk's kind of anchors). Costs are per kind, shared by the runs: a sibling
+    /// of another shape is planned at what the last probe of each kind took.
     pub(super) fn start(&mut self, tr: &Trainer) {
         let span = RunSpan {
             run: tr.run,

@@ -11,7 +11,7 @@ use wsdscope_events::{EndReason, NoteKind, RunEvent, RunId};
 use super::command::Outcome;
 use super::probe_clock::ProbeClock;
 use super::trainer::Trainer;
-use crate::config::Policy;
+use crate::config::{Policy, SiblingPlan};
 use crate::probe::ProbeKind;
 use crate::schedule::Schedule;
 
@@ -175,6 +175,52 @@ impl Runs {
         self.started.insert(id, Instant::now());
         self.probes.start(&branch);
         self.active.push(branch);
+        Ok(id)
+    }
+
+    /// Starts `plan` beside the trunk (which has not stepped yet) within the session's slots
+    /// and the memory budget, like a fork; returns its id, or why it was refused.
+    pub(super) fn sibling(
+        &mut self,
+        plan: &SiblingPlan,
+        emit: &mut impl FnMut(RunEvent),
+    ) -> std::result::Result<RunId, String> {
+        let label = &plan.label;
+        let Some(trunk) = self.active.iter().find(|r| r.run == 0) else {
+            return Err(format!("sibling {label} refused: the trunk is not running"));
+        };
+        if self.next_id >= self.slots {
+            return Err(format!(
+                "sibling {label} refused: the session has room for {} runs and all are taken (--max-runs N)",
+                self.slots
+            ));
+        }
+        let resident: u64 = self.active.iter().map(Trainer::resident_bytes).sum();
+        let step = self
+            .active
+            .iter()
+            .map(Trainer::activation_bytes)
+            .chain([crate::memory::step_bytes(&plan.config)])
+            .max()
+            .unwrap_or(0);
+        let need = resident + crate::memory::run_bytes(&plan.config) + step;
+        if need > self.budget {
+            return Err(format!(
+                "sibling {label} refused: {} runs would need about {} MiB, over the memory budget of {} MiB (--memory-budget MB)",
+                self.active.len() + 1,
+                need >> 20,
+                self.budget >> 20
+            ));
+        }
+        let id = self.next_id;
+        let run = trunk
+            .sibling(id, plan)
+            .map_err(|e| format!("sibling {label} refused: {e}"))?;
+        self.next_id += 1;
+        emit(run.run_start_event());
+        self.started.insert(id, Instant::now());
+        self.probes.start(&run);
+        self.active.push(run);
         Ok(id)
     }
 

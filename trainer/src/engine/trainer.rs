@@ -29,14 +29,14 @@ use crate::probe::{self, Measurement, ProbeInput, ProbeKind, StepTracker};
 pub struct Trainer {
     pub(super) cfg: RunConfig,
     pub(super) run: RunId,
-    name: String,
+    pub(super) name: String,
     pub(super) parent: Option<RunId>,
     fork_step: Option<u64>,
-    model: MiniCpm,
+    pub(super) model: MiniCpm,
     opt: AdamW,
     /// Shared by every run of a session: batches are pure functions of the global step.
-    data: Arc<Dataset>,
-    device: Device,
+    pub(super) data: Arc<Dataset>,
+    pub(super) device: Device,
     /// Steps completed.
     pub(super) step: u64,
     pub(super) tokens: u64,
@@ -99,7 +99,7 @@ impl Trainer {
     }
 
     /// The trunk (run 0) at step 0 with fresh AdamW moments.
-    fn trunk(
+    pub(super) fn trunk(
         cfg: RunConfig,
         mut model: MiniCpm,
         data: Arc<Dataset>,
@@ -213,6 +213,7 @@ impl Trainer {
         cfg.steps = schedule.total();
         cfg.schedule = schedule;
         cfg.forks.clear();
+        cfg.siblings.clear();
         cfg.checkpoint_every = 0;
         Ok(Trainer {
             tracker: StepTracker::new(tracked_indices(&model, &cfg)),
@@ -238,10 +239,12 @@ impl Trainer {
 
     /// Splits this run (and the runs forked from it) across the ranks of `comm`: each computes
     /// its rows of every batch and all apply the same update. Every rank must build the same
-    /// run (same settings, or the same checkpoint) before this.
+    /// run (same settings, or the same checkpoint) before this, and call it at the same point
+    /// (on a GPU it starts NCCL: see [`collective::for_device`]).
     pub fn set_collective(&mut self, comm: Arc<dyn Collective>) -> Result<()> {
         collective::check_batch(self.cfg.batch, comm.size())?;
-        self.comm = comm;
+        // On a GPU the ranks sum through NCCL (made here, once, on this run's device).
+        self.comm = collective::for_device(comm, &self.device)?;
         Ok(())
     }
 
@@ -307,6 +310,11 @@ impl Trainer {
         self.last_val
     }
 
+    /// This run's batch of global step `s` (a sibling's `--batch` may differ from the trunk's).
+    fn batch(&self, s: u64) -> Batch {
+        self.data.train_batch_of(s, self.cfg.batch)
+    }
+
     fn tensors(&self, b: &Batch) -> Result<(Tensor, Tensor)> {
         let x = Tensor::from_slice(&b.inputs, (b.batch, b.seq), &self.device)?;
         let y = Tensor::from_slice(&b.targets, (b.batch, b.seq), &self.device)?;
@@ -324,7 +332,7 @@ impl Trainer {
         let lr = self.cfg.schedule.lr(s);
         // This rank's rows of the global batch (all of it in one process).
         let (size, rank) = (self.comm.size(), self.comm.rank());
-        let batch = self.data.train_batch(s);
+        let batch = self.batch(s);
         let batch = if size > 1 {
             batch.rows(collective::rows(batch.batch, rank, size))
         } else {
@@ -343,12 +351,19 @@ impl Trainer {
             let bad = Tensor::from_vec(v, g.dims(), g.device())?.to_dtype(g.dtype())?;
             grads.insert(&p.var, bad);
         }
-        let mut loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if size > 1 {
-            // From here every rank holds the global batch's loss and gradients.
+        // From here every rank holds the global batch's loss and gradients.
+        let loss_v = if !collective::exchanges(&*self.comm) {
+            loss.to_dtype(DType::F64)?.to_scalar::<f64>()?
+        } else {
             let vars: Vec<_> = self.opt.params().iter().map(|p| &p.var).collect();
-            loss_v = reduce::all_reduce(&*self.comm, &vars, &mut grads, loss_v, share)?;
-        }
+            match self.comm.on_device() {
+                Some(sums) => reduce::all_reduce_on_device(sums, &vars, &mut grads, &loss, share)?,
+                None => {
+                    let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    reduce::all_reduce(&*self.comm, &vars, &mut grads, loss_v, share)?
+                }
+            }
+        };
         let non_finite = |what| Error::NonFinite {
             run: self.run,
             step: s,
@@ -457,7 +472,7 @@ impl Trainer {
             )));
         }
         let t0 = Instant::now();
-        let batch = self.data.train_batch(self.step);
+        let batch = self.batch(self.step);
         let input = ProbeInput {
             model: &self.model,
             opt: &self.opt,
@@ -489,7 +504,7 @@ impl Trainer {
         } else {
             (other, self)
         };
-        let batch = self.data.train_batch(self.step.max(1));
+        let batch = self.batch(self.step.max(1));
         let mut m = probe::interpolation(&parent.model, &branch.model, &batch, &self.cfg.probes)?;
         m.scalars.insert(interp::FROM_RUN.into(), parent.run as f64);
         m.scalars

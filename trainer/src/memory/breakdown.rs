@@ -39,6 +39,8 @@ pub enum Lever {
     Probes,
     /// Scripted branches alive at the same time: `--fork-at`.
     Branches,
+    /// Sibling runs beside the trunk: `--sibling`.
+    Siblings,
     /// The training data (`--data`).
     Data,
     /// Added by the caller (the display, the recorder).
@@ -54,6 +56,7 @@ impl Lever {
             Lever::Shape => "parameters and AdamW state",
             Lever::Probes => "probes",
             Lever::Branches => "branches",
+            Lever::Siblings => "siblings",
             Lever::Data => "data",
             Lever::Other => "other",
         }
@@ -71,6 +74,7 @@ impl Lever {
                  lower --hidden, --layers or --vocab",
             ),
             Lever::Branches => Some("script fewer --fork-at steps whose branches overlap"),
+            Lever::Siblings => Some("give fewer --sibling values, or smaller ones"),
             Lever::Data => Some("use a smaller --data file, or a pre-tokenized .u16/.u32 one"),
             Lever::Fixed | Lever::Other => None,
         }
@@ -105,7 +109,7 @@ impl MemoryEstimate {
             parts: Vec::new(),
             batch: cfg.batch,
             seq: cfg.seq,
-            cuda: cfg.device.starts_with("cuda:"),
+            cuda: cfg.on_cuda(),
             branches: 0,
         }
     }

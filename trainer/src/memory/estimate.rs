@@ -53,7 +53,7 @@ struct RunParts {
 impl RunParts {
     fn of(cfg: &RunConfig, d: &Dims) -> Self {
         let p = d.params();
-        let cuda = cfg.device.starts_with("cuda:");
+        let cuda = cfg.on_cuda();
         let rope = 2 * d.t * d.hd * 4; // (T, hd) cos and sin, f32, per model
         let mut parts: Vec<(&'static str, u128, Lever)> = vec![
             (
@@ -175,6 +175,21 @@ pub fn estimate(cfg: &RunConfig) -> MemoryEstimate {
             Lever::Branches,
         );
     }
+    // Siblings live beside the trunk for the whole run, each a run of its own shape.
+    let siblings: u128 = cfg
+        .siblings
+        .iter()
+        .map(|s| run_bytes(&s.config) as u128)
+        .sum();
+    if siblings > 0 {
+        est.part(
+            "siblings: each its own parameters, AdamW moments, tracker and pool",
+            siblings,
+            run.place,
+            Phase::Resident,
+            Lever::Siblings,
+        );
+    }
 
     // Data: the fixed validation batches (inputs and targets, u32) and the source.
     let e = cfg.eval_batches as u128;
@@ -211,6 +226,24 @@ pub fn estimate(cfg: &RunConfig) -> MemoryEstimate {
     }
 
     add_step_parts(&mut est, cfg, &d);
+    // Runs step one at a time: a sibling with a larger step raises the transient peak.
+    let trunk_step = step_bytes(cfg);
+    let largest = cfg
+        .siblings
+        .iter()
+        .map(|s| step_bytes(&s.config))
+        .max()
+        .unwrap_or(0);
+    if largest > trunk_step {
+        let place = if est.cuda { Place::Device } else { Place::Host };
+        est.part(
+            "the largest sibling's training step beyond the trunk's",
+            (largest - trunk_step) as u128,
+            place,
+            Phase::Step,
+            Lever::Siblings,
+        );
+    }
     if cfg.probes.periodic() {
         add_probe_parts(&mut est, cfg, &d);
     }

@@ -39,6 +39,7 @@ fn tiny(batch: usize, seq: usize) -> RunConfig {
         reference_ops: false,
         precision: Precision::F32,
         max_runs: None,
+        siblings: Vec::new(),
     }
 }
 

@@ -14,7 +14,7 @@ pub(super) fn step_elem(cfg: &RunConfig) -> Option<u128> {
     if cfg.reference_ops {
         return None;
     }
-    match (cfg.device.starts_with("cuda:"), cfg.precision) {
+    match (cfg.on_cuda(), cfg.precision) {
         (_, Precision::F32) => Some(4),
         (true, Precision::Bf16) => Some(2),
         (false, Precision::Bf16) => None,
@@ -24,7 +24,7 @@ pub(super) fn step_elem(cfg: &RunConfig) -> Option<u128> {
 /// Whether the run's passes go through the hand-written step on the CPU (`model/step.rs`):
 /// the fused ops on the CPU in f32.
 fn uses_cpu_step(cfg: &RunConfig) -> bool {
-    !cfg.device.starts_with("cuda:") && !cfg.reference_ops && cfg.precision == Precision::F32
+    !cfg.on_cuda() && !cfg.reference_ops && cfg.precision == Precision::F32
 }
 
 /// A training step: its gradients (the step writes each once; candle's backward one per

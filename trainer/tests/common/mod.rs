@@ -32,5 +32,6 @@ pub fn small_run(steps: u64) -> RunConfig {
         reference_ops: false,
         precision: Default::default(),
         max_runs: None,
+        siblings: Vec::new(),
     }
 }

@@ -309,6 +309,19 @@ impl TuiState {
         self.trunk().is_some_and(|r| r.paused)
     }
 
+    /// The step a fork from `parent` would start at, once the engine is known to hold still:
+    /// its pause confirmed (every step before it has arrived) and no resume asked for. `None`
+    /// while it trains, since the step shown would be behind the engine's.
+    pub fn fork_point(&self, parent: RunId) -> Option<u64> {
+        if !self.paused() || self.ui.pause_intent == Some(false) {
+            return None;
+        }
+        self.runs
+            .get(&parent)
+            .filter(|r| r.is_active())
+            .map(RunData::last_step)
+    }
+
     pub fn set_status(&mut self, level: Level, text: impl Into<String>) {
         self.ui.status = Some(Status {
             text: text.into(),

@@ -166,6 +166,10 @@ impl RunData {
     /// A short description of the schedule: a WSD decay as `exp→0.1 d200` (shape → floor,
     /// decay steps), otherwise its kind.
     pub fn schedule_label(&self) -> String {
+        // A sibling is named by what differs from the trunk (`lr=0.003`).
+        if self.is_sibling() {
+            return self.name.clone();
+        }
         match &self.schedule {
             Some(Schedule::Wsd {
                 decay_steps,
@@ -177,6 +181,11 @@ impl RunData {
             Some(Schedule::Constant { .. }) => "constant".into(),
             None => "?".into(),
         }
+    }
+
+    /// A run beside the trunk from step 0 (no parent, not the trunk).
+    pub fn is_sibling(&self) -> bool {
+        self.id != 0 && self.parent.is_none()
     }
 
     /// Keeps only steps before `step` (a resumed or repeated step replaces what follows).

@@ -31,12 +31,14 @@ pub enum ForkField {
     Floor,
 }
 
-/// The fork form: fork a decay branch from `parent` at its current step.
+/// The fork form: fork a decay branch from `parent` at the step it shows. The run is paused
+/// while the form is open, so that step is where the engine is (`TuiState::fork_point`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForkForm {
     pub parent: RunId,
-    /// The parent's step when the form opened (the fork happens at the step the engine is at).
-    pub at_step: u64,
+    /// The form paused the run and resumes it when it closes (false: the user had paused it,
+    /// and it stays paused).
+    pub resume: bool,
     pub field: ForkField,
     /// Steps (`200`) or a percentage of the fork step (`10%`).
     pub length: String,
@@ -95,6 +97,9 @@ pub struct UiState {
     pub zoom: Option<(f64, f64)>,
     pub selected: RunId,
     pub log_y: bool,
+    /// The loss and norm panels leave the warmup's transient above their y range (key `o`;
+    /// see `views::yrange`).
+    pub clip_outliers: bool,
     pub smooth: bool,
     /// The branches view: the comparison table and the endpoint fit in place of the other
     /// panels (key `c`).
@@ -115,6 +120,9 @@ pub struct UiState {
     pub attached: bool,
     /// The pause state asked for and not yet confirmed by the engine's note.
     pub pause_intent: Option<bool>,
+    /// The fork form closed with a fork and had paused the run: the main loop resumes it
+    /// after sending the fork.
+    pub resume_after_fork: bool,
     /// The run whose probes `p` asked for and that have not arrived yet.
     pub probing: Option<RunId>,
     /// The terminal size at the last draw, for mouse hit-testing.
@@ -149,6 +157,7 @@ impl Default for UiState {
             zoom: None,
             selected: 0,
             log_y: false,
+            clip_outliers: true,
             smooth: true,
             compare: false,
             view: View::Main,
@@ -160,6 +169,7 @@ impl Default for UiState {
             stopping: false,
             attached: false,
             pause_intent: None,
+            resume_after_fork: false,
             probing: None,
             area: Rect::default(),
             alert: None,

@@ -4,7 +4,7 @@
 use insta::assert_snapshot;
 use ratatui::crossterm::event::{KeyEventKind, MouseButton, MouseEvent, MouseEventKind};
 use ratatui::layout::Rect;
-use wsdscope_sessions::EndReason;
+use wsdscope_sessions::{EndReason, NoteKind, RunEvent};
 use wsdscope_trainer::{DecayShape, ForkLength, ForkRequest};
 
 use super::*;
@@ -25,18 +25,57 @@ fn help_overlay_lists_every_key() {
     assert_eq!(s.ui.overlay, Overlay::None);
 }
 
+/// The engine's note that it has paused (at the trunk's `step`).
+fn paused_note(step: u64) -> RunEvent {
+    RunEvent::Note {
+        run: 0,
+        step,
+        kind: NoteKind::Paused,
+        message: "paused".into(),
+    }
+}
+
 #[test]
-fn fork_form_prefilled_from_the_config() {
+fn fork_form_prefilled_from_the_config_pauses_the_run_and_shows_its_step() {
     let mut s = state_at(300);
-    press(&mut s, 'f');
+    assert_eq!(press(&mut s, 'f'), Some(Action::Pause));
     let Overlay::Fork(form) = &s.ui.overlay else {
         panic!("no fork form: {:?}", s.ui.overlay)
     };
     assert_eq!(form.length, "150");
     assert_eq!(form.shape, DecayShape::Exp);
     assert_eq!(form.floor, "0.1");
-    assert_eq!(form.at_step, 300);
+    assert!(form.resume);
+    // Until the engine says it has paused, the form shows no step.
+    let pausing = screen(&s, 120, 36);
+    assert!(pausing.contains("(pausing…)"), "{pausing}");
+    assert!(!pausing.contains("at step"), "{pausing}");
+    s.apply(&paused_note(300));
+    assert_eq!(s.fork_point(0), Some(300));
     assert_snapshot!("fork_form", screen(&s, 120, 36));
+}
+
+#[test]
+fn a_run_paused_by_the_user_stays_paused_after_the_form() {
+    let mut s = state_at(300);
+    assert_eq!(press(&mut s, ' '), Some(Action::Pause));
+    s.apply(&paused_note(300));
+    assert_eq!(press(&mut s, 'f'), None, "already paused: nothing to send");
+    assert!(screen(&s, 120, 36).contains("it stays paused"));
+    let Some(Action::Fork(req)) = handle_key(&mut s, key(KeyCode::Enter)) else {
+        panic!("no fork")
+    };
+    assert_eq!(req.at_step, Some(300));
+    assert!(!s.ui.resume_after_fork);
+    // Opened by the form, esc resumes.
+    s.apply(&RunEvent::Note {
+        run: 0,
+        step: 300,
+        kind: NoteKind::Resumed,
+        message: "resumed".into(),
+    });
+    assert_eq!(press(&mut s, 'f'), Some(Action::Pause));
+    assert_eq!(handle_key(&mut s, key(KeyCode::Esc)), Some(Action::Resume));
 }
 
 #[test]
@@ -52,6 +91,13 @@ fn shift_r_asks_for_a_wsd_s_resume_fork_of_the_selected_run() {
 fn fork_form_submits_a_fork_request() {
     let mut s = state_at(300);
     press(&mut s, 'f');
+    // Not paused yet: enter waits for the step to be known.
+    assert_eq!(handle_key(&mut s, key(KeyCode::Enter)), None);
+    let Overlay::Fork(form) = &s.ui.overlay else {
+        panic!("form closed")
+    };
+    assert!(form.error.as_deref().unwrap().contains("still pausing"));
+    s.apply(&paused_note(300));
     for _ in 0..3 {
         handle_key(&mut s, key(KeyCode::Backspace));
     }
@@ -71,7 +117,12 @@ fn fork_form_submits_a_fork_request() {
             length: ForkLength::FractionOfStep(0.1),
             shape: DecayShape::Linear,
             floor: 0.2,
+            at_step: Some(300),
         }))
+    );
+    assert!(
+        s.ui.resume_after_fork,
+        "the form paused the run: it resumes"
     );
     assert_eq!(s.ui.overlay, Overlay::None);
     assert!(
@@ -79,7 +130,7 @@ fn fork_form_submits_a_fork_request() {
             .as_ref()
             .unwrap()
             .text
-            .contains("asked to fork run 0")
+            .contains("asked to fork run 0 at step 300")
     );
 }
 

@@ -9,7 +9,8 @@ use wsdscope_trainer::Command;
 
 use super::*;
 
-/// A scripted engine on a thread: sends a run, obeys Stop by ending the run.
+/// A scripted engine on a thread: sends a run, notes Pause and Resume as the engine does, obeys
+/// Stop by ending the run.
 fn fake_engine(
     steps: u64,
     end_by_itself: bool,
@@ -32,6 +33,20 @@ fn fake_engine(
         }
         let mut seen = Vec::new();
         while let Ok(c) = crx.recv_timeout(Duration::from_secs(10)) {
+            let kind = match c {
+                Command::Pause => Some(NoteKind::Paused),
+                Command::Resume => Some(NoteKind::Resumed),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let message = format!("{kind:?}");
+                let _ = etx.send(RunEvent::Note {
+                    run: 0,
+                    step: steps,
+                    kind,
+                    message,
+                });
+            }
             let stop = c == Command::Stop;
             seen.push(c);
             if stop {
@@ -83,6 +98,39 @@ fn live_loop_quits_at_once_when_the_run_has_ended() {
     let seen = engine.join().unwrap();
     assert!(seen.is_empty(), "no Stop after the end: {seen:?}");
     assert!(term.backend().to_string().contains("completed"));
+}
+
+/// The fork form pauses the engine, shows the step it paused at, and forks there: the engine
+/// sees Pause, then a fork at that step, then Resume.
+#[test]
+fn live_loop_fork_form_pauses_forks_at_the_shown_step_and_resumes() {
+    let (events, commands, engine) = fake_engine(40, false);
+    let mut state = TuiState::live(None);
+    let mut source = LiveSource::new(events, commands, Default::default());
+    let mut term = Terminal::new(TestBackend::new(120, 40)).unwrap();
+    let mut n = 0;
+    let input = |timeout: Duration| -> anyhow::Result<Option<Event>> {
+        std::thread::sleep(timeout.min(Duration::from_millis(20)));
+        n += 1;
+        let c = match n {
+            5 => KeyCode::Char('f'),
+            25 => KeyCode::Enter,
+            30 => KeyCode::Char('q'),
+            32 => KeyCode::Char('y'),
+            _ => return Ok(None),
+        };
+        Ok(Some(Event::Key(key(c))))
+    };
+    run_loop(&mut term, &mut state, &mut source, input).unwrap();
+    drop(source);
+    let seen = engine.join().unwrap();
+    let Some(Command::Fork(req)) = seen.get(1) else {
+        panic!("no fork second: {seen:?}")
+    };
+    assert_eq!(req.at_step, Some(40));
+    assert_eq!(seen[0], Command::Pause);
+    assert_eq!(seen[2], Command::Resume);
+    assert_eq!(seen.last(), Some(&Command::Stop));
 }
 
 /// Manual check of the real terminal path (raw mode, alternate screen, mouse, resize, panic

@@ -10,8 +10,10 @@
 mod apply;
 mod input;
 mod live_loop;
+mod outliers;
 mod replay_mode;
 mod screens;
+mod siblings;
 
 use std::time::Duration;
 

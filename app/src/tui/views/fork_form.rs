@@ -1,5 +1,7 @@
 //! The fork form: length (steps, or a percentage of the fork step), decay shape and floor of
-//! a decay branch forked from the selected run, with a preview of what it will do.
+//! a decay branch forked from the selected run, with a preview of what it will do. The run is
+//! paused while the form is open, and the form says so: the step in its title is the one the
+//! branch starts at (or "pausing…" until the engine has stopped).
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -12,13 +14,16 @@ use super::{LABEL, run_color};
 use crate::tui::format;
 use crate::tui::keys::{FORK_KEYS, parse_fork};
 use crate::tui::layout::centered;
-use crate::tui::state::{ForkField, ForkForm};
+use crate::tui::state::{ForkField, ForkForm, TuiState};
 
-pub struct ForkFormView<'a>(pub &'a ForkForm);
+pub struct ForkFormView<'a>(pub &'a TuiState, pub &'a ForkForm);
 
 impl Widget for ForkFormView<'_> {
     fn render(self, area: Rect, buf: &mut Buffer) {
-        let form = self.0;
+        let (state, form) = (self.0, self.1);
+        let at = state.fork_point(form.parent);
+        // Before the pause is confirmed, the preview reckons from the last step shown.
+        let from = at.unwrap_or_else(|| state.runs.get(&form.parent).map_or(0, |r| r.last_step()));
         let label = Style::default().fg(LABEL);
         let focus = Style::default()
             .fg(Color::Black)
@@ -91,13 +96,13 @@ impl Widget for ForkFormView<'_> {
             Ok(req) => {
                 let steps = match req.length {
                     ForkLength::Steps(n) => n,
-                    ForkLength::FractionOfStep(f) => (f * form.at_step as f64).round() as u64,
+                    ForkLength::FractionOfStep(f) => (f * from as f64).round() as u64,
                 };
                 lines.push(Line::from(Span::raw(format!(
                     " decays over {} steps to {}×peak, ending near step {}",
                     format::grouped(steps),
                     format::value(req.floor),
-                    format::grouped(form.at_step + steps)
+                    format::grouped(from + steps)
                 ))));
             }
             Err(e) => lines.push(Line::from(Span::styled(
@@ -106,6 +111,19 @@ impl Widget for ForkFormView<'_> {
             ))),
         }
         lines.push(Line::from(""));
+        lines.push(Line::from(Span::styled(
+            match (at, form.resume) {
+                (None, _) => " pausing the run: the fork step shows once it has stopped".into(),
+                (Some(_), true) => {
+                    " paused while you choose: enter forks here, esc resumes".to_string()
+                }
+                (Some(s), false) => format!(
+                    " run paused (by you) at step {}; it stays paused",
+                    format::grouped(s)
+                ),
+            },
+            Style::default().fg(Color::Yellow),
+        )));
         lines.push(Line::from(Span::styled(format!(" {FORK_KEYS}"), label)));
         let r = centered(area, 60, lines.len() as u16 + 3);
         Clear.render(r, buf);
@@ -125,7 +143,10 @@ impl Widget for ForkFormView<'_> {
                                 .add_modifier(Modifier::BOLD),
                         ),
                         Span::styled(
-                            format!(" at step {} ", format::grouped(form.at_step)),
+                            match at {
+                                Some(s) => format!(" at step {} ", format::grouped(s)),
+                                None => " (pausing…) ".into(),
+                            },
                             Style::default().add_modifier(Modifier::BOLD),
                         ),
                     ]))

@@ -1,6 +1,7 @@
 //! The loss panel: train loss (smoothed over its faint raw curve, or raw) and validation
 //! loss for every run overlaid, with the data's entropy floor as a reference line, and each
-//! decay branch's training loss as the multi-power law predicted it at its fork (dotted).
+//! decay branch's training loss as the multi-power law predicted it at its fork (dotted). The
+//! y range leaves the warmup's transient over the top unless `o` turned that off.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -9,7 +10,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Widget;
 
 use super::plot::{Plot, Series};
-use super::{FAINT, LABEL, buckets, draw_order, run_color};
+use super::{FAINT, LABEL, buckets, clipped_marker, draw_order, run_color, y_fit};
 use crate::tui::format;
 use crate::tui::series::envelope;
 use crate::tui::state::TuiState;
@@ -34,10 +35,12 @@ impl Widget for LossPanel<'_> {
             } else {
                 &r.loss
             };
-            series.push(Series::line(
-                envelope(&r.steps, col, lo, hi, n),
-                run_color(r.id),
-            ));
+            let line = Series::line(envelope(&r.steps, col, lo, hi, n), run_color(r.id));
+            series.push(if r.parent.is_some() {
+                line.kept()
+            } else {
+                line
+            });
         }
         for r in &runs {
             series.push(Series::dots(
@@ -111,11 +114,14 @@ impl Widget for LossPanel<'_> {
             ));
         }
         title.push(Span::raw(" "));
+        let width: usize = title.iter().map(Span::width).sum();
+        title.extend(clipped_marker(state, width, area.width));
 
         Plot {
             title: Line::from(title),
             x: (lo, hi),
             log_y: state.ui.log_y,
+            y_fit: y_fit(state),
             series,
             refs: floor.map(|f| vec![(f, FAINT)]).unwrap_or_default(),
             empty: "waiting for the first step…",

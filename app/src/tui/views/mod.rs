@@ -15,10 +15,12 @@ pub mod plot;
 pub mod probes;
 pub mod probes_view;
 pub mod runs;
+pub mod yrange;
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::Span;
 use ratatui::widgets::Widget;
 use wsdscope_sessions::{Phase, RunId};
 
@@ -77,6 +79,34 @@ pub fn draw_order(state: &TuiState) -> Vec<&RunData> {
         .collect();
     runs.extend(state.runs.get(&state.ui.selected));
     runs
+}
+
+/// How the loss and norm panels fit their y range (key `o`): outliers clipped past the
+/// trunk's warmup, or every point.
+pub fn y_fit(state: &TuiState) -> yrange::YFit {
+    if state.ui.clip_outliers {
+        yrange::YFit::Clipped {
+            warmup_end: state
+                .trunk()
+                .and_then(RunData::phases)
+                .map(|p| p.warmup_end as f64),
+        }
+    } else {
+        yrange::YFit::All
+    }
+}
+
+/// What a chart's title (`title_width` columns so far, in a panel `width` wide) says while
+/// its y range clips outliers, with the key that stops it: the long form where it fits, else
+/// the short one, else nothing.
+pub fn clipped_marker(state: &TuiState, title_width: usize, width: u16) -> Option<Span<'static>> {
+    if !state.ui.clip_outliers {
+        return None;
+    }
+    ["[outliers clipped: o] ", "[clipped: o] "]
+        .into_iter()
+        .find(|m| title_width + m.chars().count() + 2 <= width as usize)
+        .map(|m| Span::styled(m, Style::default().fg(LABEL)))
 }
 
 /// The trunk's warmup/stable/decay phases as background bands of a step chart.
@@ -241,7 +271,7 @@ fn overlays(state: &TuiState, area: Rect, buf: &mut Buffer) {
     match &state.ui.overlay {
         Overlay::None => {}
         Overlay::Help => help::Help(state).render(area, buf),
-        Overlay::Fork(form) => fork_form::ForkFormView(form).render(area, buf),
+        Overlay::Fork(form) => fork_form::ForkFormView(state, form).render(area, buf),
         Overlay::ConfirmQuit => confirm::ConfirmQuit(state).render(area, buf),
     }
 }

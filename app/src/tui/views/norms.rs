@@ -1,5 +1,6 @@
 //! The norms panel: the global gradient norm before clipping (with the clip threshold as a
-//! reference line) beside the update norm ‖θ(t+1) − θ(t)‖, every run overlaid.
+//! reference line) beside the update norm ‖θ(t+1) − θ(t)‖, every run overlaid; the y range
+//! leaves the warmup's gradient spike over the top unless `o` turned that off.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -8,7 +9,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Widget;
 
 use super::plot::{Plot, Series};
-use super::{FAINT, LABEL, buckets, draw_order, run_color};
+use super::{FAINT, LABEL, buckets, clipped_marker, draw_order, run_color, y_fit};
 use crate::tui::format;
 use crate::tui::series::{Column, envelope};
 use crate::tui::state::{RunData, TuiState};
@@ -78,12 +79,24 @@ fn plot<'a>(
     let n = buckets(area);
     let series = draw_order(state)
         .into_iter()
-        .map(|r| Series::line(envelope(&r.steps, col(r), lo, hi, n), run_color(r.id)))
+        .map(|r| {
+            let line = Series::line(envelope(&r.steps, col(r), lo, hi, n), run_color(r.id));
+            if r.parent.is_some() {
+                line.kept()
+            } else {
+                line
+            }
+        })
         .collect();
+    let mut title = title;
+    if let Some(m) = clipped_marker(state, title.width(), area.width) {
+        title.push_span(m);
+    }
     Plot {
         title,
         x: (lo, hi),
         log_y: state.ui.log_y,
+        y_fit: y_fit(state),
         include_zero: !state.ui.log_y,
         series,
         refs: reference.map(|c| vec![(c, FAINT)]).unwrap_or_default(),

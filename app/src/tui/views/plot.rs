@@ -11,6 +11,7 @@ use ratatui::text::Line;
 use ratatui::widgets::canvas::{Canvas, Line as CanvasLine, Points};
 use ratatui::widgets::{Block, Widget};
 
+use super::yrange::{YFit, extent};
 use super::{AXIS, LABEL};
 use crate::tui::format;
 
@@ -31,6 +32,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     pub color: Color,
     pub kind: Kind,
+    /// Kept whole inside a y range that clips outliers (a branch's curve).
+    pub keep: bool,
 }
 
 impl Series {
@@ -39,6 +42,7 @@ impl Series {
             points,
             color,
             kind: Kind::Line,
+            keep: false,
         }
     }
 
@@ -47,6 +51,7 @@ impl Series {
             points,
             color,
             kind: Kind::Dots,
+            keep: false,
         }
     }
 
@@ -55,7 +60,14 @@ impl Series {
             points,
             color,
             kind: Kind::Dotted,
+            keep: false,
         }
+    }
+
+    /// Marks the series to be kept whole inside a clipped y range.
+    pub fn kept(mut self) -> Self {
+        self.keep = true;
+        self
     }
 }
 
@@ -85,6 +97,8 @@ pub struct Plot<'a> {
     /// Label the x axis with values (`-0.5`, `0`, `1.2`) rather than step numbers.
     pub x_values: bool,
     pub log_y: bool,
+    /// Every point inside the y range, or outliers clipped (drawn on the range's edge).
+    pub y_fit: YFit,
     /// Keep 0 inside the y range (linear axes only).
     pub include_zero: bool,
     pub series: Vec<Series>,
@@ -143,15 +157,9 @@ impl Widget for Plot<'_> {
             .iter()
             .filter_map(|&(y, c)| self.ty(y).map(|y| (y, c)))
             .collect();
-        let mut lo = f64::INFINITY;
-        let mut hi = f64::NEG_INFINITY;
-        for s in &series {
-            for &(_, y) in &s.points {
-                lo = lo.min(y);
-                hi = hi.max(y);
-            }
-        }
-        if lo > hi {
+        let sets: Vec<(&[(f64, f64)], bool)> =
+            series.iter().map(|s| (&s.points[..], s.keep)).collect();
+        let Some((mut lo, mut hi)) = extent(&sets, self.x, self.y_fit) else {
             let text = format!("{:^w$}", self.empty, w = inner.width as usize);
             buf.set_stringn(
                 inner.x,
@@ -161,7 +169,7 @@ impl Widget for Plot<'_> {
                 Style::default().fg(LABEL),
             );
             return;
-        }
+        };
         if self.fit_refs {
             for &(y, _) in &refs {
                 lo = lo.min(y);
@@ -183,6 +191,17 @@ impl Widget for Plot<'_> {
         } else {
             (lo - pad, hi + pad)
         };
+
+        // What lies outside the range is drawn on its edge.
+        let series: Vec<Series> = series
+            .into_iter()
+            .map(|mut s| {
+                for p in &mut s.points {
+                    p.1 = p.1.clamp(bottom, top);
+                }
+                s
+            })
+            .collect();
 
         let plot_h = inner.height - 1;
         // y labels at "nice" values, each on the row whose dots cover it.

@@ -55,6 +55,7 @@ const FROM: Col = Col {
             (Some(p), Some(s)) => format!("{p}@{}", format::step(s as f64)),
             (Some(p), None) => p.to_string(),
             (None, Some(s)) => format!("?@{}", format::step(s as f64)),
+            (None, None) if r.is_sibling() => "sib".into(),
             (None, None) => "–".into(),
         })
     },

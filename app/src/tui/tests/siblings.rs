@@ -1,0 +1,38 @@
+//! Sibling runs in the TUI: a run beside the trunk from step 0 is drawn in the panels like a
+//! branch and listed by what differs from the trunk.
+
+use wsdscope_sessions::RunEvent;
+use wsdscope_trainer::Schedule;
+
+use super::*;
+
+#[test]
+fn a_sibling_is_listed_by_its_label_beside_the_trunk() {
+    let mut s = state_at(300);
+    let cosine = Schedule::Cosine {
+        peak: 0.01,
+        warmup: 50,
+        total: 1000,
+        floor: 0.1,
+    };
+    let mut start = syn().run_start(1, &cosine, 0);
+    if let RunEvent::RunStart(st) = &mut start {
+        st.name = "schedule=cosine".into();
+        st.parent = None;
+        st.fork_step = None;
+    }
+    s.apply(&start);
+    for step in 1..=300 {
+        s.apply(&syn().step(1, &cosine, step));
+    }
+    let r = &s.runs[&1];
+    assert!(r.is_sibling());
+    assert_eq!(r.steps.len(), 300);
+    let text = screen(&s, 160, 40);
+    let row = text
+        .lines()
+        .find(|l| l.contains("schedule=cosine"))
+        .unwrap_or_else(|| panic!("no sibling row in\n{text}"));
+    assert!(row.contains("sib"), "{row}");
+    assert!(!s.runs[&0].is_sibling());
+}
