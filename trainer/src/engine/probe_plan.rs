@@ -8,10 +8,12 @@
 //! cheap kind may take a place an expensive one could not afford; the first tier may spend
 //! the whole budget, each later place must leave a fifth of what is planned unspent, as a
 //! margin for probes that take longer than estimated):
-//! 1. the last step of every decay (the trunk's last step, every branch's last step);
-//! 2. the last stable step before the trunk's decay, and every branch's first step;
-//! 3. the other decay points of the trunk (`decay_points` evenly spaced points through the
-//!    decay, its last step included);
+//! 1. the last step of every decay (the trunk's and each sibling's last step, every
+//!    branch's last step);
+//! 2. the last stable step before the trunk's (or a sibling's) decay, and every branch's
+//!    first step;
+//! 3. the other decay points of the trunk and siblings (`decay_points` evenly spaced points
+//!    through the decay, its last step included);
 //! 4. mid-stable;
 //! 5. the end of warmup.
 //!
@@ -48,7 +50,8 @@ pub(super) struct RunSpan {
     pub from: u64,
     /// Its schedule's phases (a branch's stable phase ends at its fork).
     pub bounds: PhaseBounds,
-    /// A forked run: its anchors are its first and last step.
+    /// A forked run: its anchors are its first and last step (the trunk and its siblings,
+    /// which start at step 0 with schedules of their own, get the phases' anchors).
     pub branch: bool,
 }
 
