@@ -196,13 +196,19 @@ settings! {
     #[serde(default)]
     adjustable keep_branch_checkpoints: bool,
     /// Run a periodic probe (sharpness, noise scale, 1-D slices, 2-D slice, in turn) after
-    /// every N steps of each run; 0 (default): as often as --probe-budget allows.
+    /// every N steps of each run; 0 (default): where the phases change (end of warmup,
+    /// mid-stable, last stable step, through the decay, each branch's ends), as far as
+    /// --probe-budget allows.
     #[arg(long, value_name = "N")]
     adjustable probe_every: u64,
     /// Share of training time periodic probes may take, in percent (default 5 without
     /// --probe-every, unlimited with it; 0 turns periodic probes off).
     #[arg(long, value_name = "PCT")]
     adjustable probe_budget: f64,
+    /// Points through the decay where each periodic probe runs when the budget allows, the
+    /// decay's last step included (default 3; without --probe-every).
+    #[arg(long, value_name = "N")]
+    adjustable probe_decay_points: u64,
     /// Sequences of the step's batch that sharpness, slices and interpolation use
     /// (default min(batch, 4)).
     #[arg(long, value_name = "N")]

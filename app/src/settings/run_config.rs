@@ -139,6 +139,9 @@ impl Settings {
         if self.probe_budget.is_some() {
             p.budget_pct = self.probe_budget;
         }
+        if let Some(n) = self.probe_decay_points {
+            p.decay_points = n;
+        }
         if let Some(n) = self.probe_batch {
             p.batch = n;
         }

@@ -123,6 +123,13 @@ fn invalid_values_name_themselves() {
             },
             "--warmup 1",
         ),
+        (
+            Settings {
+                probe_decay_points: Some(0),
+                ..Default::default()
+            },
+            "--probe-decay-points 0 is not allowed; it must be in 1..=100",
+        ),
     ];
     for (s, want) in cases {
         let e = err(s);

@@ -163,18 +163,34 @@ fn frame(area: Rect) -> Option<[Rect; 3]> {
     ])))
 }
 
-/// The rectangles of the probes view (key `v`): six step charts, two per row.
+/// The rectangles of the probes view (key `v`): six step charts, two per row, and below
+/// them, where there is room, the strip of where each periodic probe ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbesLayout {
     pub header: Rect,
     /// In the order of `views::probes_view::CHARTS`: cos, D1, D2, K, sharpness, noise.
     pub charts: [Rect; 6],
+    /// `views::probes_view::ProbeTimeline` (empty on a short terminal).
+    pub timeline: Rect,
     pub footer: Rect,
 }
+
+/// Rows of the probe strip: a border, one row per periodic kind, the phase names.
+const TIMELINE_ROWS: u16 = 7;
 
 /// The probes view for `area`, or `None` when the terminal is too small.
 pub fn probes(area: Rect) -> Option<ProbesLayout> {
     let [header, body, footer] = frame(area)?;
+    // The strip only where the charts keep at least 6 rows each.
+    let strip = if body.height >= 3 * 6 + TIMELINE_ROWS {
+        TIMELINE_ROWS
+    } else {
+        0
+    };
+    let [body, timeline] = body.layout(&Layout::vertical([
+        Constraint::Fill(1),
+        Constraint::Length(strip),
+    ]));
     let rows: [Rect; 3] = body.layout(&Layout::vertical([Constraint::Fill(1); 3]));
     let mut charts = [Rect::default(); 6];
     for (i, row) in rows.iter().enumerate() {
@@ -185,6 +201,7 @@ pub fn probes(area: Rect) -> Option<ProbesLayout> {
     Some(ProbesLayout {
         header,
         charts,
+        timeline,
         footer,
     })
 }
@@ -291,6 +308,11 @@ mod tests {
             let l = landscape(area).unwrap();
             let mut sets = vec![[p.header, p.footer].to_vec(), l_rects(&l)];
             sets[0].extend(p.charts);
+            if h >= 36 {
+                sets[0].push(p.timeline);
+            } else {
+                assert_eq!(p.timeline.height, 0, "{w}×{h}: no room for the probe strip");
+            }
             for all in sets {
                 for (i, a) in all.iter().enumerate() {
                     assert!(a.width > 0 && a.height > 0, "{w}×{h}: panel {i} empty");

@@ -17,6 +17,9 @@ pub struct ProbeConfig {
     /// Share of training time that periodic probes may take, in percent. `None`: 5 when
     /// `every` is 0, no limit when `every` is set. 0 turns periodic probes off.
     pub budget_pct: Option<f64>,
+    /// Points through the trunk's decay where the planner puts periodic probes, its last
+    /// step included (when `every` is 0; see `engine/probe_plan.rs`).
+    pub decay_points: u64,
     /// Sequences of the step's batch that sharpness, slices and interpolation use
     /// (0: min(batch, 4)).
     pub batch: usize,
@@ -44,6 +47,7 @@ impl Default for ProbeConfig {
             per_step: true,
             every: 0,
             budget_pct: None,
+            decay_points: 3,
             batch: 0,
             grid: 9,
             points: 17,
@@ -101,6 +105,12 @@ impl ProbeConfig {
         {
             return Err(Error::Config(format!(
                 "--probe-budget {b} is not allowed; it is a percentage in [0, 100]"
+            )));
+        }
+        if !(1..=100).contains(&self.decay_points) {
+            return Err(Error::Config(format!(
+                "--probe-decay-points {} is not allowed; it must be in 1..=100 (the decay's last step is one)",
+                self.decay_points
             )));
         }
         if self.batch > batch {

@@ -62,6 +62,7 @@ pub(super) fn drive(
         probes: ProbeClock::default(),
         probe_pending: BTreeSet::new(),
     };
+    runs.probes.start(&runs.active[0]);
     let mut trunk_outcome: Option<Outcome> = None;
     let mut paused = false;
     let note =
@@ -194,8 +195,9 @@ pub(super) fn drive(
                 }
             }
         };
-        // Periodic probes within their budget; a branch that completes is also compared with
-        // its parent along the straight line between them.
+        // Periodic probes where the plan puts them (or every --probe-every steps), within
+        // their budget; a branch that completes is also compared with its parent along the
+        // straight line between them.
         if let Some(i) = runs.active.iter().position(|r| r.run == run) {
             let done = outcome
                 .as_ref()
@@ -203,16 +205,15 @@ pub(super) fn drive(
             if runs.probe_pending.remove(&run) {
                 let _ = runs.probe_all(run, &mut emit);
             }
-            if outcome.is_none()
-                && let Some((kind, at)) = runs.probes.due(&runs.active[i])
-            {
-                let secs = runs.probe(i, kind, &mut emit);
-                runs.probes.probe_s += secs;
-                runs.probes.cost.insert(kind, secs);
-                runs.probes.next.insert(run, at + 1);
-            } else if done && run != 0 && runs.active[i].cfg.probes.periodic() {
+            if outcome.is_none() || done {
+                while let Some((kind, at)) = runs.probes.due(&runs.active[i], done) {
+                    let secs = runs.probe(i, kind, &mut emit);
+                    runs.probes.ran(&runs.active[i], kind, at, secs);
+                }
+            }
+            if done && run != 0 && runs.active[i].cfg.probes.periodic() {
                 let secs = runs.probe(i, ProbeKind::Interp, &mut emit);
-                runs.probes.probe_s += secs;
+                runs.probes.spent(secs);
             }
         }
         // Scripted forks from the trunk once it has completed their step.

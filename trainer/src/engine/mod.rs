@@ -18,7 +18,10 @@
 //! - `branch.rs`: the schedules of forked runs: a decay branch ([`decay_branch`]) or WSD-S's
 //!   resumption at the trunk's stable lr.
 //! - `feed.rs`: the commands of a step boundary, broadcast from rank 0 to every rank.
-//! - `probe_clock.rs`: which periodic probe is due, within its share of training time.
+//! - `probe_plan.rs`: where the periodic probes run — the phases' anchors first, the rest
+//!   spread — within their share of training time (pure).
+//! - `probe_clock.rs`: which periodic probe is due after a step, from that plan (or every
+//!   `--probe-every` steps).
 //! - `scheduler.rs`: the runs an engine drives: which steps next under the policy, forks
 //!   within the slots and the memory budget, and the end of each run.
 //! - `drive.rs`: the engine loop that ties these together until every run has ended.
@@ -30,6 +33,7 @@ mod device;
 mod drive;
 mod feed;
 mod probe_clock;
+mod probe_plan;
 mod reduce;
 mod scheduler;
 mod sibling;

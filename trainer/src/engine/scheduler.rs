@@ -173,6 +173,7 @@ impl Runs {
             self.trunk_evals.insert(branch.cfg.steps);
         }
         self.started.insert(id, Instant::now());
+        self.probes.start(&branch);
         self.active.push(branch);
         Ok(id)
     }
@@ -218,6 +219,7 @@ impl Runs {
         self.next_id += 1;
         emit(run.run_start_event());
         self.started.insert(id, Instant::now());
+        self.probes.start(&run);
         self.active.push(run);
         Ok(id)
     }

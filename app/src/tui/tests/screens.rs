@@ -202,8 +202,21 @@ fn the_probes_view_charts_geometry_sharpness_and_noise() {
         "⑂1",
         "stable",
         "v landscape",
+        "where the probes ran",
     ] {
         assert!(text.contains(what), "probes view misses {what:?}:\n{text}");
+    }
+    // The strip: a row per periodic kind, each with a mark where it ran.
+    let strip: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("where the probes ran"))
+        .collect();
+    for kind in ["sharpness", "noise", "slice", "landscape"] {
+        let row = strip.iter().find(|l| l.contains(&format!("│{kind}")));
+        assert!(
+            row.is_some_and(|r| r.contains('●')),
+            "no {kind} row with a mark in the strip:\n{text}"
+        );
     }
     assert_snapshot!("probes_view", text);
 }

@@ -221,6 +221,9 @@ impl Widget for App<'_> {
                 for (chart, r) in probes_view::CHARTS.into_iter().zip(l.charts) {
                     probes_view::ChartPanel { state, chart }.render(r, buf);
                 }
+                if l.timeline.height > 0 {
+                    probes_view::ProbeTimeline(state).render(l.timeline, buf);
+                }
                 footer::Footer(state).render(l.footer, buf);
                 overlays(state, area, buf);
                 return;

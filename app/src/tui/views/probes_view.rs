@@ -4,18 +4,20 @@
 //! successive gradients, the slope D1 and curvature D2 along the update, the curvature K of
 //! the loss along the update path) and two periodic ones on log-y: the preconditioned
 //! sharpness against Adam's stability line 38/η, and the gradient noise scale against the
-//! batch in use and MiniCPM's batch-size rule.
+//! batch in use and MiniCPM's batch-size rule. Below them, where there is room, a strip of
+//! where every periodic probe (sharpness, noise scale, slices, landscape) ran, on the same
+//! phase bands: whether they caught the stable state and the decay.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::Widget;
+use ratatui::widgets::{Block, Widget};
 
 use super::plot::{Plot, Series};
 use super::{
-    FAINT, LABEL, buckets, draw_order, fork_markers, latest_finite, no_probe_text, phase_bands,
-    run_color,
+    AXIS, FAINT, LABEL, buckets, draw_order, fork_markers, latest_finite, no_probe_text,
+    phase_bands, run_color,
 };
 use wsdscope_sessions::ProbeKind;
 use wsdscope_sessions::vocabulary::{Drawing, noise, sharpness};
@@ -209,6 +211,92 @@ impl Widget for ChartPanel<'_> {
         spans.push(Span::raw(" "));
         plot.title = Line::from(spans);
         plot.render(area, buf);
+    }
+}
+
+/// Where each periodic probe ran over the visible steps, on the trunk's phase bands: one row
+/// per kind, a `●` in the run's colour at every step a run was probed there (the selected run
+/// on top), and the phases' names on the last row.
+pub struct ProbeTimeline<'a>(pub &'a TuiState);
+
+impl Widget for ProbeTimeline<'_> {
+    fn render(self, area: Rect, buf: &mut Buffer) {
+        let state = self.0;
+        let title = Line::from(vec![
+            Span::styled(
+                " where the probes ran ",
+                Style::default().add_modifier(Modifier::BOLD),
+            ),
+            Span::styled("● in the run's colour ", Style::default().fg(FAINT)),
+        ]);
+        let block = Block::bordered()
+            .border_style(Style::default().fg(AXIS))
+            .title(title);
+        let inner = block.inner(area);
+        block.render(area, buf);
+        let kinds = ProbeKind::PERIODIC;
+        let label_w = kinds.iter().map(|k| k.name().len()).max().unwrap_or(0) as u16 + 1;
+        if inner.width < label_w + 4 || inner.height == 0 {
+            return;
+        }
+        let strip = Rect::new(
+            inner.x + label_w,
+            inner.y,
+            inner.width - label_w,
+            inner.height,
+        );
+        let (lo, hi) = state.x_view();
+        let w = strip.width as f64;
+        let span = (hi - lo).max(f64::MIN_POSITIVE);
+        let centre = |c: u16| lo + (c as f64 + 0.5) / w * span;
+        let column = |x: f64| -> Option<u16> {
+            (x >= lo && x <= hi).then(|| (((x - lo) / span * w) as u16).min(strip.width - 1))
+        };
+        let rows = (kinds.len() as u16).min(strip.height);
+        // The trunk's phases behind the marks, named on the row below them where they fit.
+        let bands = phase_bands(state);
+        let mut named = vec![false; bands.len()];
+        for c in 0..strip.width {
+            let x = centre(c);
+            let Some(i) = bands.iter().position(|b| x >= b.from && x < b.to) else {
+                continue;
+            };
+            for r in 0..strip.height {
+                buf[(strip.x + c, strip.y + r)].set_bg(bands[i].color);
+            }
+            let room = (c..strip.width)
+                .take_while(|&d| centre(d) < bands[i].to)
+                .count();
+            let label = bands[i].label;
+            if strip.height > rows && !named[i] && room > label.len() {
+                named[i] = true;
+                let style = Style::default().fg(LABEL);
+                buf.set_stringn(strip.x + c, strip.y + rows, label, label.len(), style);
+            }
+        }
+        for (i, k) in kinds.iter().enumerate().take(rows as usize) {
+            let style = Style::default().fg(LABEL);
+            buf.set_stringn(
+                inner.x,
+                inner.y + i as u16,
+                k.name(),
+                label_w as usize - 1,
+                style,
+            );
+        }
+        for r in draw_order(state) {
+            let color = run_color(r.id);
+            for p in &r.probes {
+                let Some(i) = kinds.iter().position(|k| k.name() == p.probe) else {
+                    continue;
+                };
+                if let (true, Some(c)) = ((i as u16) < rows, column(p.step as f64)) {
+                    buf[(strip.x + c, strip.y + i as u16)]
+                        .set_symbol("●")
+                        .set_fg(color);
+                }
+            }
+        }
     }
 }
 

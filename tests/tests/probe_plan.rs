@@ -1,0 +1,98 @@
+//! Where `record`'s periodic probes run, end to end: the default preset's phases on a 300-step
+//! run (the default run's proportions: 10% warmup, the last 10% decaying) with one scripted
+//! decay branch, read back from the session file. Every periodic kind runs at the trunk's last
+//! stable step and inside its decay, and at the branch's first and last step, within the
+//! budget.
+
+use std::collections::BTreeSet;
+
+use wsdscope_tests::{run, session_events};
+
+const KINDS: [&str; 4] = ["sharpness", "noise", "slice", "landscape"];
+
+#[test]
+fn every_periodic_probe_runs_at_the_last_stable_step_and_in_the_decay() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("plan.h5");
+    // 165 steps' worth of probes (50% of the 330 steps both runs train): room for the plan's
+    // first two tiers — the four kinds at both runs' last steps, at the trunk's last stable
+    // step and at the branch's first step — and its margin, even when a probe takes half as
+    // long again as estimated.
+    let r = run(&[
+        "record",
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "300",
+        "--threads",
+        "1",
+        "--probe-budget",
+        "50",
+        "--fork-at",
+        "150",
+        "--branch-decay",
+        "exp:30",
+    ]);
+    assert!(r.ok(), "{}", r.stderr);
+    let events = session_events(dir.path(), "plan.h5").unwrap();
+    let probes: Vec<(u64, u64, String, f64)> = events
+        .iter()
+        .filter(|e| e["type"] == "probe")
+        .map(|e| {
+            (
+                e["run"].as_u64().unwrap(),
+                e["step"].as_u64().unwrap(),
+                e["probe"].as_str().unwrap().to_string(),
+                e["scalars"]["seconds"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let at = |run: u64, kind: &str| -> BTreeSet<u64> {
+        probes
+            .iter()
+            .filter(|p| p.0 == run && p.2 == kind)
+            .map(|p| p.1)
+            .collect()
+    };
+    // The trunk: warmup ends at 30, the decay starts after 270 and ends at 300.
+    for kind in KINDS {
+        let steps = at(0, kind);
+        eprintln!("trunk {kind}: {steps:?}");
+        assert!(
+            steps.contains(&270),
+            "{kind} not at the last stable step: {steps:?}"
+        );
+        assert!(
+            steps.contains(&300),
+            "{kind} not at the decay's end: {steps:?}"
+        );
+        assert!(
+            steps.iter().any(|&s| s > 270),
+            "{kind} not in the decay: {steps:?}"
+        );
+    }
+    // The branch forked at 150 decays over steps 151..=180.
+    for kind in KINDS {
+        let steps = at(1, kind);
+        eprintln!("branch {kind}: {steps:?}");
+        assert!(
+            steps.contains(&151) && steps.contains(&180),
+            "{kind} not at the branch's first and last step: {steps:?}"
+        );
+    }
+    // Within the budget: periodic probes (the interpolation at the branch's end included)
+    // take at most 50% of the training time of both runs, give or take the one probe that
+    // may overrun its estimate.
+    let train: f64 = events
+        .iter()
+        .filter(|e| e["type"] == "step")
+        .map(|e| e["step_ms"].as_f64().unwrap() / 1e3)
+        .sum();
+    let spent: f64 = probes.iter().map(|p| p.3).sum();
+    let worst = probes.iter().map(|p| p.3).fold(0.0, f64::max);
+    eprintln!(
+        "probes {spent:.2} s of {train:.2} s training ({:.1}%)",
+        100.0 * spent / train
+    );
+    assert!(spent <= 0.50 * train + worst, "{spent} s vs {train} s");
+}
