@@ -136,6 +136,7 @@ pub struct AttachArgs {
 
 #[derive(Args, Debug)]
 pub struct HistoryArgs {
+    /// The session file a run is writing.
     pub file: PathBuf,
     /// How many events (from the first) to print.
     #[arg(long)]
@@ -148,20 +149,28 @@ pub struct BenchArgs {
     /// Model preset (shape overrides below apply on top).
     #[arg(long, default_value = "tiny")]
     pub preset: String,
+    /// Model width (hidden size), instead of the preset's.
     #[arg(long)]
     pub hidden: Option<usize>,
+    /// Decoder layers, instead of the preset's.
     #[arg(long)]
     pub layers: Option<usize>,
+    /// Attention heads (must divide --hidden), instead of the preset's.
     #[arg(long)]
     pub heads: Option<usize>,
+    /// Key/value heads (must divide --heads; fewer than --heads is GQA), instead of the preset's.
     #[arg(long)]
     pub kv_heads: Option<usize>,
+    /// Feed-forward (SwiGLU) width, instead of the preset's.
     #[arg(long)]
     pub ffn: Option<usize>,
+    /// Vocabulary size, instead of the preset's.
     #[arg(long)]
     pub vocab: Option<usize>,
+    /// Tokens per sequence (default 128).
     #[arg(long)]
     pub seq: Option<usize>,
+    /// Sequences per step (default 16).
     #[arg(long)]
     pub batch: Option<usize>,
     /// Worker threads (default: `RAYON_NUM_THREADS` when set, else all cores).
@@ -263,4 +272,33 @@ pub enum TokenizerCommand {
         #[arg(long, default_value = "tokenizer.json")]
         out: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every subcommand says what it is for in `--help`.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in c.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "wsdscope", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
 }
