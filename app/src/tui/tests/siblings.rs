@@ -36,3 +36,41 @@ fn a_sibling_is_listed_by_its_label_beside_the_trunk() {
     assert!(row.contains("sib"), "{row}");
     assert!(!s.runs[&0].is_sibling());
 }
+
+/// The compare view (`c`) lists a sibling by its label with its validation loss, the trunk's
+/// at the same eval step, and the difference.
+#[test]
+fn the_compare_view_sets_a_sibling_against_the_trunk() {
+    let mut s = state_at(300);
+    let cosine = Schedule::Cosine {
+        peak: 0.01,
+        warmup: 50,
+        total: 1000,
+        floor: 0.1,
+    };
+    let mut start = syn().run_start(1, &cosine, 0);
+    if let RunEvent::RunStart(st) = &mut start {
+        st.name = "schedule=cosine".into();
+        st.parent = None;
+        st.fork_step = None;
+    }
+    s.apply(&start);
+    for step in 1..=300 {
+        s.apply(&syn().step(1, &cosine, step));
+    }
+    let at = *s.runs[&0].eval_steps.last().expect("the trunk has evals");
+    s.apply(&syn().eval(1, &cosine, at));
+    let (mine, trunk) = (
+        s.runs[&1].last_val().unwrap(),
+        s.runs[&0].last_val().unwrap(),
+    );
+    press(&mut s, 'c');
+    let text = screen(&s, 160, 40);
+    let row = text
+        .lines()
+        .find(|l| l.contains("schedule=cosine"))
+        .unwrap_or_else(|| panic!("no sibling row in\n{text}"));
+    assert!(row.contains("sib"), "{row}");
+    let diff = format!("{:+.3}", mine - trunk);
+    assert!(row.contains(&diff), "{row} lacks {diff}");
+}

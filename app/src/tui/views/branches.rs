@@ -74,6 +74,37 @@ fn trunk_decay(r: &RunData) -> String {
     }
 }
 
+/// A sibling (a run beside the trunk from step 0): `sib`, its label where a branch shows its
+/// decay, its latest validation loss, the trunk's at the same eval step, and the difference
+/// (green where the sibling is lower).
+fn sibling_row(state: &TuiState, r: &RunData) -> Row<'static> {
+    let val = r.last_val();
+    let step = r.eval_steps.last().copied();
+    let trunk = state.runs.get(&0).and_then(|t| {
+        let i = t.eval_steps.iter().position(|&s| Some(s) == step)?;
+        t.val_loss.values().get(i).copied()
+    });
+    let diff = match (val, trunk) {
+        (Some(v), Some(t)) => Cell::from(Span::styled(
+            format!("{:+.3}", v - t),
+            Style::default().fg(if v < t { Color::Green } else { Color::Yellow }),
+        )),
+        _ => dash(),
+    };
+    Row::new(vec![
+        id_cell(r),
+        Cell::from("sib"),
+        dash(),
+        Cell::from(r.name.clone()),
+        Cell::from(format::step(r.last_step() as f64)),
+        loss(val),
+        loss(trunk),
+        diff,
+        dash(),
+        mem_cell(r),
+    ])
+}
+
 fn trunk_row(r: &RunData) -> Row<'static> {
     Row::new(vec![
         id_cell(r),
@@ -272,6 +303,8 @@ impl Widget for BranchesPanel<'_> {
                         Some(b) => branch_row(self.state, r, b),
                         None => trunk_row(r),
                     }
+                } else if r.is_sibling() {
+                    sibling_row(self.state, r)
                 } else {
                     trunk_row(r)
                 }
