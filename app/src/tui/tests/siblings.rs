@@ -6,9 +6,9 @@ use wsdscope_trainer::Schedule;
 
 use super::*;
 
-#[test]
-fn a_sibling_is_listed_by_its_label_beside_the_trunk() {
-    let mut s = state_at(300);
+/// The trunk after `upto` steps, and a cosine sibling (run 1) beside it for as many.
+fn with_cosine_sibling(upto: u64) -> (TuiState, Schedule) {
+    let mut s = state_at(upto);
     let cosine = Schedule::Cosine {
         peak: 0.01,
         warmup: 50,
@@ -22,9 +22,15 @@ fn a_sibling_is_listed_by_its_label_beside_the_trunk() {
         st.fork_step = None;
     }
     s.apply(&start);
-    for step in 1..=300 {
+    for step in 1..=upto {
         s.apply(&syn().step(1, &cosine, step));
     }
+    (s, cosine)
+}
+
+#[test]
+fn a_sibling_is_listed_by_its_label_beside_the_trunk() {
+    let (mut s, cosine) = with_cosine_sibling(300);
     let r = &s.runs[&1];
     assert!(r.is_sibling());
     assert_eq!(r.steps.len(), 300);
@@ -41,23 +47,7 @@ fn a_sibling_is_listed_by_its_label_beside_the_trunk() {
 /// at the same eval step, and the difference.
 #[test]
 fn the_compare_view_sets_a_sibling_against_the_trunk() {
-    let mut s = state_at(300);
-    let cosine = Schedule::Cosine {
-        peak: 0.01,
-        warmup: 50,
-        total: 1000,
-        floor: 0.1,
-    };
-    let mut start = syn().run_start(1, &cosine, 0);
-    if let RunEvent::RunStart(st) = &mut start {
-        st.name = "schedule=cosine".into();
-        st.parent = None;
-        st.fork_step = None;
-    }
-    s.apply(&start);
-    for step in 1..=300 {
-        s.apply(&syn().step(1, &cosine, step));
-    }
+    let (mut s, cosine) = with_cosine_sibling(300);
     let at = *s.runs[&0].eval_steps.last().expect("the trunk has evals");
     s.apply(&syn().eval(1, &cosine, at));
     let (mine, trunk) = (
