@@ -30,7 +30,7 @@ fn with_cosine_sibling(upto: u64) -> (TuiState, Schedule) {
 
 #[test]
 fn a_sibling_is_listed_by_its_label_beside_the_trunk() {
-    let (mut s, cosine) = with_cosine_sibling(300);
+    let (s, _) = with_cosine_sibling(300);
     let r = &s.runs[&1];
     assert!(r.is_sibling());
     assert_eq!(r.steps.len(), 300);
