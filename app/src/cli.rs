@@ -216,6 +216,10 @@ pub struct BenchArgs {
 pub struct InspectArgs {
     /// A session file written by `record`.
     pub file: PathBuf,
+    /// More session files: then one table compares every run of every file (final and best
+    /// val loss, the difference from the first file's trunk, the val loss at matched tokens).
+    #[arg(conflicts_with = "events")]
+    pub more: Vec<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long, conflicts_with = "events")]
     pub json: bool,

@@ -78,6 +78,10 @@ fn opt(v: Option<f64>) -> String {
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
+    if !a.more.is_empty() {
+        let files: Vec<_> = std::iter::once(a.file.clone()).chain(a.more).collect();
+        return super::compare_sessions::run(&files, a.json);
+    }
     let s = Session::open(&a.file)?;
     if let Some((have, want)) = s.recovered() {
         eprintln!(

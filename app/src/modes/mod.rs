@@ -2,6 +2,7 @@
 
 pub mod attach;
 pub mod bench;
+pub mod compare_sessions;
 pub mod inspect;
 pub mod kernels;
 pub mod plot;
