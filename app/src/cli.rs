@@ -233,6 +233,13 @@ pub struct InspectArgs {
 pub struct PlotArgs {
     /// A session file written by `record`.
     pub file: PathBuf,
+    /// More session files, overlaid in one figure (per-step metrics only); runs are labelled
+    /// FILE:RUN.
+    pub more: Vec<PathBuf>,
+    /// The x axis: steps, tokens (sessions with other batch sizes meet at equal data) or
+    /// time (wall seconds of training, a branch continuing its parent's clock).
+    #[arg(long, value_enum, default_value_t = XAxis::Steps)]
+    pub x: XAxis,
     /// The figure to write: FIG.png or FIG.svg.
     #[arg(long, value_name = "FIG.png|FIG.svg")]
     pub out: PathBuf,
@@ -261,6 +268,14 @@ pub struct PlotArgs {
     /// EMA smoothing factor in (0, 1]; 1 draws the raw curve only (default 0.1).
     #[arg(long, value_name = "ALPHA", default_value_t = 0.1)]
     pub smooth: f64,
+}
+
+/// What `plot --x` draws against.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XAxis {
+    Steps,
+    Tokens,
+    Time,
 }
 
 #[derive(Subcommand, Debug)]

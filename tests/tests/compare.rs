@@ -61,3 +61,33 @@ fn two_sessions_compare_at_matched_tokens() {
     assert_eq!(missing.code, Some(2));
     assert!(missing.stderr.contains("c.h5"), "{}", missing.stderr);
 }
+
+#[test]
+fn two_sessions_plot_in_one_figure_against_tokens_or_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.h5"), dir.path().join("b.h5"));
+    record(a.to_str().unwrap(), "60");
+    record(b.to_str().unwrap(), "40");
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    for (x, label) in [("tokens", "tokens"), ("time", "training time (s)")] {
+        let fig = dir.path().join(format!("{x}.svg"));
+        let r = run(&["plot", a, b, "--x", x, "--out", fig.to_str().unwrap()]);
+        assert!(r.ok(), "{}", r.stderr);
+        let svg = std::fs::read_to_string(&fig).unwrap();
+        for want in ["a.h5:0 trunk", "b.h5:0 trunk", label] {
+            assert!(svg.contains(want), "--x {x}: the figure lacks {want:?}");
+        }
+    }
+    let fig = dir.path().join("s.svg");
+    let r = run(&[
+        "plot",
+        a,
+        b,
+        "--metric",
+        "sharpness",
+        "--out",
+        fig.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("per-step metrics"), "{}", r.stderr);
+}

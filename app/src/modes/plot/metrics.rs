@@ -1,6 +1,8 @@
 //! The per-step metric figure (`--metric loss`, `lr`, `grad_norm`, …): every run overlaid,
 //! the raw curve (its min/max envelope) faint behind a zero-lag EMA-smoothed one, validation
 //! loss as markers, and over loss figures the endpoint fit of the completed branches.
+//! Several sessions overlay in one figure, their runs labelled `FILE:RUN`; the x axis is steps,
+//! tokens or training time (`--x`).
 
 use anyhow::{Result, bail};
 use plotters::coord::Shift;
@@ -14,7 +16,7 @@ use super::toolkit::{
     PALETTE, SIZE, TickedAxis, check_written, draw_phase_bands, figure_title, load_font, log_ticks,
     number,
 };
-use crate::cli::PlotArgs;
+use crate::cli::{PlotArgs, XAxis};
 
 /// Samples of the raw envelope and of the smoothed curve drawn per run.
 const DRAW_POINTS: usize = 2000;
@@ -65,39 +67,135 @@ struct FitOverlay {
 /// One run's data for the figure.
 struct Curve {
     info: RunInfo,
+    /// The legend's name: `run 2 exp 60 @480`, or with several files `b.h5:2 exp 60 @480`.
+    label: String,
+    /// Its colour's place in the palette.
+    color: usize,
+    /// Where its steps go on the x axis.
+    x: XMap,
     steps: Vec<u64>,
     values: Vec<f64>,
     val: Option<(Vec<u64>, Vec<f64>)>,
 }
 
+/// Where a run's steps go on the x axis (`plot --x`).
+struct XMap {
+    axis: XAxis,
+    tokens_per_step: f64,
+    /// (step, wall seconds of training up to the end of that step), for `--x time`.
+    clock: Vec<(u64, f64)>,
+}
+
+impl XMap {
+    /// The x of `step` (for time, the clock at the nearest recorded step at or after it).
+    fn at(&self, step: u64) -> f64 {
+        match self.axis {
+            XAxis::Steps => step as f64,
+            XAxis::Tokens => step as f64 * self.tokens_per_step,
+            XAxis::Time => {
+                let i = self.clock.partition_point(|&(s, _)| s < step);
+                self.clock.get(i).or(self.clock.last()).map_or(0.0, |c| c.1)
+            }
+        }
+    }
+
+    fn of(session: &Session, run: &RunInfo, axis: XAxis) -> Result<XMap> {
+        let c = &run.config;
+        let tokens_per_step =
+            (c["batch"].as_u64().unwrap_or(1) * c["seq"].as_u64().unwrap_or(1)) as f64;
+        let clock = if axis == XAxis::Time {
+            clock(session, run)?
+        } else {
+            Vec::new()
+        };
+        Ok(XMap {
+            axis,
+            tokens_per_step,
+            clock,
+        })
+    }
+}
+
+/// A run's training clock: the cumulative step times, a branch starting from its parent's
+/// clock at the fork.
+fn clock(session: &Session, run: &RunInfo) -> Result<Vec<(u64, f64)>> {
+    let start = match (run.parent, run.fork_step) {
+        (Some(p), Some(at)) if p != run.id => {
+            let parent = clock(session, session.run(p)?)?;
+            let i = parent.partition_point(|&(s, _)| s < at);
+            parent.get(i).or(parent.last()).map_or(0.0, |c| c.1)
+        }
+        _ => 0.0,
+    };
+    let (steps, ms) = session.series(run.id, "step_ms")?;
+    let mut t = start;
+    Ok(steps
+        .into_iter()
+        .zip(ms)
+        .map(|(s, m)| {
+            if m.is_finite() {
+                t += m / 1e3;
+            }
+            (s, t)
+        })
+        .collect())
+}
+
 /// Draws `--metric` (a per-step metric) of `session` to `a.out`, a PNG when `png`, else an
 /// SVG.
-pub(super) fn run(a: &PlotArgs, session: &Session, png: bool) -> Result<()> {
-    let ids: Vec<u32> = match &a.runs {
-        Some(ids) => ids.clone(),
-        None => session.runs().iter().map(|r| r.id).collect(),
-    };
-    if ids.is_empty() {
-        bail!("{}: holds no runs yet; nothing to plot", a.file.display());
-    }
+pub(super) fn run(a: &PlotArgs, sessions: &[Session], png: bool) -> Result<()> {
+    let files: Vec<&std::path::Path> = std::iter::once(a.file.as_path())
+        .chain(a.more.iter().map(|f| f.as_path()))
+        .collect();
+    let many = sessions.len() > 1;
     let mut curves = Vec::new();
-    for id in ids {
-        let info = session.run(id)?.clone();
-        let (steps, values) = session.series(id, &a.metric)?;
-        let val = if a.metric == "loss" {
-            Some(session.series(id, "val_loss")?)
-        } else {
-            None
+    for (session, file) in sessions.iter().zip(&files) {
+        let ids: Vec<u32> = match &a.runs {
+            Some(ids) => ids.clone(),
+            None => session.runs().iter().map(|r| r.id).collect(),
         };
-        curves.push(Curve {
-            info,
-            steps,
-            values,
-            val,
-        });
+        if ids.is_empty() {
+            bail!("{}: holds no runs yet; nothing to plot", file.display());
+        }
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for id in ids {
+            let info = session.run(id)?.clone();
+            let (steps, values) = session.series(id, &a.metric)?;
+            let val = if a.metric == "loss" {
+                Some(session.series(id, "val_loss")?)
+            } else {
+                None
+            };
+            let (label, color) = if many {
+                (format!("{name}:{id} {}", info.name), curves.len())
+            } else {
+                (format!("run {id} {}", info.name), id as usize)
+            };
+            curves.push(Curve {
+                x: XMap::of(session, &info, a.x)?,
+                info,
+                label,
+                color,
+                steps,
+                values,
+                val,
+            });
+        }
     }
-    let phases = session.runs()[0].phases;
-    let overlay = if a.metric == "loss" || a.metric == "val_loss" {
+    let session = &sessions[0];
+    // The phase bands of the first file's trunk, where they have a place on the x axis.
+    let trunk = XMap::of(session, &session.runs()[0], a.x)?;
+    let p = session.runs()[0].phases;
+    let phases = (a.x != XAxis::Time).then(|| PhaseBounds {
+        warmup_end: trunk.at(p.warmup_end) as u64,
+        decay_start: trunk.at(p.decay_start) as u64,
+        total: trunk.at(p.total) as u64,
+    });
+    let overlay = if (a.metric == "loss" || a.metric == "val_loss") && !many && a.x == XAxis::Steps
+    {
         let rows = crate::analysis::branches(session)?;
         crate::analysis::endpoint_fit(&rows).map(|fit| {
             let c = &session.runs()[0].config;
@@ -115,7 +213,25 @@ pub(super) fn run(a: &PlotArgs, session: &Session, png: bool) -> Result<()> {
     } else {
         None
     };
-    let title = figure_title(&a.metric, &a.file);
+    let title = if many {
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| {
+                f.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        format!("{} — {}", a.metric, names.join(", "))
+    } else {
+        figure_title(&a.metric, &a.file)
+    };
+    let x_desc = match a.x {
+        XAxis::Steps => "step",
+        XAxis::Tokens => "tokens",
+        XAxis::Time => "training time (s)",
+    };
     load_font()?;
     let out = a.out.clone();
     // The same figure on either backend (their types differ, so a macro, not a closure).
@@ -125,6 +241,7 @@ pub(super) fn run(a: &PlotArgs, session: &Session, png: bool) -> Result<()> {
                 $backend.into_drawing_area(),
                 &title,
                 &a.metric,
+                x_desc,
                 &curves,
                 overlay.as_ref(),
                 phases,
@@ -148,9 +265,10 @@ fn draw_figure<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
     metric: &str,
+    x_desc: &str,
     curves: &[Curve],
     overlay: Option<&FitOverlay>,
-    phases: PhaseBounds,
+    phases: Option<PhaseBounds>,
     log_y: bool,
     alpha: f64,
 ) -> Result<()>
@@ -191,16 +309,14 @@ where
     }
     let x1 = curves
         .iter()
-        .filter_map(|c| c.steps.last().copied())
-        .max()
-        .unwrap_or(1)
-        .max(phases.total) as f64;
+        .filter_map(|c| c.steps.last().map(|&s| c.x.at(s)))
+        .fold(phases.map_or(1.0, |p| p.total as f64), f64::max);
     let x0 = curves
         .iter()
-        .filter_map(|c| c.steps.first().copied())
-        .min()
-        .unwrap_or(0)
-        .min(1) as f64;
+        .filter_map(|c| c.steps.first().map(|&s| c.x.at(s)))
+        .fold(f64::INFINITY, f64::min)
+        .min(curves.first().map_or(1.0, |c| c.x.at(1)));
+    let x1 = if x1 > x0 { x1 } else { x0 + 1.0 };
 
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| {
         anyhow::anyhow!("drawing the figure failed: {e:?}")
@@ -223,6 +339,7 @@ where
         .y_label_area_size(78);
     let frame = Frame {
         metric,
+        x_desc,
         curves,
         overlay,
         phases,
@@ -259,9 +376,10 @@ where
 /// What one figure shows, independent of its y axis kind.
 struct Frame<'a> {
     metric: &'a str,
+    x_desc: &'a str,
     curves: &'a [Curve],
     overlay: Option<&'a FitOverlay>,
-    phases: PhaseBounds,
+    phases: Option<PhaseBounds>,
     log_y: bool,
     alpha: f64,
     x: (f64, f64),
@@ -300,17 +418,25 @@ impl Frame<'_> {
         }
         chart
             .configure_mesh()
-            .x_desc("step")
+            .x_desc(self.x_desc)
             .y_desc(y_label)
             .axis_desc_style(("sans-serif", 18))
             .label_style(("sans-serif", 15))
             .light_line_style(RGBColor(235, 235, 235))
-            .x_label_formatter(&|v: &f64| format!("{v:.0}"))
+            .x_label_formatter(&|v: &f64| {
+                if v.abs() >= 1e4 {
+                    crate::tui::format::si(*v)
+                } else {
+                    format!("{v:.0}")
+                }
+            })
             .y_label_formatter(&|v: &f64| number(if log_y { 10f64.powf(*v) } else { *v }))
             .draw()
             .map_err(err)?;
 
-        draw_phase_bands(root, &mut chart, self.phases, x0, (y0, y1))?;
+        if let Some(p) = self.phases {
+            draw_phase_bands(root, &mut chart, p, x0, (y0, y1))?;
+        }
         // The geometry metrics change sign: a zero line reads where they do.
         if !log_y && y0 < 0.0 && y1 > 0.0 && ["grad_cos", "d1", "d2"].contains(&self.metric) {
             chart
@@ -322,12 +448,13 @@ impl Frame<'_> {
         }
 
         for c in self.curves {
-            let color = PALETTE[c.info.id as usize % PALETTE.len()];
+            let color = PALETTE[c.color % PALETTE.len()];
             // Fork point of a branch.
             if let Some(f) = c.info.fork_step {
+                let f = c.x.at(f);
                 chart
                     .draw_series(LineSeries::new(
-                        [(f as f64, y0), (f as f64, y1)],
+                        [(f, y0), (f, y1)],
                         color.mix(0.5).stroke_width(1),
                     ))
                     .map_err(err)?;
@@ -336,7 +463,7 @@ impl Frame<'_> {
             let buckets = reduce(&c.steps, &c.values, DRAW_POINTS);
             let envelope = buckets
                 .iter()
-                .flat_map(|b| [(b.step_lo as f64, b.min), (b.step_hi as f64, b.max)])
+                .flat_map(|b| [(c.x.at(b.step_lo), b.min), (c.x.at(b.step_hi), b.max)])
                 .filter(|(_, v)| keep(v))
                 .map(|(x, v)| (x, t(v)));
             let smoothed = self.alpha < 1.0;
@@ -348,7 +475,7 @@ impl Frame<'_> {
             let raw = chart
                 .draw_series(LineSeries::new(envelope, raw_style))
                 .map_err(err)?;
-            let name = format!("run {} {}", c.info.id, c.info.name);
+            let name = c.label.clone();
             let legend = move |(x, y): (i32, i32)| {
                 PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2))
             };
@@ -361,7 +488,7 @@ impl Frame<'_> {
                     .zip(&sm)
                     .enumerate()
                     .filter(|(i, (_, v))| (i % stride == 0 || *i + 1 == sm.len()) && keep(v))
-                    .map(|(_, (s, v))| (*s as f64, t(*v)));
+                    .map(|(_, (s, v))| (c.x.at(*s), t(*v)));
                 chart
                     .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                     .map_err(err)?
@@ -375,7 +502,7 @@ impl Frame<'_> {
                     .iter()
                     .zip(vv)
                     .filter(|(_, v)| keep(v))
-                    .map(|(s, v)| (*s as f64, t(*v)))
+                    .map(|(s, v)| (c.x.at(*s), t(*v)))
                     .collect();
                 if !pts.is_empty() {
                     chart

@@ -30,7 +30,7 @@ use self::landscape::{LandscapeFigure, landscape};
 use self::slice::{SliceFigure, slice};
 use self::toolkit::{SIZE, check_written, derr, load_font};
 use self::trends::{StepsFigure, noise, probe_scalar, sharpness};
-use crate::cli::PlotArgs;
+use crate::cli::{PlotArgs, XAxis};
 
 pub use self::metrics::{ema, smooth};
 
@@ -83,11 +83,23 @@ pub fn run(a: PlotArgs) -> Result<()> {
         );
     }
     check_args(&a)?;
-    let session = Session::open(&a.file)?;
-    if probe_scalar || ProbeKind::parse(&a.metric).is_some() {
-        return run_probe_figure(&a, &session, ext == "png");
+    let figure = probe_scalar || ProbeKind::parse(&a.metric).is_some();
+    if figure && (!a.more.is_empty() || a.x != XAxis::Steps) {
+        bail!(
+            "--metric {}: several session files and --x tokens|time apply to the per-step metrics \
+             ({}) only",
+            a.metric,
+            wsdscope_sessions::layout::metric_names().join(", ")
+        );
     }
-    metrics::run(&a, &session, ext == "png")
+    let mut sessions = vec![Session::open(&a.file)?];
+    for f in &a.more {
+        sessions.push(Session::open(f)?);
+    }
+    if figure {
+        return run_probe_figure(&a, &sessions[0], ext == "png");
+    }
+    metrics::run(&a, &sessions, ext == "png")
 }
 
 /// Flag combinations that only the probe figures use.
