@@ -117,6 +117,10 @@ pub struct RunArgs {
 pub struct ReplayArgs {
     /// A session file written by `record` or `run`.
     pub file: PathBuf,
+    /// More session files, replayed together: their runs side by side, labelled FILE:RUN,
+    /// the later files' trunks shown like siblings of the first's.
+    #[arg(conflicts_with = "follow")]
+    pub more: Vec<PathBuf>,
     /// Keep up with a session that a headless `record` is still writing: re-read it every
     /// half second and keep the cursor at the end (until you scrub back; `e` follows again).
     #[arg(long)]
