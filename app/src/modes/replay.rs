@@ -117,16 +117,7 @@ pub fn merge(sessions: Vec<(String, Vec<RunEvent>)>) -> Vec<RunEvent> {
                 | RunEvent::Note { run, .. }
                 | RunEvent::End { run, .. } => *run = id(*run),
             }
-            let at = match &ev {
-                RunEvent::RunStart(s) => s.start_step,
-                RunEvent::Step(m) => m.step,
-                RunEvent::Probe(p) => p.step,
-                RunEvent::Eval { step, .. }
-                | RunEvent::Forked { step, .. }
-                | RunEvent::Checkpoint { step, .. }
-                | RunEvent::Note { step, .. }
-                | RunEvent::End { step, .. } => *step,
-            };
+            let at = ev.step();
             all.push((at, k, ev));
         }
     }

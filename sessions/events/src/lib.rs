@@ -324,6 +324,21 @@ impl RunEvent {
         }
     }
 
+    /// The step this event is at: a run's start step, a fork's parent step, otherwise the
+    /// step it reports on.
+    pub fn step(&self) -> u64 {
+        match self {
+            RunEvent::RunStart(s) => s.start_step,
+            RunEvent::Probe(p) => p.step,
+            RunEvent::Eval { step, .. }
+            | RunEvent::Forked { step, .. }
+            | RunEvent::Checkpoint { step, .. }
+            | RunEvent::Note { step, .. }
+            | RunEvent::End { step, .. } => *step,
+            RunEvent::Step(m) => m.step,
+        }
+    }
+
     /// The `"type"` tag this event has on the wire.
     pub fn kind(&self) -> &'static str {
         match self {
