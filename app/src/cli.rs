@@ -18,6 +18,30 @@ use crate::settings::Settings;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Colour: auto (the default: none when NO_COLOR is set and not empty), always or never.
+    /// Without colour the TUI draws in the terminal's own colours, selection reversed.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+/// `--color`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to draw without colour, given the value of `NO_COLOR` (no-color.org: set and
+    /// not empty means no colour).
+    pub fn monochrome(self, no_color: Option<&str>) -> bool {
+        match self {
+            ColorChoice::Always => false,
+            ColorChoice::Never => true,
+            ColorChoice::Auto => no_color.is_some_and(|v| !v.is_empty()),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -302,6 +326,16 @@ mod tests {
     use clap::CommandFactory;
 
     use super::Cli;
+
+    #[test]
+    fn no_color_turns_colour_off_unless_always_is_asked_for() {
+        use super::ColorChoice::*;
+        assert!(!Auto.monochrome(None));
+        assert!(!Auto.monochrome(Some("")), "an empty NO_COLOR is not set");
+        assert!(Auto.monochrome(Some("1")));
+        assert!(Never.monochrome(None));
+        assert!(!Always.monochrome(Some("1")));
+    }
 
     /// Every argument of every subcommand says what it is for in `--help`.
     #[test]

@@ -16,6 +16,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     process_setup();
     let cli = Cli::parse();
+    tui::set_monochrome(
+        cli.color
+            .monochrome(std::env::var("NO_COLOR").ok().as_deref()),
+    );
     let result = match cli.command {
         Command::Run(a) => modes::run::run(*a),
         Command::Record(a) => modes::record::run(*a),

@@ -203,6 +203,11 @@ impl Tmux {
         self.tmux(&["capture-pane", "-p", "-t", "e2e"])
     }
 
+    /// The screen with its attributes as escape sequences (colours, bold, reverse).
+    pub fn screen_with_escapes(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-e", "-t", "e2e"])
+    }
+
     pub fn resize(&self, width: u16, height: u16) {
         let (w, h) = (width.to_string(), height.to_string());
         self.tmux(&["resize-window", "-t", "e2e", "-x", &w, "-y", &h]);

@@ -207,3 +207,49 @@ fn replay_of_a_bad_file_is_one_line_and_run_needs_a_terminal() {
     let r = run(&["run", "--jsonl"]);
     assert_eq!(r.code, Some(2), "--jsonl is not a run flag");
 }
+
+/// `NO_COLOR` (and `--color never`) draw the TUI in the terminal's own colours: the screen
+/// carries no colour escape, while its text and the selection (reversed) stay; without them
+/// the same screen is coloured.
+#[test]
+fn no_color_draws_the_tui_without_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c.h5");
+    let mut args = vec!["record", "--out", out.to_str().unwrap(), "--steps", "40"];
+    args.extend_from_slice(SMALL);
+    let r = run(&args);
+    assert!(r.ok(), "{}", r.stderr);
+    // An SGR sequence that sets a foreground or background colour (30–49, 90–107, 38;…, 48;…).
+    let coloured = |s: &str| {
+        s.split("\x1b[").skip(1).any(|seq| {
+            let params = seq.split('m').next().unwrap_or("");
+            params.split(';').any(|p| {
+                p.parse::<u32>().is_ok_and(|n| {
+                    (30..=49).contains(&n) && n != 39 && n != 49 || (90..=107).contains(&n)
+                })
+            })
+        })
+    };
+    for (env, flag, want_colour) in [
+        ("", "", true),
+        ("NO_COLOR=1 ", "", false),
+        ("", "--color=never", false),
+        ("NO_COLOR=1 ", "--color=always", true),
+    ] {
+        let mut a = vec!["replay", out.to_str().unwrap()];
+        if !flag.is_empty() {
+            a.push(flag);
+        }
+        let t = Tmux::start(dir.path(), 120, 40, &format!("{env}{}", shell(&a)));
+        t.wait_for("replay", |s| s.contains("replay paused"));
+        let screen = t.screen_with_escapes();
+        assert_eq!(
+            coloured(&screen),
+            want_colour,
+            "{env}{flag}: colour {}expected",
+            if want_colour { "" } else { "not " }
+        );
+        assert!(screen.contains("loss"), "the text stays");
+        t.keys(&["q"]);
+    }
+}

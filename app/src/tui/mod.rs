@@ -29,7 +29,7 @@ pub mod views;
 mod tests;
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -88,9 +88,34 @@ pub trait Source {
     fn abort(&mut self) {}
 }
 
-/// Draws the whole app into a frame.
+/// Whether the TUI draws without colour (the monochrome theme): set once by `main` from
+/// `--color` and `NO_COLOR` before any UI starts.
+static MONOCHROME: AtomicBool = AtomicBool::new(false);
+
+/// Turns the monochrome theme on or off for every UI drawn from now on. The terminal layer
+/// is told the same, since it reads `NO_COLOR` on its own: `--color always` then wins over it.
+pub fn set_monochrome(on: bool) {
+    MONOCHROME.store(on, Ordering::Relaxed);
+    ratatui::crossterm::style::force_color_output(!on);
+}
+
+/// Draws the whole app into a frame (in the monochrome theme when it is on).
 pub fn draw(frame: &mut Frame, state: &TuiState) {
     frame.render_widget(App(state), frame.area());
+    if MONOCHROME.load(Ordering::Relaxed) {
+        strip_colour(frame.buffer_mut());
+    }
+}
+
+/// The monochrome theme: every cell's colours reset to the terminal's own, its text and
+/// modifiers (bold, underlined, reversed for the selection) kept. Applied to the rendered
+/// buffer, so every view stays one pure function of state and no view needs a second palette.
+pub fn strip_colour(buf: &mut ratatui::buffer::Buffer) {
+    use ratatui::style::Color;
+    for cell in buf.content.iter_mut() {
+        cell.set_fg(Color::Reset);
+        cell.set_bg(Color::Reset);
+    }
 }
 
 /// The UI loop over any backend and input: pumps the source, handles input, redraws at most
