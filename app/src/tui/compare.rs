@@ -179,8 +179,8 @@ pub fn total_resident(state: &TuiState) -> (u64, usize) {
         .fold((0, 0), |(b, n), x| (b + x, n + 1))
 }
 
-/// The trunk's validation loss at exactly `step`.
-fn val_at(r: &RunData, step: u64) -> Option<f64> {
+/// A run's validation loss at exactly `step` (the trunk's, to compare another run with).
+pub(crate) fn val_at(r: &RunData, step: u64) -> Option<f64> {
     let i = r.eval_steps.binary_search(&step).ok()?;
     r.val_loss.values().get(i).copied()
 }

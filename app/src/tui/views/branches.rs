@@ -80,10 +80,11 @@ fn trunk_decay(r: &RunData) -> String {
 fn sibling_row(state: &TuiState, r: &RunData) -> Row<'static> {
     let val = r.last_val();
     let step = r.eval_steps.last().copied();
-    let trunk = state.runs.get(&0).and_then(|t| {
-        let i = t.eval_steps.iter().position(|&s| Some(s) == step)?;
-        t.val_loss.values().get(i).copied()
-    });
+    let trunk = state
+        .runs
+        .get(&0)
+        .zip(step)
+        .and_then(|(t, s)| compare::val_at(t, s));
     let diff = match (val, trunk) {
         (Some(v), Some(t)) => Cell::from(Span::styled(
             format!("{:+.3}", v - t),
