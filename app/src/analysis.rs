@@ -9,7 +9,8 @@ use wsdscope_sessions::{EndReason, RunInfo, Session};
 use crate::tui::compare::{BranchFacts, branch_row};
 pub use crate::tui::compare::{BranchRow, describe_fit, endpoint_fit};
 
-fn tokens_per_step(r: &RunInfo) -> u64 {
+/// Tokens per step of a recorded run (batch × seq of its config; 0 where it has none).
+pub(crate) fn tokens_per_step(r: &RunInfo) -> u64 {
     let c = &r.config;
     c["batch"].as_u64().unwrap_or(0) * c["seq"].as_u64().unwrap_or(0)
 }

@@ -100,9 +100,7 @@ impl XMap {
     }
 
     fn of(session: &Session, run: &RunInfo, axis: XAxis) -> Result<XMap> {
-        let c = &run.config;
-        let tokens_per_step =
-            (c["batch"].as_u64().unwrap_or(1) * c["seq"].as_u64().unwrap_or(1)) as f64;
+        let tokens_per_step = crate::analysis::tokens_per_step(run).max(1) as f64;
         let clock = if axis == XAxis::Time {
             clock(session, run)?
         } else {
@@ -148,8 +146,9 @@ pub(super) fn run(a: &PlotArgs, sessions: &[Session], png: bool) -> Result<()> {
         .chain(a.more.iter().map(|f| f.as_path()))
         .collect();
     let many = sessions.len() > 1;
+    let names = crate::modes::compare_sessions::names(&files);
     let mut curves = Vec::new();
-    for (session, file) in sessions.iter().zip(&files) {
+    for ((session, file), name) in sessions.iter().zip(&files).zip(&names) {
         let ids: Vec<u32> = match &a.runs {
             Some(ids) => ids.clone(),
             None => session.runs().iter().map(|r| r.id).collect(),
@@ -157,10 +156,6 @@ pub(super) fn run(a: &PlotArgs, sessions: &[Session], png: bool) -> Result<()> {
         if ids.is_empty() {
             bail!("{}: holds no runs yet; nothing to plot", file.display());
         }
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         for id in ids {
             let info = session.run(id)?.clone();
             let (steps, values) = session.series(id, &a.metric)?;
@@ -197,32 +192,19 @@ pub(super) fn run(a: &PlotArgs, sessions: &[Session], png: bool) -> Result<()> {
     let overlay = if (a.metric == "loss" || a.metric == "val_loss") && !many && a.x == XAxis::Steps
     {
         let rows = crate::analysis::branches(session)?;
-        crate::analysis::endpoint_fit(&rows).map(|fit| {
-            let c = &session.runs()[0].config;
-            FitOverlay {
-                fit,
-                tokens_per_step: (c["batch"].as_u64().unwrap_or(1) * c["seq"].as_u64().unwrap_or(1))
-                    as f64,
-                endpoints: rows
-                    .iter()
-                    .filter(|r| r.completed && r.shape != "resume")
-                    .filter_map(|r| Some((r.end_step? as f64, r.final_val_loss?)))
-                    .collect(),
-            }
+        crate::analysis::endpoint_fit(&rows).map(|fit| FitOverlay {
+            fit,
+            tokens_per_step: crate::analysis::tokens_per_step(&session.runs()[0]).max(1) as f64,
+            endpoints: rows
+                .iter()
+                .filter(|r| r.completed && r.shape != "resume")
+                .filter_map(|r| Some((r.end_step? as f64, r.final_val_loss?)))
+                .collect(),
         })
     } else {
         None
     };
     let title = if many {
-        let names: Vec<String> = files
-            .iter()
-            .map(|f| {
-                f.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
         format!("{} — {}", a.metric, names.join(", "))
     } else {
         figure_title(&a.metric, &a.file)
