@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::json;
-use wsdscope_sessions::{RunEvent, Session};
+use wsdscope_sessions::Session;
 
 use crate::tui::format::si;
 
@@ -67,20 +67,17 @@ fn runs_of(path: &Path, name: &str) -> Result<Vec<RunLine>> {
             best_val_loss: None,
         })
         .collect();
-    for ev in s.events()? {
-        if let RunEvent::Eval {
-            run,
-            val_loss,
-            tokens,
-            ..
-        } = ev
-            && let Some(r) = out.iter_mut().find(|r| r.run == run)
-            && val_loss.is_finite()
-        {
-            r.evals.push((tokens, val_loss));
-        }
-    }
-    for r in &mut out {
+    // The evals from each run's val_loss column (not the whole event log), at tokens = step ×
+    // its own batch × seq, as the engine counts them.
+    for (r, info) in out.iter_mut().zip(s.runs()) {
+        let tokens_per_step = crate::analysis::tokens_per_step(info);
+        let (steps, vals) = s.series(info.id, "val_loss")?;
+        r.evals = steps
+            .into_iter()
+            .zip(vals)
+            .filter(|(_, v)| v.is_finite())
+            .map(|(step, v)| (step * tokens_per_step, v))
+            .collect();
         r.evals.sort_by_key(|e| e.0);
         r.best_val_loss = r.evals.iter().map(|e| e.1).reduce(f64::min);
         if r.final_val_loss.is_none() {
@@ -90,12 +87,13 @@ fn runs_of(path: &Path, name: &str) -> Result<Vec<RunLine>> {
     Ok(out)
 }
 
-/// How each file is named in labels: its file name, or the path as given where two files
-/// share a name.
-fn names(files: &[PathBuf]) -> Vec<String> {
+/// How each file is named in labels (`FILE:RUN`) by `inspect`, `plot` and `replay` of several
+/// sessions: its file name, or the path as given where two files share a name.
+pub fn names<P: AsRef<Path>>(files: &[P]) -> Vec<String> {
     let short: Vec<String> = files
         .iter()
         .map(|f| {
+            let f = f.as_ref();
             f.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| f.display().to_string())
@@ -106,7 +104,7 @@ fn names(files: &[PathBuf]) -> Vec<String> {
         .zip(files)
         .map(|(s, f)| {
             if short.iter().filter(|o| *o == s).count() > 1 {
-                f.display().to_string()
+                f.as_ref().display().to_string()
             } else {
                 s.clone()
             }

@@ -19,15 +19,12 @@ const FULL_RELOAD: Duration = Duration::from_secs(5);
 
 pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     if !args.more.is_empty() {
+        let files: Vec<_> = std::iter::once(&args.file).chain(&args.more).collect();
+        let names = super::compare_sessions::names(&files);
         let mut sessions = Vec::new();
-        for f in std::iter::once(&args.file).chain(&args.more) {
-            let name = f
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| f.display().to_string());
-            sessions.push((name, Session::open(f)?.events()?));
+        for (f, name) in files.iter().zip(&names) {
+            sessions.push((name.clone(), Session::open(f)?.events()?));
         }
-        let names: Vec<String> = sessions.iter().map(|s| s.0.clone()).collect();
         tui::run_replay(merge(sessions), None, names.join(" + "))?;
         return Ok(ExitCode::SUCCESS);
     }
