@@ -64,6 +64,9 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Draw a session's curves to a PNG or SVG figure.
     Plot(PlotArgs),
+    /// Bring a checkpoint or a session to other tools: a Hugging Face Llama folder that
+    /// `transformers` loads, TensorBoard event files, or one CSV per run.
+    Export(ExportArgs),
     /// Measure training throughput and peak memory for a model shape (or, with --kernels,
     /// check the fused kernels against their plain-op twins).
     Bench(BenchArgs),
@@ -255,6 +258,35 @@ pub struct InspectArgs {
     /// `record --jsonl` printed while it ran.
     #[arg(long)]
     pub events: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// What to export: a checkpoint directory (`--format hf`: a `step-N` directory, or a
+    /// checkpoint directory whose latest step is taken) or a session file (`tensorboard`,
+    /// `csv`; a session still being written is read as far as it goes).
+    pub input: PathBuf,
+    /// The target format.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// The directory to write. It must not exist or be empty, unless --force; it appears only
+    /// once complete.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace a non-empty --out directory.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `export --format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// A Hugging Face `LlamaForCausalLM` folder with the μP scalings folded into the weights.
+    Hf,
+    /// TensorBoard event files, one run directory per wsdscope run.
+    Tensorboard,
+    /// One tidy CSV per run: step, tokens, phase and every scalar.
+    Csv,
 }
 
 #[derive(Args, Debug)]

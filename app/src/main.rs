@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => modes::bench::run(a).map(|_| ExitCode::SUCCESS),
         Command::Inspect(a) => modes::inspect::run(a).map(|_| ExitCode::SUCCESS),
         Command::Plot(a) => modes::plot::run(a).map(|_| ExitCode::SUCCESS),
+        Command::Export(a) => modes::export::run(a).map(|_| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

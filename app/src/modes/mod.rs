@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod bench;
 pub mod compare_sessions;
+pub mod export;
 pub mod inspect;
 pub mod kernels;
 pub mod plot;
