@@ -21,6 +21,7 @@
 //! so they are never used.) Tensor names are the HF MiniCPM checkpoint keys.
 
 pub mod step;
+pub mod tree;
 
 use std::collections::HashMap;
 
@@ -381,13 +382,33 @@ impl MiniCpm {
             .map(|(s, l)| Ok(Cpu::borrow(f32s(s, l)?)))
             .collect::<Result<Vec<_>>>()?;
         let np = self.named.len();
-        let w = step::Weights {
-            params: &bufs[..np],
-            cos: &bufs[np],
-            sin: &bufs[np + 1],
-        };
         let be = Cpu::new(&self.pool);
-        let (loss, grads) = step::run(&be, &self.cfg, w, batch, precision, grad)?;
+        // One fused step per leaf of the canonical tree (see `tree`), combined in its order.
+        let mut leaf = |sub: step::Batch<'_>| -> Result<tree::Partial> {
+            let w = step::Weights {
+                params: &bufs[..np],
+                cos: &bufs[np],
+                sin: &bufs[np + 1],
+            };
+            let (loss, grads) = step::run(&be, &self.cfg, w, sub, precision, grad)?;
+            let grads = grads
+                .map(|gs| {
+                    gs.into_iter()
+                        .zip(&self.named)
+                        .map(|(g, (name, _))| {
+                            g.into_f32_vec().ok_or_else(|| {
+                                Error::Config(format!(
+                                    "the CPU step's gradient of {name} is not f32"
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+                .transpose()?;
+            Ok((loss, grads))
+        };
+        let leaf_seqs = tree::leaf_sequences(batch.t);
+        let (loss, grads) = tree::reduce(batch, leaf_seqs, &mut leaf)?;
         let Some(grads) = grads else {
             return Ok((loss, None));
         };
@@ -395,12 +416,7 @@ impl MiniCpm {
             .named
             .iter()
             .zip(grads)
-            .map(|((name, p), g)| {
-                let g = g.into_f32_vec().ok_or_else(|| {
-                    Error::Config(format!("the CPU step's gradient of {name} is not f32"))
-                })?;
-                Ok(Tensor::from_vec(g, p.dims(), &Device::Cpu)?)
-            })
+            .map(|((_, p), g)| Ok(Tensor::from_vec(g, p.dims(), &Device::Cpu)?))
             .collect::<Result<_>>()?;
         Ok((loss, Some(tensors)))
     }

@@ -75,7 +75,9 @@ impl RunParts {
             // are half as large (its f32 statistics are a sliver) and it also holds bf16
             // copies of the weights that are not stacked, and one layer's stacked
             // gradients in f32.
-            let pool = cpu_step_pool(d, true) * elem;
+            // The CPU step runs one leaf of its reduction tree at a time (`model::tree`).
+            let pd = if cuda { *d } else { leaf_dims(d) };
+            let pool = cpu_step_pool(&pd, true) * elem;
             // Per layer ((nh + 2·kv)·hd + 2F, H).
             let stacked = d.layers * d.stacked_per_layer() * elem;
             parts.push((
@@ -104,8 +106,9 @@ impl RunParts {
                      (N, V) logits and the backward's buffers (the CPU step's, in the compute \
                      type; uncalibrated on a GPU)"
                 } else {
-                    "CPU step's scratch pool at batch × seq: the activations its backward \
-                     keeps, (N, V) logits and the backward's buffers, f32"
+                    "CPU step's scratch pool at one leaf of the batch (≤ 512 tokens, or one \
+                     sequence): the activations its backward keeps, (N, V) logits and the \
+                     backward's buffers, f32"
                 },
                 pool.saturating_sub(stacked),
                 Lever::Tokens,
@@ -113,7 +116,7 @@ impl RunParts {
             if !cuda {
                 parts.push((
                     "allocator: the pool's large buffers end in 2 MiB huge pages",
-                    huge_page_tail(large_pool_buffers(d, true)),
+                    huge_page_tail(large_pool_buffers(&pd, true)),
                     Lever::Tokens,
                 ));
             }
@@ -127,6 +130,13 @@ impl RunParts {
     fn total(&self) -> u128 {
         self.parts.iter().map(|x| x.1).sum()
     }
+}
+
+/// The dimensions of one leaf of the CPU step's reduction tree (`model::tree`): the rows its
+/// pool is sized for.
+pub(super) fn leaf_dims(d: &Dims) -> Dims {
+    let leaf = crate::model::tree::leaf_sequences(d.t as usize) as u128;
+    d.with_batch(d.b.min(leaf))
 }
 
 /// Bytes one run of `cfg` holds while it lives: parameters, AdamW moments, the step tracker

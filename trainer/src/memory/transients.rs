@@ -42,6 +42,20 @@ pub(super) fn add_step_parts(est: &mut MemoryEstimate, cfg: &RunConfig, d: &Dims
             Lever::Shape,
         );
     }
+    if uses_cpu_step(cfg) {
+        // The reduction tree's partial gradients waiting for the leaf that runs.
+        let leaf = crate::model::tree::leaf_sequences(d.t as usize);
+        let levels = crate::model::tree::height(d.b as usize, leaf) as u128;
+        if levels > 0 {
+            est.part(
+                "the CPU step's partial gradients, one per level of its reduction tree, f32",
+                levels * 4 * p,
+                dev,
+                Phase::Step,
+                Lever::Tokens,
+            );
+        }
+    }
     if step_elem(cfg).is_some() {
         // A layer's stacked q/k/v and gate/up gradients and their unstacked copies.
         est.part(
