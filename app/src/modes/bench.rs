@@ -8,7 +8,7 @@ use anyhow::Result;
 use serde_json::json;
 use wsdscope_trainer::engine::decay_branch;
 use wsdscope_trainer::probe::ProbeKind;
-use wsdscope_trainer::{DecayShape, Trainer};
+use wsdscope_trainer::{DecayShape, Trainer, World};
 
 use crate::cli::BenchArgs;
 use crate::settings::{Settings, default_threads};
@@ -208,12 +208,28 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ..Default::default()
     };
     let cfg = settings.to_run_config()?;
+    // Under `mpirun -n N` (built with `mpi`) the ranks split every batch, as `record` does;
+    // rank 0 reports the job's throughput and the share of the step in the all-reduce.
+    let world = World::join()?;
+    if world.size() > 1 && (a.branches.is_some() || a.probes) {
+        anyhow::bail!(
+            "--branches and --probes measure one process; run them without mpirun ({} ranks)",
+            world.size()
+        );
+    }
     threads::init(threads)?;
     let mut trainer = Trainer::new(cfg.clone())?;
+    if world.size() > 1 {
+        trainer.set_collective(world.collective())?;
+    }
     let tokens = cfg.tokens_per_step() as f64;
     let mut ms = Vec::new();
     let (mut first_ms, mut loss_first, mut loss_last) = (0.0, 0.0, 0.0);
+    let mut reduce_before = 0.0;
     for i in 0..a.warmup_steps + a.steps {
+        if i == a.warmup_steps {
+            reduce_before = trainer.all_reduce_seconds();
+        }
         let t = Instant::now();
         let m = trainer.train_step()?;
         let dt = t.elapsed().as_secs_f64() * 1e3;
@@ -226,7 +242,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             ms.push(dt);
         }
     }
+    if !world.is_root() {
+        return Ok(());
+    }
     let mean = ms.iter().sum::<f64>() / ms.len() as f64;
+    let reduce_ms = (trainer.all_reduce_seconds() - reduce_before) * 1e3 / a.steps as f64;
     let (min, max) = ms
         .iter()
         .fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
@@ -250,6 +270,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "mfu": mfu,
         "loss_first": loss_first,
         "loss_last": loss_last,
+        "ranks": world.size(),
+        "all_reduce_ms_mean": reduce_ms,
+        "all_reduce_share": reduce_ms / mean,
         "config": {
             "preset": cfg.preset, "hidden": m.hidden, "layers": m.layers, "heads": m.heads,
             "kv_heads": m.kv_heads, "ffn": m.ffn, "vocab": m.vocab, "seq": cfg.seq,
@@ -298,6 +321,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 .unwrap_or_else(|| "?".into()),
             m.total_params()
         );
+        if world.size() > 1 {
+            println!(
+                "  {} ranks: the gradient all-reduce took {reduce_ms:.2} ms of a mean step of \
+                 {mean:.1} ms ({:.1}%)",
+                world.size(),
+                100.0 * reduce_ms / mean
+            );
+        }
         if let (Some(p), Some(u)) = (a.peak_tflops, mfu) {
             println!(
                 "  model FLOP utilisation {:.1}% of {p} TFLOP/s ({:.1} TFLOP/s; 6·N + attention FLOPs per token)",

@@ -53,6 +53,8 @@ pub struct Trainer {
     fault: Option<Fault>,
     /// The ranks this run is split across ([`Solo`] for one process).
     pub(super) comm: Arc<dyn Collective>,
+    /// Wall seconds this run's steps spent in the gradient all-reduce (0 in one process).
+    reduce_s: f64,
 }
 
 /// What [`Trainer::inject_fault`] makes the next training step meet. A test hook: it lets
@@ -139,6 +141,7 @@ impl Trainer {
             last_val: None,
             fault: None,
             comm: Arc::new(Solo),
+            reduce_s: 0.0,
         })
     }
 
@@ -234,6 +237,7 @@ impl Trainer {
             last_val: self.last_val,
             fault: None,
             comm: Arc::clone(&self.comm),
+            reduce_s: 0.0,
         })
     }
 
@@ -251,6 +255,12 @@ impl Trainer {
     /// The ranks this run is split across.
     pub fn collective(&self) -> &dyn Collective {
         &*self.comm
+    }
+
+    /// Wall seconds this run's steps have spent in the gradient all-reduce (flattening,
+    /// the collective calls and the waits for slower ranks; 0 in one process).
+    pub fn all_reduce_seconds(&self) -> f64 {
+        self.reduce_s
     }
 
     /// Whether this process records and checkpoints (rank 0, or the only process).
@@ -352,6 +362,7 @@ impl Trainer {
             grads.insert(&p.var, bad);
         }
         // From here every rank holds the global batch's loss and gradients.
+        let t_reduce = Instant::now();
         let loss_v = if !collective::exchanges(&*self.comm) {
             loss.to_dtype(DType::F64)?.to_scalar::<f64>()?
         } else {
@@ -364,6 +375,9 @@ impl Trainer {
                 }
             }
         };
+        if collective::exchanges(&*self.comm) {
+            self.reduce_s += t_reduce.elapsed().as_secs_f64();
+        }
         let non_finite = |what| Error::NonFinite {
             run: self.run,
             step: s,
