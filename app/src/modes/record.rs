@@ -428,8 +428,7 @@ fn train(
     on_lost_rank(lifeline, ranks, move |line| {
         fail_session(&breaker, &line, session.as_deref())
     });
-    let stderr = std::io::stderr();
-    let mut progress = Progress::new(stderr.lock(), stderr.is_terminal());
+    let mut progress = Progress::stderr();
     if let Some(p) = &path {
         progress.note(&format!("session: {p}"));
     }
@@ -444,6 +443,8 @@ fn train(
         None => None,
     };
     let stdout = std::io::stdout();
+    // JSON lines printed to the terminal the bars are drawn on go in between their redraws.
+    let shared_terminal = stdout.is_terminal();
     let mut out = stdout.lock();
     if ranks > 1 && jsonl {
         set_nonblocking_stdout()?;
@@ -456,6 +457,8 @@ fn train(
                 if jsonl && ranks > 1 {
                     let line = format!("{}\n", ev.to_json_line());
                     write_unless_interrupted(line.as_bytes(), &interrupts)?;
+                } else if jsonl && shared_terminal {
+                    progress.suspend(|| writeln!(out, "{}", ev.to_json_line()))?;
                 } else if jsonl {
                     writeln!(out, "{}", ev.to_json_line())?;
                     out.flush()?;
