@@ -323,6 +323,22 @@ fn a_gqa_export_of_a_tokenizer_run_carries_the_tokenizer_and_the_same_logits() {
         std::fs::read(out.join("tokenizer.json")).unwrap(),
         std::fs::read(&tok).unwrap()
     );
+    // Without its tokenizer the run cannot be exported whole: refused, by name.
+    let moved = dir.path().join("moved.json");
+    std::fs::rename(&tok, &moved).unwrap();
+    let other = dir.path().join("hf2");
+    refused(
+        &[
+            ck.to_str().unwrap(),
+            "--format",
+            "hf",
+            "--out",
+            other.to_str().unwrap(),
+        ],
+        &["tokenizer", "tokenizer.json", "is not there"],
+    );
+    assert!(!other.exists());
+    std::fs::rename(&moved, &tok).unwrap();
     let Some(py) = transformers_python() else {
         return;
     };

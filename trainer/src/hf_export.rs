@@ -195,13 +195,14 @@ fn end_of_text(tok: &tokenizers::Tokenizer) -> Option<(String, u32)> {
 
 /// The tokenizer a run was trained with, checked against the model's vocabulary.
 fn run_tokenizer(path: &Path, cfg: &ModelConfig) -> Result<(tokenizers::Tokenizer, PathBuf)> {
-    let tok = tokenizer::load(path).map_err(|e| {
-        Error::Tokenizer(format!(
-            "the run was trained with {} and the export copies it, but it cannot be read \
-             ({e}); run export where the path resolves (it is as given to record)",
+    if !path.is_file() {
+        return Err(Error::Config(format!(
+            "the run was trained with the tokenizer {}, which the export copies, but it is not \
+             there (the path is as given to record: run export where it resolves)",
             path.display()
-        ))
-    })?;
+        )));
+    }
+    let tok = tokenizer::load(path)?;
     let n = tok.get_vocab_size(true);
     if n > cfg.vocab {
         return Err(Error::Tokenizer(format!(

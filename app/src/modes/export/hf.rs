@@ -18,8 +18,8 @@ pub fn write(input: &Path, out: &Path) -> Result<String> {
         ),
     };
     Ok(format!(
-        "LlamaForCausalLM of step {}: {} layers, hidden {}, {} heads ({} kv), vocab {}, {} \
+        "LlamaForCausalLM of step {}: hidden {}, layers {}, heads {} (kv {}), vocab {}, {} \
          parameters (untied head) in float32; {tokenizer}",
-        e.step, c.layers, c.hidden, c.heads, c.kv_heads, c.vocab, e.params
+        e.step, c.hidden, c.layers, c.heads, c.kv_heads, c.vocab, e.params
     ))
 }
