@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod hf_export;
 pub mod memory;
 pub mod model;
 pub mod objective;
