@@ -18,6 +18,10 @@ pub enum Error {
     #[error("the recorder of {path} has stopped: {message}")]
     RecorderGone { path: PathBuf, message: String },
 
+    /// Writing an export of the session failed (disk full, permissions, …).
+    #[error("cannot write {path}: {message}")]
+    Export { path: PathBuf, message: String },
+
     /// A request the session cannot answer (unknown run or metric, …).
     #[error("{0}")]
     Query(String),

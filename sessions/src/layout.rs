@@ -34,6 +34,8 @@
 //! session). `seq` is the position of each event in the stream a live run produced, so the
 //! reader can merge steps, evals and logged events back into exactly that stream.
 
+use crate::{Phase, StepMetrics};
+
 /// Bump on any incompatible change; readers refuse newer versions.
 pub const FORMAT_VERSION: u32 = 3;
 
@@ -59,6 +61,42 @@ pub const F64_METRICS: [&str; 11] = [
 
 /// How many of [`F64_METRICS`] every format-1 file has; the rest came with format 2.
 pub const F64_METRICS_V1: usize = 7;
+
+/// A step's values of [`F64_METRICS`], in order (NaN geometry at a step without any).
+pub fn f64_metrics(m: &StepMetrics) -> [f64; F64_METRICS.len()] {
+    let g = m.geometry;
+    [
+        m.loss,
+        m.lr,
+        m.grad_norm,
+        m.update_norm,
+        m.param_norm,
+        m.tokens_per_s,
+        m.step_ms,
+        g.map_or(f64::NAN, |g| g.cos),
+        g.map_or(f64::NAN, |g| g.d1),
+        g.map_or(f64::NAN, |g| g.d2),
+        g.map_or(f64::NAN, |g| g.curvature),
+    ]
+}
+
+/// A step's rows of the [`WIDE`] datasets, in order.
+pub fn wide_rows(m: &StepMetrics) -> [&[f64]; WIDE.len()] {
+    [
+        &m.grad_norm_per_layer,
+        &m.grad_norm_per_group,
+        &m.max_update,
+    ]
+}
+
+/// A phase's code in the `phase` column: 0 warmup, 1 stable, 2 decay.
+pub fn phase_code(p: Phase) -> u8 {
+    match p {
+        Phase::Warmup => 0,
+        Phase::Stable => 1,
+        Phase::Decay => 2,
+    }
+}
 
 /// Per-step uint64 columns.
 pub const U64_COLUMNS: [&str; 3] = ["seq", "step", "tokens"];

@@ -17,10 +17,12 @@
 //!
 //! Sessions are recorded to HDF5 by [`Recorder`] (a writer thread) and read back by
 //! [`Session`], which yields the same event stream and random access for plots and the UI;
-//! [`layout`] describes the file.
+//! [`layout`] describes the file. [`export`] writes a session as TensorBoard event files or
+//! CSV.
 
 pub mod buckets;
 pub mod error;
+pub mod export;
 pub mod layout;
 pub mod liveness;
 pub mod reader;

@@ -12,9 +12,9 @@ use super::plan::run_widths;
 use super::report::Notice;
 use super::tables::{ProbeTable, RunSlot};
 use crate::error::{Result, write_err};
-use crate::layout::WIDE;
+use crate::layout::{WIDE, f64_metrics, phase_code, wide_rows};
 use crate::liveness::WriterLock;
-use crate::{Phase, RunEvent, RunId, RunStart, StepMetrics};
+use crate::{RunEvent, RunId, RunStart, StepMetrics};
 
 pub(super) struct SessionWriter {
     pub(super) path: PathBuf,
@@ -185,11 +185,7 @@ impl SessionWriter {
         let path = self.path.clone();
         let slot = self.slot(m.run)?;
         let widths = slot.widths;
-        let rows = [
-            &m.grad_norm_per_layer,
-            &m.grad_norm_per_group,
-            &m.max_update,
-        ];
+        let rows = wide_rows(m);
         for ((name, row), want) in WIDE.iter().zip(rows).zip(widths) {
             if row.len() != want {
                 let got = row.len();
@@ -205,25 +201,8 @@ impl SessionWriter {
         slot.u64s[0].buf.push(seq);
         slot.u64s[1].buf.push(m.step);
         slot.u64s[2].buf.push(m.tokens);
-        slot.phase.buf.push(match m.phase {
-            Phase::Warmup => 0,
-            Phase::Stable => 1,
-            Phase::Decay => 2,
-        });
-        let g = m.geometry;
-        for (col, v) in slot.f64s.iter_mut().zip([
-            m.loss,
-            m.lr,
-            m.grad_norm,
-            m.update_norm,
-            m.param_norm,
-            m.tokens_per_s,
-            m.step_ms,
-            g.map_or(f64::NAN, |g| g.cos),
-            g.map_or(f64::NAN, |g| g.d1),
-            g.map_or(f64::NAN, |g| g.d2),
-            g.map_or(f64::NAN, |g| g.curvature),
-        ]) {
+        slot.phase.buf.push(phase_code(m.phase));
+        for (col, v) in slot.f64s.iter_mut().zip(f64_metrics(m)) {
             col.buf.push(v);
         }
         for (col, row) in slot.wide.iter_mut().zip(rows) {
