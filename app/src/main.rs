@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 
 use wsdscope::cli::{Cli, Command, TokenizerCommand};
@@ -15,7 +16,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     process_setup();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| match e.kind() {
+        // A value outside what a flag allows: one line naming it and the allowed ones.
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            std::process::exit(2);
+        }
+        _ => e.exit(),
+    });
     tui::set_monochrome(
         cli.color
             .monochrome(std::env::var("NO_COLOR").ok().as_deref()),
@@ -56,6 +64,17 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         ExitCode::from(2)
     })
+}
+
+/// clap's rendering of a usage error as one line: its first line, then its notes (the
+/// allowed values, a suggestion), without the pointer to `--help`.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Process-wide settings made once, before any thread starts.

@@ -174,7 +174,7 @@ fn input_it_cannot_take_is_refused_and_nothing_is_written() {
         d,
     );
     assert_eq!(listing(&full), ["keep.txt"]);
-    // An unknown format is clap's: its first line names it, the next the allowed ones.
+    // An unknown format: one line naming it and the allowed ones.
     let r = run(&["export", &f, "--format", "parquet", "--out", o]);
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(
@@ -188,6 +188,7 @@ fn input_it_cannot_take_is_refused_and_nothing_is_written() {
         "{}",
         r.stderr
     );
+    assert_eq!(r.stderr.lines().count(), 1, "one line: {}", r.stderr);
     assert!(!out.exists());
     // An HDF5 file that is not a session.
     let fake = d.join("fake.h5");
