@@ -213,7 +213,7 @@ settings! {
     /// (default min(batch, 4)).
     #[arg(long, value_name = "N")]
     adjustable probe_batch: usize,
-    /// Points per side of the 2-D loss slice (default 9, i.e. 81 losses).
+    /// Points per side of the 2-D loss slice (default 7, i.e. 49 losses).
     #[arg(long, value_name = "N")]
     adjustable probe_grid: usize,
     /// Tensors whose max |Δθ| each step reports (HF names, comma-separated; default: the
