@@ -287,7 +287,7 @@ pub(super) mod sample {
         String = "sample", "\"sample\"" => "sample".into();
         PathBuf = "sample", "\"sample\"" => "sample".into();
         u64 = "7", "7" => 7;
-        usize = "7", "7" => 7;
+        usize = "5", "5" => 5;
         u32 = "7", "7" => 7;
         f64 = "0.5", "0.5" => 0.5;
         bool = "true", "true" => true;
