@@ -152,6 +152,10 @@ pub struct ReplayArgs {
     /// half second and keep the cursor at the end (until you scrub back; `e` follows again).
     #[arg(long)]
     pub follow: bool,
+    /// The step charts' x axis to start with: steps, tokens (runs with other batches meet at
+    /// equal data) or time (each run's training seconds); `x` in the TUI cycles them.
+    #[arg(long, value_enum, default_value_t = XAxis::Steps)]
+    pub x: XAxis,
 }
 
 #[derive(Args, Debug)]
@@ -330,9 +334,10 @@ pub struct PlotArgs {
     pub smooth: f64,
 }
 
-/// What `plot --x` draws against.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+/// What `plot --x` draws against, and the TUI's step charts (`replay --x`, key `x`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XAxis {
+    #[default]
     Steps,
     Tokens,
     Time,
@@ -389,5 +394,27 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "wsdscope", &mut missing);
         assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+    /// `replay --x` picks the step charts' first x axis; a wrong one is named with the choices.
+    #[test]
+    fn replay_takes_the_first_x_axis() {
+        use clap::Parser;
+
+        use super::{Command, XAxis};
+        let axis = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Replay(a)) => Ok(a.x),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(axis(&["wsdscope", "replay", "a.h5"]), Ok(XAxis::Steps));
+        assert_eq!(
+            axis(&["wsdscope", "replay", "a.h5", "b.h5", "--x", "tokens"]),
+            Ok(XAxis::Tokens)
+        );
+        let e = axis(&["wsdscope", "replay", "a.h5", "--x", "epochs"]).unwrap_err();
+        assert!(
+            e.contains("epochs") && e.contains("tokens") && e.contains("time"),
+            "{e}"
+        );
     }
 }

@@ -2,8 +2,9 @@
 //! read back from the screen. `wsdscope run` trains a small model, shows help, toggles log-y,
 //! pauses, survives a tiny terminal, quits after confirmation with a complete session file;
 //! its fork form pauses the run and the branch starts at the step the form showed;
-//! `wsdscope replay` opens that file and moves its cursor. Needs tmux (CI installs it); without
-//! it these tests fail, they do not skip.
+//! `wsdscope replay` opens that file and moves its cursor, and `replay A B --x tokens` puts two
+//! sessions of other batch sizes on a tokens axis that `x` turns into time. Needs tmux (CI
+//! installs it); without it these tests fail, they do not skip.
 
 use std::path::Path;
 
@@ -252,4 +253,67 @@ fn no_color_draws_the_tui_without_colour() {
         assert!(screen.contains("loss"), "the text stays");
         t.keys(&["q"]);
     }
+}
+
+/// Two sessions with batches of 4 and 8 sequences replayed together on a tokens axis
+/// (`--x tokens`): the charts' axes say "tokens" and run to the larger batch's 40 steps;
+/// `x` turns them into training time.
+#[test]
+fn replay_of_two_batch_sizes_on_a_tokens_axis_and_x_cycles_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for batch in ["4", "8"] {
+        let out = dir.path().join(format!("b{batch}.h5"));
+        let mut args = vec!["record", "--out", out.to_str().unwrap(), "--steps", "40"];
+        // SMALL with its batch replaced.
+        for pair in SMALL.chunks(2) {
+            args.push(pair[0]);
+            args.push(if pair[0] == "--batch" { batch } else { pair[1] });
+        }
+        let r = run(&args);
+        assert!(r.ok(), "{}", r.stderr);
+        files.push(out.to_str().unwrap().to_string());
+    }
+    let events = session_events(dir.path(), "b8.h5").unwrap();
+    let per_step = events
+        .iter()
+        .find(|e| e["type"] == "run_start")
+        .map(|e| e["batch"].as_u64().unwrap() * e["seq"].as_u64().unwrap())
+        .unwrap();
+    let t = Tmux::start(
+        dir.path(),
+        120,
+        40,
+        &shell(&["replay", &files[0], &files[1], "--x", "tokens"]),
+    );
+    // The x axis rows: `└` then a tick label.
+    let axes = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| {
+                l.split('└')
+                    .skip(1)
+                    .any(|p| p.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .map(String::from)
+            .collect()
+    };
+    let s = t.wait_for("the tokens axis", |s| !axes(s).is_empty());
+    for row in axes(&s) {
+        assert!(row.contains("tokens"), "{row}\n{s}");
+    }
+    // The axes end at the batch of 8's 40 steps (40 × 8 × 16 = 5120 tokens: "5.12k"), not
+    // at the batch of 4's.
+    assert_eq!(per_step, 8 * 16);
+    assert!(
+        axes(&s).iter().all(|r| r.contains("5.12k")),
+        "the axes should end at 5.12k tokens:\n{s}"
+    );
+    t.keys(&["x"]);
+    let s = t.wait_for("the time axis", |s| {
+        axes(s).iter().all(|r| r.contains("time"))
+    });
+    assert!(s.contains("x axis: training time"), "{s}");
+    t.keys(&["q"]);
+    let end = t.wait_for("exit", |s| s.contains("EXIT="));
+    assert!(end.contains("EXIT=0"), "{end}");
 }

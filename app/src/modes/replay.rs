@@ -1,4 +1,5 @@
-//! `wsdscope replay FILE.h5 [--follow]`: the TUI over a recorded session with a time cursor;
+//! `wsdscope replay FILE.h5 [--follow] [--x steps|tokens|time]`: the TUI over a recorded
+//! session with a time cursor, its step charts on the x axis `--x` names (`x` cycles it);
 //! `replay A.h5 B.h5 …` replays several sessions side by side (see [`merge`]).
 //! The session is opened and read before the terminal is touched, so a bad file gives the
 //! reader's one-line error on a normal terminal. `--follow` re-reads a session that a headless
@@ -25,7 +26,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
         for (f, name) in files.iter().zip(&names) {
             sessions.push((name.clone(), Session::open(f)?.events()?));
         }
-        tui::run_replay(merge(sessions), None, names.join(" + "))?;
+        tui::run_replay(merge(sessions), None, names.join(" + "), args.x)?;
         return Ok(ExitCode::SUCCESS);
     }
     let session = Session::open(&args.file)?;
@@ -36,7 +37,7 @@ pub fn run(args: ReplayArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    tui::run_replay(events, reload, path)?;
+    tui::run_replay(events, reload, path, args.x)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -213,7 +213,7 @@ settings! {
     /// (default min(batch, 4)).
     #[arg(long, value_name = "N")]
     adjustable probe_batch: usize,
-    /// Points per side of the 2-D loss slice (default 9, i.e. 81 losses).
+    /// Points per side of the 2-D loss slice (default 7, i.e. 49 losses).
     #[arg(long, value_name = "N")]
     adjustable probe_grid: usize,
     /// Tensors whose max |Δθ| each step reports (HF names, comma-separated; default: the
@@ -287,7 +287,7 @@ pub(super) mod sample {
         String = "sample", "\"sample\"" => "sample".into();
         PathBuf = "sample", "\"sample\"" => "sample".into();
         u64 = "7", "7" => 7;
-        usize = "7", "7" => 7;
+        usize = "5", "5" => 5;
         u32 = "7", "7" => 7;
         f64 = "0.5", "0.5" => 0.5;
         bool = "true", "true" => true;

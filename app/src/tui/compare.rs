@@ -156,11 +156,6 @@ pub fn describe_fit(f: &PowerLawFit) -> String {
     }
 }
 
-/// Tokens per step of a run, from its start event (batch × seq).
-pub fn tokens_per_step(r: &RunData) -> Option<u64> {
-    r.start.as_ref().map(|s| s.batch as u64 * s.seq as u64)
-}
-
 /// The memory a run holds now: the engine's estimate from its config while it lives (the
 /// parameter state alone when the config is not the trainer's), nothing once it ended (a
 /// finished branch frees its memory).
@@ -194,7 +189,7 @@ fn final_val(r: &RunData) -> Option<f64> {
 /// Every forked run of the state, in id order, compared with the trunk (run 0).
 pub fn branch_rows(state: &TuiState) -> Vec<BranchRow> {
     let trunk = state.runs.get(&0);
-    let trunk_tps = trunk.and_then(tokens_per_step);
+    let trunk_tps = trunk.and_then(RunData::batch_tokens);
     state
         .runs
         .values()
@@ -220,7 +215,7 @@ pub fn branch_rows(state: &TuiState) -> Vec<BranchRow> {
                 fork_step: r.fork_step.unwrap_or(0),
                 schedule,
                 total: r.total().unwrap_or(0),
-                tokens_per_step: tokens_per_step(r).or(trunk_tps).unwrap_or(0),
+                tokens_per_step: r.batch_tokens().or(trunk_tps).unwrap_or(0),
                 last_step: r.steps.last().copied().or(r.end.as_ref().map(|e| e.step)),
                 completed: r.status() == super::state::RunStatus::Completed,
                 final_val_loss: final_val(r),

@@ -9,6 +9,7 @@ use ratatui::layout::{Position, Rect};
 use wsdscope_trainer::schedule::parse_floor;
 use wsdscope_trainer::{DecayLength, DecayShape, ForkLength, ForkRequest, LengthForm, Schedule};
 
+use crate::cli::XAxis;
 use crate::settings::fork_length;
 
 use super::layout;
@@ -77,6 +78,10 @@ pub const KEYS: &[(&str, &str)] = &[
         "o",
         "loss and norms: clip outliers (the warmup) / show every point",
     ),
+    (
+        "x",
+        "x axis: steps → tokens (each run's batch × seq) → time → steps",
+    ),
     ("c", "compare branches: table, endpoint fit, memory"),
     ("v", "views: main → probes → landscape → main"),
     (
@@ -125,6 +130,10 @@ pub const REPLAY_KEYS: &[(&str, &str)] = &[
     (
         "o",
         "loss and norms: clip outliers (the warmup) / show every point",
+    ),
+    (
+        "x",
+        "x axis: steps → tokens (each run's batch × seq) → time → steps",
     ),
     ("c", "compare branches: table, endpoint fit, memory"),
     ("v", "views: main → probes → landscape → main"),
@@ -200,6 +209,17 @@ fn main_key(state: &mut TuiState, key: KeyEvent) -> Option<Action> {
         KeyCode::Char('g' | 'y') => state.ui.log_y = !state.ui.log_y,
         KeyCode::Char('o') => state.ui.clip_outliers = !state.ui.clip_outliers,
         KeyCode::Char('s') => state.ui.smooth = !state.ui.smooth,
+        KeyCode::Char('x') => {
+            state.cycle_x_axis();
+            let text = match state.ui.x_axis {
+                XAxis::Steps => "x axis: steps",
+                XAxis::Tokens => "x axis: tokens (each run's own batch × seq)",
+                XAxis::Time => {
+                    "x axis: training time (each run's step times; a branch continues its parent's)"
+                }
+            };
+            state.set_status(Level::Info, text);
+        }
         KeyCode::Char('c') => state.ui.compare = !state.ui.compare,
         KeyCode::Char('v') => {
             state.ui.compare = false;
@@ -517,7 +537,8 @@ pub fn handle_mouse(state: &mut TuiState, ev: MouseEvent) -> Option<Action> {
     None
 }
 
-/// The step under column `x` of a chart panel (approximate: ignores the y-label margin).
+/// The x (in the axis's unit) under column `x` of a chart panel (approximate: ignores the
+/// y-label margin).
 fn step_at(state: &TuiState, chart: Rect, x: u16) -> f64 {
     let (a, b) = state.x_view();
     let inner_w = chart.width.saturating_sub(2).max(1) as f64;

@@ -358,6 +358,7 @@ pub fn run_replay(
     events: Vec<RunEvent>,
     reload: Option<Box<dyn replay::Reload>>,
     session_path: String,
+    x_axis: crate::cli::XAxis,
 ) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!(
@@ -366,6 +367,7 @@ pub fn run_replay(
     }
     let follow = reload.is_some();
     let mut state = TuiState::replay(Some(session_path), follow);
+    state.set_x_axis(x_axis);
     let mut source = replay::ReplaySource::new(events, reload);
     source.start(&mut state);
     let mut guard = terminal::TerminalGuard::enter().context("cannot set up the terminal")?;

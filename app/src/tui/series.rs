@@ -139,19 +139,30 @@ impl Column {
 /// jump needlessly). The nearest sample outside the range on each side is included, so lines
 /// reach the chart's edges. Non-finite values are left out.
 pub fn envelope(steps: &[u64], col: &Column, lo: f64, hi: f64, buckets: usize) -> Vec<(f64, f64)> {
+    envelope_on(steps, col, (lo, hi, buckets), |s| s as f64)
+}
+
+/// [`envelope`] on an x axis other than the steps: `x` maps a step to it and must not
+/// decrease with the step (tokens, training time); `lo..=hi` and the points are in its unit.
+pub fn envelope_on(
+    steps: &[u64],
+    col: &Column,
+    (lo, hi, buckets): (f64, f64, usize),
+    x: impl Fn(u64) -> f64,
+) -> Vec<(f64, f64)> {
     let n = steps.len().min(col.len());
     let steps = &steps[..n];
     let values = &col.values()[..n];
     if n == 0 || buckets == 0 || hi.is_nan() || lo.is_nan() || hi < lo {
         return Vec::new();
     }
-    let first = steps.partition_point(|&s| (s as f64) < lo);
-    let end = steps.partition_point(|&s| (s as f64) <= hi);
+    let first = steps.partition_point(|&s| x(s) < lo);
+    let end = steps.partition_point(|&s| x(s) <= hi);
     let mut out = Vec::with_capacity(2 * buckets + 2);
     let push = |out: &mut Vec<(f64, f64)>, i: usize| {
         let v = values[i];
         if v.is_finite() {
-            out.push((steps[i] as f64, v));
+            out.push((x(steps[i]), v));
         }
     };
     if first > 0 {
@@ -169,7 +180,7 @@ pub fn envelope(steps: &[u64], col: &Column, lo: f64, hi: f64, buckets: usize) -
             let b = if j + 1 == buckets {
                 end
             } else {
-                a + steps[a..end].partition_point(|&s| (s as f64) < right)
+                a + steps[a..end].partition_point(|&s| x(s) < right)
             };
             if b > a {
                 if b - a == 1 {
@@ -178,18 +189,18 @@ pub fn envelope(steps: &[u64], col: &Column, lo: f64, hi: f64, buckets: usize) -
                     && mn.is_finite()
                     && mx.is_finite()
                 {
-                    let x = lo + width * (j as f64 + 0.5);
+                    let mid = lo + width * (j as f64 + 0.5);
                     let prev = out.last().map(|p| p.1);
                     // Visit the extreme nearer to where the line already is first.
                     let max_first = prev.is_some_and(|p| (p - mx).abs() < (p - mn).abs());
                     if mn == mx {
-                        out.push((x, mn));
+                        out.push((mid, mn));
                     } else if max_first {
-                        out.push((x, mx));
-                        out.push((x, mn));
+                        out.push((mid, mx));
+                        out.push((mid, mn));
                     } else {
-                        out.push((x, mn));
-                        out.push((x, mx));
+                        out.push((mid, mn));
+                        out.push((mid, mx));
                     }
                 }
             }

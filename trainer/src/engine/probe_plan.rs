@@ -10,16 +10,23 @@
 //! margin for probes that take longer than estimated):
 //! 1. the last step of every decay (the trunk's and each sibling's last step, every
 //!    branch's last step);
-//! 2. the last stable step before the trunk's (or a sibling's) decay, and every branch's
-//!    first step;
-//! 3. the other decay points of the trunk and siblings (`decay_points` evenly spaced points
-//!    through the decay, its last step included);
+//! 2. the other decay points of the trunk and siblings (`decay_points` evenly spaced points
+//!    through the decay, its last step included), and every branch's first step (where its
+//!    decay starts);
+//! 3. the last stable step before the trunk's (or a sibling's) decay;
 //! 4. mid-stable;
 //! 5. the end of warmup.
 //!
-//! Then, while the budget and that margin allow, one more run of the kind and run whose
-//! largest gap between probes is the largest, at that gap's middle (an even spread, as the
-//! old rotation had).
+//! At the default budget (5%) one round of the four kinds costs more than half of it,
+//! sharpness alone about a third (its Lanczos runs cannot be shortened without losing the
+//! eigenvalue), so the decay comes first: the default run's first plan puts every kind at the
+//! decay's last step and the cheap ones (noise scale, slices) at each point through it; a
+//! probe that costs more than estimated may cost a cheap one a point.
+//!
+//! Then, while the budget allows with half of what is planned left over (these run before
+//! the later anchors, whose probes may overrun their estimates), one more run of the kind and
+//! run whose largest gap between probes is the largest, at that gap's middle (an even spread,
+//! as the old rotation had).
 //! Costs and budget are in one unit (the engine's are seconds; the budget is the probes'
 //! share of the time of all the steps the runs train, less what the probes took).
 
@@ -39,6 +46,11 @@ const MAX_EXTRA: usize = 256;
 /// leave unspent.
 const MARGIN: f64 = 0.2;
 
+/// The share of what is planned that the spread beyond the anchors leaves unspent: its probes
+/// fall in the gaps before the later anchors, so they run first, and an overrun of the
+/// anchors' estimates must still find room at the decay (half as long again as estimated).
+const SPREAD_MARGIN: f64 = 0.5;
+
 /// Slack for the sums of costs (a budget of exactly two rounds affords two rounds).
 const EPS: f64 = 1e-9;
 
@@ -55,12 +67,13 @@ pub(super) struct RunSpan {
     pub branch: bool,
 }
 
-/// Why a step is an anchor; the order is the priority (first kept first).
+/// Why a step is an anchor; the order is the priority (first kept first): the decay, where
+/// the loss drops, before the states it starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Anchor {
     DecayEnd,
-    LastStable,
     DecayPoint,
+    LastStable,
     MidStable,
     WarmupEnd,
 }
@@ -70,8 +83,9 @@ pub(super) fn anchors(r: &RunSpan, decay_points: u64, done: u64) -> Vec<(Anchor,
     let b = r.bounds;
     let mut out = Vec::new();
     if r.branch {
+        // A branch decays from its first step: that step starts its decay.
         out.push((Anchor::DecayEnd, b.total));
-        out.push((Anchor::LastStable, r.from + 1));
+        out.push((Anchor::DecayPoint, r.from + 1));
     } else {
         let has_stable = b.decay_start > b.warmup_end;
         let has_decay = b.total > b.decay_start;
@@ -201,7 +215,7 @@ fn largest_gap(r: &RunSpan, done: u64, steps: impl Iterator<Item = u64>) -> Opti
 type Candidate = ((u64, usize, usize), RunId, ProbeKind, u64);
 
 /// Adds one run at a time of the (run, kind) with the largest gap, at its middle, while the
-/// plan (`planned` so far) and its margin stay within the budget.
+/// plan (`planned` so far) and the spread's margin stay within the budget.
 fn spread(
     input: &PlanInput,
     chosen: &mut BTreeMap<(RunId, ProbeKind), BTreeSet<u64>>,
@@ -212,7 +226,7 @@ fn spread(
         for (ri, (r, done)) in input.runs.iter().enumerate() {
             for (ki, &k) in input.kinds.iter().enumerate() {
                 let c = input.cost.get(&k).copied().unwrap_or(f64::INFINITY);
-                if !(c > 0.0 && (planned + c) * (1.0 + MARGIN) <= input.budget + EPS) {
+                if !(c > 0.0 && (planned + c) * (1.0 + SPREAD_MARGIN) <= input.budget + EPS) {
                     continue;
                 }
                 let past = input.past.get(&(r.run, k)).into_iter().flatten();
@@ -319,9 +333,9 @@ mod tests {
             a,
             vec![
                 (Anchor::DecayEnd, 600),
-                (Anchor::LastStable, 540),
                 (Anchor::DecayPoint, 560),
                 (Anchor::DecayPoint, 580),
+                (Anchor::LastStable, 540),
                 (Anchor::MidStable, 300),
                 (Anchor::WarmupEnd, 60),
             ]
@@ -352,7 +366,7 @@ mod tests {
             let slack = budget - spent(&p);
             let noise = costs()[&ProbeKind::Noise];
             assert!(
-                slack < MARGIN * spent(&p) + (1.0 + MARGIN) * noise + 1e-9,
+                slack < SPREAD_MARGIN * spent(&p) + (1.0 + SPREAD_MARGIN) * noise + 1e-9,
                 "budget {budget}: {slack} left"
             );
         }
@@ -367,7 +381,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tight_budget_keeps_the_decay_and_the_last_stable_step_first() {
+    fn a_tight_budget_keeps_the_decay_first_then_the_last_stable_step() {
         let c = costs();
         let round: f64 = c.values().sum();
         let with_margin = 1.0 + MARGIN;
@@ -377,15 +391,20 @@ mod tests {
         for k in KINDS {
             assert_eq!(steps_of(&p, 0, k), vec![600], "{k}");
         }
-        // Two rounds and their margin: the last stable step too.
+        // Two rounds and their margin: the first point through the decay too.
         let p = plan_of(&[(trunk(), 0)], 2.0 * round * with_margin);
         for k in KINDS {
-            assert_eq!(steps_of(&p, 0, k), vec![540, 600], "{k}");
+            assert_eq!(steps_of(&p, 0, k), vec![560, 600], "{k}");
         }
         // Without the margin, the second round is not planned whole.
         let p = plan_of(&[(trunk(), 0)], 2.0 * round);
         assert_eq!(steps_of(&p, 0, ProbeKind::Landscape), vec![600]);
-        // Four: the decay points, before mid-stable and the end of warmup.
+        // Four: the last stable step after the decay points, before mid-stable and the end
+        // of warmup.
+        let p = plan_of(&[(trunk(), 0)], 3.0 * round * with_margin);
+        for k in KINDS {
+            assert_eq!(steps_of(&p, 0, k), vec![560, 580, 600], "{k}");
+        }
         let p = plan_of(&[(trunk(), 0)], 4.0 * round * with_margin);
         for k in KINDS {
             assert_eq!(steps_of(&p, 0, k), vec![540, 560, 580, 600], "{k}");
@@ -395,10 +414,36 @@ mod tests {
             &[(trunk(), 0)],
             (round + c[&ProbeKind::Noise]) * with_margin,
         );
-        assert_eq!(steps_of(&p, 0, ProbeKind::Noise), vec![540, 600]);
+        assert_eq!(steps_of(&p, 0, ProbeKind::Noise), vec![560, 600]);
         assert_eq!(steps_of(&p, 0, ProbeKind::Sharpness), vec![600]);
         // Too little for anything: nothing.
         assert!(plan_of(&[(trunk(), 0)], 0.5).is_empty());
+    }
+
+    /// The default `record` at the default budget (5% of 600 steps: 30 steps' worth) with the
+    /// default settings' estimated costs: every kind where the decay ends, and the cheap
+    /// kinds (noise scale, slices) at each of the three points through it.
+    #[test]
+    fn the_default_budget_puts_every_kind_in_the_decay() {
+        let budget = 0.05 * 600.0;
+        let p = plan_of(&[(trunk(), 0)], budget);
+        let in_decay = |k| -> Vec<u64> {
+            steps_of(&p, 0, k)
+                .into_iter()
+                .filter(|&s| s > 540 && s <= 600)
+                .collect()
+        };
+        for k in KINDS {
+            assert!(in_decay(k).contains(&600), "{k}: {:?}", steps_of(&p, 0, k));
+        }
+        for k in [ProbeKind::Noise, ProbeKind::Slice] {
+            assert_eq!(in_decay(k), vec![560, 580, 600], "{k}");
+        }
+        // Nothing is planned outside the decay: the budget goes where the loss drops.
+        for k in KINDS {
+            assert_eq!(steps_of(&p, 0, k), in_decay(k), "{k}");
+        }
+        assert!(spent(&p) <= budget);
     }
 
     #[test]
@@ -415,15 +460,26 @@ mod tests {
         };
         assert_eq!(
             anchors(&branch, 3, 300),
-            vec![(Anchor::DecayEnd, 360), (Anchor::LastStable, 301)]
+            vec![(Anchor::DecayEnd, 360), (Anchor::DecayPoint, 301)]
         );
         let round: f64 = costs().values().sum();
-        // The trunk at step 300: its decay end and the branch's ends come before the rest.
+        // The trunk at step 300: both decays' ends, then the points through the decays (the
+        // trunk's, the branch's first step), then the trunk's last stable step.
         let runs = [(trunk(), 300), (branch, 300)];
-        let p = plan_of(&runs, 4.0 * round * (1.0 + MARGIN));
+        let p = plan_of(&runs, 2.0 * round);
+        for k in KINDS {
+            assert_eq!(steps_of(&p, 1, k), vec![360], "{k}");
+            assert_eq!(steps_of(&p, 0, k), vec![600], "{k}");
+        }
+        let p = plan_of(&runs, 5.0 * round * (1.0 + MARGIN));
         for k in KINDS {
             assert_eq!(steps_of(&p, 1, k), vec![301, 360], "{k}");
-            assert_eq!(steps_of(&p, 0, k), vec![540, 600], "{k}");
+            assert_eq!(steps_of(&p, 0, k), vec![560, 580, 600], "{k}");
+        }
+        let p = plan_of(&runs, 6.0 * round * (1.0 + MARGIN));
+        for k in KINDS {
+            assert_eq!(steps_of(&p, 1, k), vec![301, 360], "{k}");
+            assert_eq!(steps_of(&p, 0, k), vec![540, 560, 580, 600], "{k}");
         }
         // Nothing before a run's completed step.
         let p = plan_of(&runs, 1e4);
@@ -458,16 +514,18 @@ mod tests {
 
     #[test]
     fn prior_costs_lie_in_the_measured_ranges_of_the_default_preset() {
-        // Measured in default `record` runs on 2 loaded cores, in training steps: sharpness
-        // 5.2–16.0, landscape 6.7–8.8, slices 1.3–4.2, noise 0.6–1.9.
+        // Measured in default `record` runs, `bench --probes` and `trainer/tests/
+        // probe_settings.rs` on 2 loaded cores, in training steps, with the default settings:
+        // sharpness 5.2–16.0, landscape (7×7) 2.8–5.6, slices (2 × 9 points) 0.6–2.2, noise
+        // 0.6–1.9.
         let c = costs();
         let within = |k, lo, hi| {
             let v = c[&k];
             assert!((lo..=hi).contains(&v), "{k}: {v} outside {lo}–{hi}");
         };
         within(ProbeKind::Sharpness, 5.2, 16.0);
-        within(ProbeKind::Landscape, 6.7, 8.8);
-        within(ProbeKind::Slice, 1.3, 4.2);
+        within(ProbeKind::Landscape, 2.8, 5.6);
+        within(ProbeKind::Slice, 0.6, 2.2);
         within(ProbeKind::Noise, 0.6, 1.9);
     }
 }

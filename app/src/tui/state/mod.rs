@@ -4,9 +4,11 @@
 //! what the main loop sets (terminal size, dropped display samples).
 //!
 //! The parts: a run's data ([`RunData`], `run.rs`), the UI's own state ([`UiState`],
-//! `ui.rs`), and the visible step range with its zoom window (`zoom.rs`); here the whole
+//! `ui.rs`), the visible range with its zoom window (`zoom.rs`) on the x axis each run's
+//! steps map to (`axis.rs`: steps, tokens or training time); here the whole
 //! state ([`TuiState`]) and how an event changes it.
 
+mod axis;
 mod run;
 mod ui;
 mod zoom;
@@ -16,6 +18,7 @@ use std::collections::BTreeMap;
 use wsdscope_sessions::{EndReason, NoteKind, RunEvent, RunId};
 use wsdscope_trainer::{RunConfig, Schedule};
 
+pub use self::axis::RunAxis;
 pub use self::run::{EMA_ALPHA, EndInfo, RunData, RunStatus};
 pub use self::ui::{ForkField, ForkForm, Level, Overlay, ReplayUi, Status, UiState, View};
 

@@ -69,6 +69,9 @@ pub struct RunData {
     pub tokens: Vec<u64>,
     pub tokens_per_s: Vec<f64>,
     pub step_ms: Vec<f64>,
+    /// Seconds of training at the end of each step since the run's first recorded step began:
+    /// the running sum of `step_ms` (a step without a finite time adds nothing).
+    pub clock: Vec<f64>,
     pub phase: Vec<Phase>,
     /// Per-layer gradient norms of the latest step only (a history would cost layers × steps).
     pub grad_norm_per_layer: Vec<f64>,
@@ -117,6 +120,11 @@ impl RunData {
 
     pub fn phases(&self) -> Option<PhaseBounds> {
         self.start.as_ref().map(|s| s.phases)
+    }
+
+    /// Tokens per step: the run's own batch × seq, from its start event.
+    pub fn batch_tokens(&self) -> Option<u64> {
+        self.start.as_ref().map(|s| s.batch as u64 * s.seq as u64)
     }
 
     /// The last step the run is planned to reach.
@@ -217,6 +225,7 @@ impl RunData {
         self.tokens.truncate(keep);
         self.tokens_per_s.truncate(keep);
         self.step_ms.truncate(keep);
+        self.clock.truncate(keep);
         self.phase.truncate(keep);
         // Rebuild the EMAs' running state from the kept prefix.
         self.ema = Ema::over(self.loss.values());
@@ -240,6 +249,13 @@ impl RunData {
         self.tokens.push(m.tokens);
         self.tokens_per_s.push(m.tokens_per_s);
         self.step_ms.push(m.step_ms);
+        let dt = if m.step_ms.is_finite() && m.step_ms > 0.0 {
+            m.step_ms / 1e3
+        } else {
+            0.0
+        };
+        self.clock
+            .push(self.clock.last().copied().unwrap_or(0.0) + dt);
         self.phase.push(m.phase);
         self.grad_norm_per_layer.clone_from(&m.grad_norm_per_layer);
         self.grad_norm_per_group.clone_from(&m.grad_norm_per_group);

@@ -93,7 +93,7 @@ impl View {
 /// What belongs to the UI alone.
 #[derive(Debug, Clone)]
 pub struct UiState {
-    /// Visible step range; `None` shows the whole run.
+    /// Visible x range (in the unit of `x_axis`); `None` shows the whole run.
     pub zoom: Option<(f64, f64)>,
     pub selected: RunId,
     pub log_y: bool,
@@ -101,6 +101,8 @@ pub struct UiState {
     /// see `views::yrange`).
     pub clip_outliers: bool,
     pub smooth: bool,
+    /// What the step charts' x axis shows: steps, tokens or training time (key `x`).
+    pub x_axis: crate::cli::XAxis,
     /// The branches view: the comparison table and the endpoint fit in place of the other
     /// panels (key `c`).
     pub compare: bool,
@@ -159,6 +161,7 @@ impl Default for UiState {
             log_y: false,
             clip_outliers: true,
             smooth: true,
+            x_axis: crate::cli::XAxis::Steps,
             compare: false,
             view: View::Main,
             overlay: Overlay::None,

@@ -14,6 +14,7 @@ mod outliers;
 mod replay_mode;
 mod screens;
 mod siblings;
+mod x_axis;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@ use ratatui::widgets::Widget;
 
 use super::plot::{Plot, Series, XMarker};
 use super::{FAINT, LABEL, buckets, run_color};
-use crate::tui::compare::{self, Comparison};
+use crate::tui::compare::Comparison;
 use crate::tui::state::TuiState;
 
 pub struct FitPanel<'a> {
@@ -41,7 +41,7 @@ impl Widget for FitPanel<'_> {
         let mut series = Vec::new();
         // The trunk's val loss over the same token range.
         if let Some(t) = state.runs.get(&0)
-            && let Some(tps) = compare::tokens_per_step(t)
+            && let Some(tps) = t.batch_tokens()
             && !cmp.endpoints.is_empty()
         {
             let pts: Vec<(f64, f64)> = t

@@ -10,9 +10,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Widget;
 
 use super::plot::{Plot, Series};
-use super::{FAINT, LABEL, buckets, clipped_marker, draw_order, run_color, y_fit};
+use super::{FAINT, LABEL, buckets, clipped_marker, curve, draw_order, run_color, y_fit};
 use crate::tui::format;
-use crate::tui::series::envelope;
 use crate::tui::state::TuiState;
 
 pub struct LossPanel<'a>(pub &'a TuiState);
@@ -26,7 +25,10 @@ impl Widget for LossPanel<'_> {
         let mut series = Vec::new();
         if state.ui.smooth {
             for r in &runs {
-                series.push(Series::line(envelope(&r.steps, &r.loss, lo, hi, n), FAINT));
+                series.push(Series::line(
+                    curve(state, r, &r.steps, &r.loss, (lo, hi, n)),
+                    FAINT,
+                ));
             }
         }
         for r in &runs {
@@ -35,7 +37,7 @@ impl Widget for LossPanel<'_> {
             } else {
                 &r.loss
             };
-            let line = Series::line(envelope(&r.steps, col, lo, hi, n), run_color(r.id));
+            let line = Series::line(curve(state, r, &r.steps, col, (lo, hi, n)), run_color(r.id));
             series.push(if r.parent.is_some() {
                 line.kept()
             } else {
@@ -44,19 +46,20 @@ impl Widget for LossPanel<'_> {
         }
         for r in &runs {
             series.push(Series::dots(
-                envelope(&r.eval_steps, &r.val_loss, lo, hi, n),
+                curve(state, r, &r.eval_steps, &r.val_loss, (lo, hi, n)),
                 run_color(r.id),
             ));
         }
         // Each branch's predicted training loss (multi-power law): as made at its fork, and
         // (faint) as refitted with the branch's own steps while it runs.
-        let visible = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
-            pts.iter()
-                .copied()
-                .filter(|&(x, _)| x >= lo && x <= hi)
-                .collect()
-        };
         for r in &runs {
+            let axis = state.run_axis(r);
+            let visible = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
+                pts.iter()
+                    .map(|&(s, y)| (axis.x(s), y))
+                    .filter(|&(x, _)| x >= lo && x <= hi)
+                    .collect()
+            };
             if let Some(f) = state.forecasts.get(&r.id) {
                 if let Some(now) = f.now.as_ref().filter(|_| f.actual.is_none()) {
                     series.push(Series::dotted(visible(now), FAINT));
@@ -108,8 +111,9 @@ impl Widget for LossPanel<'_> {
             title.push(Span::styled(" [log-y]", Style::default().fg(LABEL)));
         }
         if state.ui.zoom.is_some() {
+            let axis = state.ui.x_axis;
             title.push(Span::styled(
-                format!(" [steps {}–{}]", format::step(lo), format::step(hi)),
+                format!(" [{} {}–{}]", axis.name(), axis.tick(lo), axis.tick(hi)),
                 Style::default().fg(LABEL),
             ));
         }
@@ -120,6 +124,7 @@ impl Widget for LossPanel<'_> {
         Plot {
             title: Line::from(title),
             x: (lo, hi),
+            x_axis: state.ui.x_axis,
             log_y: state.ui.log_y,
             y_fit: y_fit(state),
             series,

@@ -9,8 +9,7 @@ use ratatui::widgets::Widget;
 use wsdscope_sessions::Phase;
 
 use super::plot::{Plot, Series};
-use super::{FAINT, buckets, draw_order, fork_markers, phase_bands, phase_bg, run_color};
-use crate::tui::series::envelope;
+use super::{FAINT, buckets, curve, draw_order, fork_markers, phase_bands, phase_bg, run_color};
 use crate::tui::state::TuiState;
 
 pub struct LrPanel<'a>(pub &'a TuiState);
@@ -24,11 +23,17 @@ impl Widget for LrPanel<'_> {
         if let Some(trunk) = state.trunk()
             && let (Some(sched), Some(total)) = (&trunk.schedule, trunk.total())
         {
-            series.push(Series::line(planned(sched, lo, hi, n, total), FAINT));
+            // Planned over the trunk's steps that the visible range covers.
+            let axis = state.run_axis(trunk);
+            let points = planned(sched, axis.step(lo), axis.step(hi), n, total)
+                .into_iter()
+                .map(|(s, y)| (axis.x(s), y))
+                .collect();
+            series.push(Series::line(points, FAINT));
         }
         for r in draw_order(state) {
             series.push(Series::line(
-                envelope(&r.steps, &r.lr, lo, hi, n),
+                curve(state, r, &r.steps, &r.lr, (lo, hi, n)),
                 run_color(r.id),
             ));
         }
@@ -46,6 +51,7 @@ impl Widget for LrPanel<'_> {
         Plot {
             title,
             x: (lo, hi),
+            x_axis: state.ui.x_axis,
             include_zero: true,
             series,
             bands: phase_bands(state),
@@ -57,7 +63,8 @@ impl Widget for LrPanel<'_> {
     }
 }
 
-/// The schedule's lr at the bucket centres of `lo..=hi` plus its phase corners, up to `total`.
+/// The schedule's lr at the bucket centres of the steps `lo..=hi` plus its phase corners, up
+/// to `total`, as (step, lr).
 fn planned(
     sched: &wsdscope_trainer::Schedule,
     lo: f64,

@@ -27,7 +27,7 @@ use wsdscope_sessions::{Phase, RunId};
 use self::plot::{Band, XMarker};
 use super::compare::Comparison;
 use super::layout::{self, MIN_HEIGHT, MIN_WIDTH};
-use super::series::Column;
+use super::series::{Column, envelope_on};
 use super::state::{Overlay, RunData, TuiState, View};
 
 /// Axis lines and panel borders.
@@ -88,8 +88,7 @@ pub fn y_fit(state: &TuiState) -> yrange::YFit {
         yrange::YFit::Clipped {
             warmup_end: state
                 .trunk()
-                .and_then(RunData::phases)
-                .map(|p| p.warmup_end as f64),
+                .and_then(|t| Some(state.run_axis(t).x(t.phases()?.warmup_end as f64))),
         }
     } else {
         yrange::YFit::All
@@ -109,23 +108,31 @@ pub fn clipped_marker(state: &TuiState, title_width: usize, width: u16) -> Optio
         .map(|m| Span::styled(m, Style::default().fg(LABEL)))
 }
 
-/// The trunk's warmup/stable/decay phases as background bands of a step chart.
+/// A run's per-step `col` (aligned with `steps`) on the chosen x axis, reduced to `n`
+/// buckets over the visible `lo..=hi` (see [`envelope_on`]).
+pub fn curve(
+    state: &TuiState,
+    r: &RunData,
+    steps: &[u64],
+    col: &Column,
+    (lo, hi, n): (f64, f64, usize),
+) -> Vec<(f64, f64)> {
+    let axis = state.run_axis(r);
+    envelope_on(steps, col, (lo, hi, n), |s| axis.x(s as f64))
+}
+
+/// The trunk's warmup/stable/decay phases as background bands of a step chart, on the chosen
+/// x axis.
 pub fn phase_bands(state: &TuiState) -> Vec<Band> {
-    let Some(p) = state.trunk().and_then(RunData::phases) else {
+    let (Some(p), Some(axis)) = (state.trunk().and_then(RunData::phases), state.trunk_axis())
+    else {
         return Vec::new();
     };
+    let x = |s: u64| axis.x(s as f64 + 0.5);
     let edges = [
-        (f64::NEG_INFINITY, p.warmup_end as f64 + 0.5, Phase::Warmup),
-        (
-            p.warmup_end as f64 + 0.5,
-            p.decay_start as f64 + 0.5,
-            Phase::Stable,
-        ),
-        (
-            p.decay_start as f64 + 0.5,
-            p.total as f64 + 0.5,
-            Phase::Decay,
-        ),
+        (f64::NEG_INFINITY, x(p.warmup_end), Phase::Warmup),
+        (x(p.warmup_end), x(p.decay_start), Phase::Stable),
+        (x(p.decay_start), x(p.total), Phase::Decay),
     ];
     edges
         .into_iter()
@@ -146,7 +153,7 @@ pub fn fork_markers(state: &TuiState) -> Vec<XMarker> {
         .values()
         .filter_map(|r| {
             r.fork_step.map(|s| XMarker {
-                x: s as f64,
+                x: state.x_of(r.id, s as f64),
                 color: run_color(r.id),
                 label: format!("⑂{}", r.id),
             })

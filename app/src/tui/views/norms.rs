@@ -9,9 +9,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Widget;
 
 use super::plot::{Plot, Series};
-use super::{FAINT, LABEL, buckets, clipped_marker, draw_order, run_color, y_fit};
+use super::{FAINT, LABEL, buckets, clipped_marker, curve, draw_order, run_color, y_fit};
 use crate::tui::format;
-use crate::tui::series::{Column, envelope};
+use crate::tui::series::Column;
 use crate::tui::state::{RunData, TuiState};
 
 pub struct NormsPanel<'a>(pub &'a TuiState);
@@ -80,7 +80,8 @@ fn plot<'a>(
     let series = draw_order(state)
         .into_iter()
         .map(|r| {
-            let line = Series::line(envelope(&r.steps, col(r), lo, hi, n), run_color(r.id));
+            let points = curve(state, r, &r.steps, col(r), (lo, hi, n));
+            let line = Series::line(points, run_color(r.id));
             if r.parent.is_some() {
                 line.kept()
             } else {
@@ -95,6 +96,7 @@ fn plot<'a>(
     Plot {
         title,
         x: (lo, hi),
+        x_axis: state.ui.x_axis,
         log_y: state.ui.log_y,
         y_fit: y_fit(state),
         include_zero: !state.ui.log_y,

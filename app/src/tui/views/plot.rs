@@ -1,7 +1,8 @@
-//! A compact line chart on a braille canvas: y labels, a step axis, background bands (the
-//! schedule's phases) and vertical markers (fork points). The panels give it already
-//! reduced points (see `series::envelope`), so drawing costs O(width) whatever the run length.
-//! The x axis is a step range by default; with `x_values` it is any value range (loss slices).
+//! A compact line chart on a braille canvas: y labels, an x axis with its title, background
+//! bands (the schedule's phases) and vertical markers (fork points). The panels give it
+//! already reduced points (see `series::envelope`), so drawing costs O(width) whatever the
+//! run length. The x axis is steps, tokens or training time (`x_axis`); with `x_values` it
+//! is any value range (loss slices), untitled.
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
@@ -13,6 +14,7 @@ use ratatui::widgets::{Block, Widget};
 
 use super::yrange::{YFit, extent};
 use super::{AXIS, LABEL};
+use crate::cli::XAxis;
 use crate::tui::format;
 
 /// How a series is drawn.
@@ -92,9 +94,11 @@ pub struct XMarker {
 #[derive(Debug, Clone, Default)]
 pub struct Plot<'a> {
     pub title: Line<'a>,
-    /// The visible step range (or value range with `x_values`).
+    /// The visible range on `x_axis` (or value range with `x_values`).
     pub x: (f64, f64),
-    /// Label the x axis with values (`-0.5`, `0`, `1.2`) rather than step numbers.
+    /// What the x axis measures: its title and how its ticks read (`1200`, `2.46M`, `1m20s`).
+    pub x_axis: XAxis,
+    /// Label the x axis with values (`-0.5`, `0`, `1.2`) and no title rather than `x_axis`.
     pub x_values: bool,
     pub log_y: bool,
     /// Every point inside the y range, or outliers clipped (drawn on the range's edge).
@@ -372,10 +376,12 @@ impl Widget for Plot<'_> {
                 .set_symbol("─")
                 .set_style(axis_style);
         }
-        let fmt_x = if self.x_values {
-            format::value
-        } else {
-            format::step
+        let fmt_x = |x: f64| {
+            if self.x_values {
+                format::value(x)
+            } else {
+                self.x_axis.tick(x)
+            }
         };
         let left = fmt_x(x0);
         let right = fmt_x(x1);
@@ -392,8 +398,19 @@ impl Widget for Plot<'_> {
             let rx = plot.right() - rw as u16;
             buf.set_stringn(rx, y_axis, &right, rw, label_style);
             let mx = plot.x + (plot.width / 2).saturating_sub(mw as u16 / 2);
+            // The stretch between the first label and the next one drawn.
+            let mut free_to = rx;
             if mx > plot.x + lw as u16 + 1 && mx + (mw as u16) + 1 < rx {
                 buf.set_stringn(mx, y_axis, &mid, mw, label_style);
+                free_to = mx;
+            }
+            // The axis's title in the middle of that stretch, where it fits with a gap.
+            let title = self.x_axis.name();
+            let tw = title.chars().count() as u16;
+            let free_from = plot.x + lw as u16;
+            if !self.x_values && free_to >= free_from + tw + 4 {
+                let tx = free_from + (free_to - free_from - tw) / 2;
+                buf.set_stringn(tx, y_axis, title, tw as usize, label_style);
             }
         }
     }

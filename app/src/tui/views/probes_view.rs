@@ -16,14 +16,14 @@ use ratatui::widgets::{Block, Widget};
 
 use super::plot::{Plot, Series};
 use super::{
-    AXIS, FAINT, LABEL, buckets, draw_order, fork_markers, latest_finite, no_probe_text,
+    AXIS, FAINT, LABEL, buckets, curve, draw_order, fork_markers, latest_finite, no_probe_text,
     phase_bands, run_color,
 };
 use wsdscope_sessions::ProbeKind;
 use wsdscope_sessions::vocabulary::{Drawing, noise, sharpness};
 
 use crate::tui::format;
-use crate::tui::series::{Column, envelope};
+use crate::tui::series::Column;
 use crate::tui::state::{RunData, TuiState};
 
 const SHARPNESS: &str = ProbeKind::Sharpness.name();
@@ -75,6 +75,7 @@ impl Widget for ChartPanel<'_> {
         let no_probe;
         let mut plot = Plot {
             x: (lo, hi),
+            x_axis: state.ui.x_axis,
             bands: phase_bands(state),
             markers: fork_markers(state),
             empty: "no step geometry yet (it needs two steps)",
@@ -94,7 +95,7 @@ impl Widget for ChartPanel<'_> {
             Chart::Cos => {
                 name = "cos(g(t+1), g(t))";
                 legend.push(Span::styled("between successive steps", faint));
-                plot.series = lines(&runs, |r| &r.grad_cos, lo, hi, n);
+                plot.series = lines(state, &runs, |r| &r.grad_cos, lo, hi, n);
                 plot.refs = vec![(0.0, FAINT)];
                 plot.include_zero = true;
                 latest = geometry(|r| &r.grad_cos);
@@ -102,7 +103,7 @@ impl Widget for ChartPanel<'_> {
             Chart::D1 => {
                 name = "D1";
                 legend.push(Span::styled("slope along the last update", faint));
-                plot.series = lines(&runs, |r| &r.d1, lo, hi, n);
+                plot.series = lines(state, &runs, |r| &r.d1, lo, hi, n);
                 plot.refs = vec![(0.0, FAINT)];
                 plot.include_zero = true;
                 latest = geometry(|r| &r.d1);
@@ -110,7 +111,7 @@ impl Widget for ChartPanel<'_> {
             Chart::D2 => {
                 name = "D2";
                 legend.push(Span::styled("curvature along the last update", faint));
-                plot.series = lines(&runs, |r| &r.d2, lo, hi, n);
+                plot.series = lines(state, &runs, |r| &r.d2, lo, hi, n);
                 plot.refs = vec![(0.0, FAINT)];
                 plot.include_zero = true;
                 latest = geometry(|r| &r.d2);
@@ -121,17 +122,17 @@ impl Widget for ChartPanel<'_> {
                 if smooth {
                     for r in &runs {
                         plot.series.push(Series::line(
-                            envelope(&r.steps, &r.curvature, lo, hi, n),
+                            curve(state, r, &r.steps, &r.curvature, (lo, hi, n)),
                             FAINT,
                         ));
                     }
                     plot.series
-                        .extend(lines(&runs, |r| &r.curvature_ema, lo, hi, n));
+                        .extend(lines(state, &runs, |r| &r.curvature_ema, lo, hi, n));
                     legend.push(Span::styled("── EMA", Style::default().fg(sel_color)));
                     legend.push(Span::styled(" ── raw", faint));
                     latest = geometry(|r| &r.curvature_ema);
                 } else {
-                    plot.series = lines(&runs, |r| &r.curvature, lo, hi, n);
+                    plot.series = lines(state, &runs, |r| &r.curvature, lo, hi, n);
                     latest = geometry(|r| &r.curvature);
                 }
                 plot.log_y = state.ui.log_y;
@@ -147,6 +148,7 @@ impl Widget for ChartPanel<'_> {
                 legend.push(Span::styled(" ── 38/η", faint));
                 legend.push(Span::styled(" [log-y]", Style::default().fg(LABEL)));
                 plot.log_y = over_steps(
+                    state,
                     &mut plot.series,
                     &runs,
                     ProbeKind::Sharpness,
@@ -184,8 +186,14 @@ impl Widget for ChartPanel<'_> {
                 legend.push(Span::styled(" [tokens, log-y]", Style::default().fg(LABEL)));
                 // MiniCPM's batch rule, dotted beside each run's batch.
                 let rule = Some(noise::RULE_TOKENS);
-                plot.log_y =
-                    over_steps(&mut plot.series, &runs, ProbeKind::Noise, rule, (lo, hi, n));
+                plot.log_y = over_steps(
+                    state,
+                    &mut plot.series,
+                    &runs,
+                    ProbeKind::Noise,
+                    rule,
+                    (lo, hi, n),
+                );
                 no_probe = format!("noise scale: {}", no_probe_text(state));
                 plot.empty = &no_probe;
                 latest = sel.and_then(|r| r.latest_probe(NOISE)).and_then(|p| {
@@ -290,7 +298,8 @@ impl Widget for ProbeTimeline<'_> {
                 let Some(i) = kinds.iter().position(|k| k.name() == p.probe) else {
                     continue;
                 };
-                if let (true, Some(c)) = ((i as u16) < rows, column(p.step as f64)) {
+                let x = state.x_of(r.id, p.step as f64);
+                if let (true, Some(c)) = ((i as u16) < rows, column(x)) {
                     buf[(strip.x + c, strip.y + i as u16)]
                         .set_symbol("●")
                         .set_fg(color);
@@ -302,6 +311,7 @@ impl Widget for ProbeTimeline<'_> {
 
 /// One line per run (selected last) of a per-step column, reduced to the chart's buckets.
 fn lines(
+    state: &TuiState,
     runs: &[&RunData],
     col: fn(&RunData) -> &Column,
     lo: f64,
@@ -309,7 +319,10 @@ fn lines(
     n: usize,
 ) -> Vec<Series> {
     runs.iter()
-        .map(|r| Series::line(envelope(&r.steps, col(r), lo, hi, n), run_color(r.id)))
+        .map(|r| {
+            let points = curve(state, r, &r.steps, col(r), (lo, hi, n));
+            Series::line(points, run_color(r.id))
+        })
         .collect()
 }
 
@@ -322,6 +335,7 @@ fn lines(
 /// scalar (dotted), then for every run its single estimates (dots) and its headline (a line)
 /// in the run's colour, the selected run last. Returns whether the y-axis is logarithmic.
 fn over_steps(
+    state: &TuiState,
     series: &mut Vec<Series>,
     runs: &[&RunData],
     kind: ProbeKind,
@@ -341,23 +355,33 @@ fn over_steps(
     let kind = kind.name();
     for r in runs {
         if let Some(k) = reference {
-            series.push(Series::line(probe_points(r, kind, k, lo, hi, n), FAINT));
+            series.push(Series::line(
+                probe_points(state, r, kind, k, lo, hi, n),
+                FAINT,
+            ));
         }
         if let Some(k) = guide {
-            series.push(Series::dotted(probe_points(r, kind, k, lo, hi, n), LABEL));
+            series.push(Series::dotted(
+                probe_points(state, r, kind, k, lo, hi, n),
+                LABEL,
+            ));
         }
     }
     for r in runs {
         let c = run_color(r.id);
         if let Some(k) = samples {
-            series.push(Series::dots(probe_points(r, kind, k, lo, hi, n), c));
+            series.push(Series::dots(probe_points(state, r, kind, k, lo, hi, n), c));
         }
-        series.push(Series::line(probe_points(r, kind, headline, lo, hi, n), c));
+        series.push(Series::line(
+            probe_points(state, r, kind, headline, lo, hi, n),
+            c,
+        ));
     }
     log_y
 }
 
 pub fn probe_points(
+    state: &TuiState,
     r: &RunData,
     kind: &str,
     key: &str,
@@ -365,13 +389,14 @@ pub fn probe_points(
     hi: f64,
     n: usize,
 ) -> Vec<(f64, f64)> {
+    let axis = state.run_axis(r);
     let all = || {
         r.probes
             .iter()
             .filter(move |p| p.probe == kind)
             .filter_map(move |p| {
                 let v = *p.scalars.get(key)?;
-                v.is_finite().then_some((p.step as f64, v))
+                v.is_finite().then_some((axis.x(p.step as f64), v))
             })
     };
     let mut before: Option<(f64, f64)> = None;
