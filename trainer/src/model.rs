@@ -20,14 +20,15 @@
 //! (candle-nn's fused `rms_norm`, `softmax_last_dim` and `rope` silently return no gradient,
 //! so they are never used.) Tensor names are the HF MiniCPM checkpoint keys.
 
+mod cpu;
 pub mod step;
 pub mod tree;
 
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, D, DType, Device, Layout, Storage, Tensor, Var};
-use wsdscope_kernels::backend::cpu::{Cpu, CpuPool};
+use candle_core::{D, DType, Device, Tensor, Var};
+use wsdscope_kernels::backend::cpu::CpuPool;
 
 use crate::config::{ModelConfig, Precision};
 // The parameters' names and shapes follow from the configuration alone, so they live with
@@ -360,67 +361,6 @@ impl MiniCpm {
         Ok((loss, Some(store)))
     }
 
-    /// The step on the CPU backend, reading the parameters and RoPE tables in place.
-    fn cpu_step(
-        &self,
-        batch: step::Batch<'_>,
-        precision: Precision,
-        grad: bool,
-    ) -> Result<(f32, Option<Vec<Tensor>>)> {
-        // Read access to every parameter for the whole step (the optimiser writes after it).
-        let guards: Vec<_> = self
-            .named
-            .iter()
-            .map(|(_, p)| p.storage_and_layout())
-            .chain([
-                self.rope_cos.storage_and_layout(),
-                self.rope_sin.storage_and_layout(),
-            ])
-            .collect();
-        let bufs = guards
-            .iter()
-            .map(|(s, l)| Ok(Cpu::borrow(f32s(s, l)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let np = self.named.len();
-        let be = Cpu::new(&self.pool);
-        // One fused step per leaf of the canonical tree (see `tree`), combined in its order.
-        let mut leaf = |sub: step::Batch<'_>| -> Result<tree::Partial> {
-            let w = step::Weights {
-                params: &bufs[..np],
-                cos: &bufs[np],
-                sin: &bufs[np + 1],
-            };
-            let (loss, grads) = step::run(&be, &self.cfg, w, sub, precision, grad)?;
-            let grads = grads
-                .map(|gs| {
-                    gs.into_iter()
-                        .zip(&self.named)
-                        .map(|(g, (name, _))| {
-                            g.into_f32_vec().ok_or_else(|| {
-                                Error::Config(format!(
-                                    "the CPU step's gradient of {name} is not f32"
-                                ))
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()
-                })
-                .transpose()?;
-            Ok((loss, grads))
-        };
-        let leaf_seqs = tree::leaf_sequences(batch.t);
-        let (loss, grads) = tree::reduce(batch, leaf_seqs, &mut leaf)?;
-        let Some(grads) = grads else {
-            return Ok((loss, None));
-        };
-        let tensors = self
-            .named
-            .iter()
-            .zip(grads)
-            .map(|((_, p), g)| Ok(Tensor::from_vec(g, p.dims(), &Device::Cpu)?))
-            .collect::<Result<_>>()?;
-        Ok((loss, Some(tensors)))
-    }
-
     /// The step on the CUDA backend (in f32 or bf16 mixed precision), reading the parameters
     /// and RoPE tables in place; the gradients become tensors without a copy.
     #[cfg(feature = "cuda")]
@@ -583,16 +523,6 @@ impl MiniCpm {
             }
             Ops::Reference => swiglu(x, gate, up, down),
         }
-    }
-}
-
-/// The elements of a contiguous f32 CPU tensor behind a read guard.
-fn f32s<'a>(s: &'a Storage, l: &Layout) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(&v[a..b]),
-        _ => Err(Error::Config(
-            "the CPU step reads its weights as contiguous f32 CPU tensors".into(),
-        )),
     }
 }
 
