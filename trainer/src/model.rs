@@ -388,16 +388,23 @@ impl MiniCpm {
             };
             step::run(be, &self.cfg, w, batch, precision, grad)
         })??;
-        let Some(grads) = grads else {
-            return Ok((loss, None));
-        };
-        let tensors = self
-            .named
+        let grads = grads
+            .map(|g| self.as_tensors(g, |g, dims| Ok(cuda::into_tensor(g, dev, dims)?)))
+            .transpose()?;
+        Ok((loss, grads))
+    }
+
+    /// A step's gradients (in parameter order) as tensors of the parameters' shapes.
+    fn as_tensors<G>(
+        &self,
+        grads: Vec<G>,
+        to: impl Fn(G, &[usize]) -> Result<Tensor>,
+    ) -> Result<Vec<Tensor>> {
+        self.named
             .iter()
             .zip(grads)
-            .map(|((_, p), g)| Ok(cuda::into_tensor(g, dev, p.dims())?))
-            .collect::<Result<_>>()?;
-        Ok((loss, Some(tensors)))
+            .map(|((_, p), g)| to(g, p.dims()))
+            .collect()
     }
 
     /// Errors if `inputs` (B, T) is longer than the RoPE tables.

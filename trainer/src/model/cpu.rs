@@ -59,16 +59,10 @@ impl MiniCpm {
         };
         let leaf_seqs = tree::leaf_sequences(batch.t);
         let (loss, grads) = tree::reduce(batch, leaf_seqs, &mut leaf)?;
-        let Some(grads) = grads else {
-            return Ok((loss, None));
-        };
-        let tensors = self
-            .named
-            .iter()
-            .zip(grads)
-            .map(|((_, p), g)| Ok(Tensor::from_vec(g, p.dims(), &Device::Cpu)?))
-            .collect::<Result<_>>()?;
-        Ok((loss, Some(tensors)))
+        let grads = grads
+            .map(|g| self.as_tensors(g, |g, dims| Ok(Tensor::from_vec(g, dims, &Device::Cpu)?)))
+            .transpose()?;
+        Ok((loss, grads))
     }
 }
 
