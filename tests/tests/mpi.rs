@@ -186,6 +186,41 @@ fn two_ranks_train_what_one_process_trains() {
     eprintln!("worst relative L2 parameter difference after 30 steps: {worst:.2e}");
 }
 
+/// Four ranks too: each holds one leaf of 4 sequences, and the ranks add their partial sums
+/// by recursive doubling, the same tree one process's step adds them in, so the parameters
+/// after 20 steps are identical.
+#[test]
+fn four_ranks_train_bit_for_bit_what_one_process_trains() {
+    let Some(bin) = mpi_binary() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let args = |ck: &'static str| {
+        let a = ["--steps", "20", "--batch", "16", "--probe-budget", "0"];
+        [&a[..], &["--checkpoint-dir", ck]].concat()
+    };
+    let one = record(&bin, None, dir.path(), &args("one"));
+    let four = record(&bin, Some(4), dir.path(), &args("four"));
+    let (l1, l4) = (step_losses(&one), step_losses(&four));
+    assert_eq!(l1.len(), 20);
+    assert_eq!(l1.len(), l4.len());
+    for (s, (a, b)) in l1.iter().zip(&l4).enumerate() {
+        assert!(
+            rel(*a, *b) < 1e-6,
+            "step {}: loss {a} with one process, {b} with four ranks",
+            s + 1
+        );
+    }
+    let ck = |d: &str| dir.path().join(d).join("step-00000020/model.safetensors");
+    let (p1, p4) = (tensors(&ck("one")), tensors(&ck("four")));
+    assert_eq!(p1.keys().collect::<Vec<_>>(), p4.keys().collect::<Vec<_>>());
+    for (name, a) in &p1 {
+        let r = rel_l2(a, &p4[name]);
+        assert!(
+            r == 0.0,
+            "{name}: relative L2 difference {r:.2e}, not bit for bit"
+        );
+    }
+}
+
 /// Asserts two probe events measured the same thing: every number within 1e-6 relative,
 /// except the wall-clock ones (`seconds`, `cost_steps`).
 fn same_measurement(a: &serde_json::Value, b: &serde_json::Value, at: &str) {

@@ -2,6 +2,12 @@
 //!
 //! MPI is initialised with `MPI_THREAD_SERIALIZED`: the engine calls it from its own thread,
 //! and calls are serialised by a lock (the engine makes them one at a time anyway).
+//!
+//! With a power-of-two number of ranks the sums are ours, not MPI's: recursive doubling, in
+//! which ranks r and r ^ 2^k swap their partial sums at round k. That adds the ranks' shards
+//! in the same binary tree as one process's step adds its halves (`model/tree.rs`), so
+//! 2, 4, 8… ranks train what one process trains bit for bit (MPI's own all-reduce picks its
+//! order by message size and may use a ring). Other world sizes use MPI_Allreduce.
 
 use std::sync::Mutex;
 
@@ -53,6 +59,42 @@ impl Mpi {
     }
 }
 
+impl Mpi {
+    /// Every rank's `buf` summed element-wise, the same bits on every rank: by recursive
+    /// doubling for a power-of-two world (the tree of the module doc), else MPI_Allreduce.
+    fn sum<T>(&self, buf: &mut [T])
+    where
+        T: Equivalence + Copy + std::ops::Add<Output = T>,
+    {
+        if buf.is_empty() || self.size < 2 {
+            return;
+        }
+        if !self.size.is_power_of_two() {
+            let send = buf.to_vec();
+            self.with(|w| w.all_reduce_into(&send[..], buf, SystemOperation::sum()));
+            return;
+        }
+        let mut theirs = buf.to_vec();
+        self.with(|w| {
+            let mut bit = 1;
+            while bit < self.size {
+                let partner = w.process_at_rank((self.rank ^ bit) as i32);
+                mpi::point_to_point::send_receive_into(
+                    &buf[..],
+                    &partner,
+                    &mut theirs[..],
+                    &partner,
+                );
+                // IEEE addition commutes: both partners get the same bits.
+                for (mine, other) in buf.iter_mut().zip(&theirs) {
+                    *mine = *mine + *other;
+                }
+                bit <<= 1;
+            }
+        });
+    }
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.rank
@@ -63,14 +105,12 @@ impl Collective for Mpi {
     }
 
     fn all_reduce_sum_f32(&self, buf: &mut [f32]) -> Result<()> {
-        let send = buf.to_vec();
-        self.with(|w| w.all_reduce_into(&send[..], buf, SystemOperation::sum()));
+        self.sum(buf);
         Ok(())
     }
 
     fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<()> {
-        let send = buf.to_vec();
-        self.with(|w| w.all_reduce_into(&send[..], buf, SystemOperation::sum()));
+        self.sum(buf);
         Ok(())
     }
 
