@@ -28,6 +28,13 @@ fn with_cosine_sibling(upto: u64) -> (TuiState, Schedule) {
     (s, cosine)
 }
 
+/// The screen's row of the cosine sibling (the runs list, or the compare view's table).
+fn sibling_row(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.contains("schedule=cosine"))
+        .unwrap_or_else(|| panic!("no sibling row in\n{text}"))
+}
+
 #[test]
 fn a_sibling_is_listed_by_its_label_beside_the_trunk() {
     let (s, _) = with_cosine_sibling(300);
@@ -35,10 +42,7 @@ fn a_sibling_is_listed_by_its_label_beside_the_trunk() {
     assert!(r.is_sibling());
     assert_eq!(r.steps.len(), 300);
     let text = screen(&s, 160, 40);
-    let row = text
-        .lines()
-        .find(|l| l.contains("schedule=cosine"))
-        .unwrap_or_else(|| panic!("no sibling row in\n{text}"));
+    let row = sibling_row(&text);
     assert!(row.contains("sib"), "{row}");
     assert!(!s.runs[&0].is_sibling());
 }
@@ -56,10 +60,7 @@ fn the_compare_view_sets_a_sibling_against_the_trunk() {
     );
     press(&mut s, 'c');
     let text = screen(&s, 160, 40);
-    let row = text
-        .lines()
-        .find(|l| l.contains("schedule=cosine"))
-        .unwrap_or_else(|| panic!("no sibling row in\n{text}"));
+    let row = sibling_row(&text);
     assert!(row.contains("sib"), "{row}");
     let diff = format!("{:+.3}", mine - trunk);
     assert!(row.contains(&diff), "{row} lacks {diff}");
