@@ -362,22 +362,21 @@ impl Trainer {
             grads.insert(&p.var, bad);
         }
         // From here every rank holds the global batch's loss and gradients.
-        let t_reduce = Instant::now();
         let loss_v = if !collective::exchanges(&*self.comm) {
             loss.to_dtype(DType::F64)?.to_scalar::<f64>()?
         } else {
+            let t_reduce = Instant::now();
             let vars: Vec<_> = self.opt.params().iter().map(|p| &p.var).collect();
-            match self.comm.on_device() {
+            let loss_v = match self.comm.on_device() {
                 Some(sums) => reduce::all_reduce_on_device(sums, &vars, &mut grads, &loss, share)?,
                 None => {
                     let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
                     reduce::all_reduce(&*self.comm, &vars, &mut grads, loss_v, share)?
                 }
-            }
-        };
-        if collective::exchanges(&*self.comm) {
+            };
             self.reduce_s += t_reduce.elapsed().as_secs_f64();
-        }
+            loss_v
+        };
         let non_finite = |what| Error::NonFinite {
             run: self.run,
             step: s,
