@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use wsdscope_sessions::export::{self, Export, csv};
+use wsdscope_sessions::export::{self, csv};
 
 /// Writes the export into `out` (an empty staging directory); returns a one-line summary.
 pub fn write(input: &Path, out: &Path) -> Result<String> {
@@ -15,16 +15,6 @@ pub fn write(input: &Path, out: &Path) -> Result<String> {
         w.files,
         w.records,
         w.values,
-        cut_note(&e)
+        super::cut_note(&e)
     ))
-}
-
-/// What the summary says of a session whose writer was mid-flush.
-pub(super) fn cut_note(e: &Export) -> String {
-    match e.cut_at {
-        Some(n) => format!(
-            " (the session is still being written: its first {n} events, up to the last complete flush)"
-        ),
-        None => String::new(),
-    }
 }

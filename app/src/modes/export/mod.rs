@@ -178,6 +178,16 @@ impl Drop for Staging {
     }
 }
 
+/// What the summary says of a session whose writer was mid-flush.
+fn cut_note(e: &wsdscope_sessions::export::Export) -> String {
+    match e.cut_at {
+        Some(n) => format!(
+            " (the session is still being written: its first {n} events, up to the last complete flush)"
+        ),
+        None => String::new(),
+    }
+}
+
 pub fn run(args: ExportArgs) -> Result<()> {
     let input = classify(&args.input)?;
     check_pair(args.format, &input)?;

@@ -15,6 +15,6 @@ pub fn write(input: &Path, out: &Path) -> Result<String> {
         w.runs,
         w.records,
         w.values,
-        super::csv::cut_note(&e)
+        super::cut_note(&e)
     ))
 }
