@@ -88,9 +88,10 @@ pub fn save(
     Ok(final_dir)
 }
 
-fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+/// `v` as pretty JSON text ending in a newline, at `path`.
+pub(crate) fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
     let s = serde_json::to_string_pretty(v).expect("serialisable");
-    std::fs::write(path, s).map_err(|e| Error::io(path, e))
+    std::fs::write(path, s + "\n").map_err(|e| Error::io(path, e))
 }
 
 /// Finds the checkpoint `path` names: a checkpoint directory itself, or a checkpoint root

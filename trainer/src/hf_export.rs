@@ -214,11 +214,6 @@ fn run_tokenizer(path: &Path, cfg: &ModelConfig) -> Result<(tokenizers::Tokenize
     Ok((tok, path.to_path_buf()))
 }
 
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let s = serde_json::to_string_pretty(v).expect("serialisable");
-    std::fs::write(path, s + "\n").map_err(|e| Error::io(path, e))
-}
-
 /// Writes the checkpoint `ckpt` names (a `step-N` directory, or the newest under a root) into
 /// the existing directory `out` as a `LlamaForCausalLM` folder: `config.json`,
 /// `model.safetensors`, `generation_config.json`, and `tokenizer.json` plus
@@ -253,15 +248,15 @@ pub fn export(ckpt: &Path, out: &Path) -> Result<Exported> {
         path: model.clone(),
         message: format!("writing: {e}"),
     })?;
-    write_json(&out.join(CONFIG_FILE), &llama_config(cfg, seq, &special))?;
-    write_json(
+    checkpoint::write_json(&out.join(CONFIG_FILE), &llama_config(cfg, seq, &special))?;
+    checkpoint::write_json(
         &out.join(GENERATION_CONFIG_FILE),
         &generation_config(&special),
     )?;
     if let Some((_, src)) = &tok {
         let dst = out.join(TOKENIZER_FILE);
         std::fs::copy(src, &dst).map_err(|e| Error::io(src, e))?;
-        write_json(
+        checkpoint::write_json(
             &out.join(TOKENIZER_CONFIG_FILE),
             &tokenizer_config(seq, &special),
         )?;
