@@ -311,14 +311,24 @@ fn kill_at(dir: &Path, out: &str, point: &str, extra: &[&str]) -> (u64, Vec<Valu
     let printed = collect_json_lines(stdout);
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let mut durable = None;
+    let mut said = Vec::new();
     for line in stderr.lines() {
         let line = line.unwrap();
-        if line.starts_with("wsdscope-test: paused at") {
+        // The line may follow a fragment of a progress line the training side was writing.
+        if line.contains("wsdscope-test: paused at") {
             durable = Some(paused_at(&line));
             break;
         }
+        said.push(line);
     }
-    let durable = durable.unwrap_or_else(|| panic!("{point}: the recorder never paused"));
+    let durable = durable.unwrap_or_else(|| {
+        let status = child.wait().unwrap();
+        panic!(
+            "{point}: the recorder never paused; the run ended with {status} after {:?}, saying:\n{}",
+            t0.elapsed(),
+            said.join("\n")
+        )
+    });
     eprintln!("{out}: paused at {point} after {:?}", t0.elapsed());
     child.kill().unwrap(); // SIGKILL, in the pause
     child.wait().unwrap();

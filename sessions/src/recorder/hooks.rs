@@ -51,8 +51,10 @@ impl TestHooks {
             PausePoint::Probe => "probe",
         };
         // Straight to fd 2: the training side may hold the stderr lock for its progress line.
+        // That line may be half-written (Rust writes a formatted line in pieces), so this one
+        // starts with a newline of its own, to stand on a line by itself.
         let line = format!(
-            "wsdscope-test: paused at {name} (events before seq {durable_seq} are in the file)\n"
+            "\nwsdscope-test: paused at {name} (events before seq {durable_seq} are in the file)\n"
         );
         // SAFETY: write(2) from a buffer that lives for the call.
         unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
