@@ -8,7 +8,8 @@
 //! - [`top_eigenvalue`]: power iteration on [`hvp`] (the sharpness);
 //! - [`sharpness`], [`preconditioned_sharpness`]: the largest (algebraic) eigenvalue of H and
 //!   of P⁻¹H for a diagonal preconditioner P (Adam's, for the preconditioned sharpness of
-//!   Cohen et al. 2022 against 38/η) by [`lanczos_extremes`] on [`hvp`];
+//!   Cohen et al. 2022 against 38/η) by [`lanczos_extremes`](crate::lanczos_extremes) on
+//!   [`hvp`];
 //! - [`filter_normalize`]: a random direction scaled filter by filter to the parameters'
 //!   norms (Li et al. 2018), for loss slices;
 //! - [`slice_1d`], [`slice_2d`], [`interpolate`]: losses along directions and segments;
@@ -26,6 +27,8 @@ pub trait Objective {
     /// The loss and its gradient at `theta`.
     fn loss_and_grad(&mut self, theta: &[f64]) -> (f64, Vec<f64>);
 }
+
+use crate::lanczos::{Extremes, lanczos_extremes};
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -110,26 +113,56 @@ pub fn step_geometry(g0: &[f64], g1: &[f64], v: &[f64]) -> StepGeometry {
     .geometry()
 }
 
+/// How a Hessian-vector product is taken from gradients, stepping `eps` in parameter space
+/// along the unit direction v̂ (the step must stay inside the region where the loss is
+/// quadratic: on a trained model's sharpest directions that is below about 1e-3).
+#[derive(Debug, Clone, Copy)]
+pub enum Differences<'a> {
+    /// (g(θ + εv̂) − g(θ − εv̂)) / (2ε): second-order accurate, two gradients per product.
+    Central { eps: f64 },
+    /// (g(θ + εv̂) − g(θ)) / ε, with g(θ) given: first-order accurate, one gradient per
+    /// product.
+    Forward { eps: f64, g0: &'a [f64] },
+}
+
 /// H·v at `theta` by central differences of gradients with step `eps` along the unit `v`:
 /// (g(θ + εv̂) − g(θ − εv̂)) / (2ε) · ‖v‖. Exact for quadratics up to rounding.
 pub fn hvp(f: &mut impl Objective, theta: &[f64], v: &[f64], eps: f64) -> Vec<f64> {
+    hvp_by(f, theta, v, Differences::Central { eps })
+}
+
+/// H·v at `theta` by the finite differences `d`, scaled back by ‖v‖. Exact for quadratics
+/// up to rounding.
+pub fn hvp_by(f: &mut impl Objective, theta: &[f64], v: &[f64], d: Differences) -> Vec<f64> {
     let nv = norm(v);
     if nv == 0.0 {
         return vec![0.0; v.len()];
     }
-    let shifted = |s: f64| -> Vec<f64> {
+    let shifted = |step: f64| -> Vec<f64> {
         theta
             .iter()
             .zip(v)
-            .map(|(t, d)| t + s * eps * d / nv)
+            .map(|(t, d)| t + step * d / nv)
             .collect()
     };
-    let (_, gp) = f.loss_and_grad(&shifted(1.0));
-    let (_, gm) = f.loss_and_grad(&shifted(-1.0));
-    gp.iter()
-        .zip(&gm)
-        .map(|(a, b)| (a - b) / (2.0 * eps) * nv)
-        .collect()
+    let difference = |gp: Vec<f64>, gm: &[f64], span: f64| -> Vec<f64> {
+        let mut out = gp;
+        out.iter_mut()
+            .zip(gm)
+            .for_each(|(a, b)| *a = (*a - b) / span * nv);
+        out
+    };
+    match d {
+        Differences::Central { eps } => {
+            let (_, gp) = f.loss_and_grad(&shifted(eps));
+            let (_, gm) = f.loss_and_grad(&shifted(-eps));
+            difference(gp, &gm, 2.0 * eps)
+        }
+        Differences::Forward { eps, g0 } => {
+            let (_, gp) = f.loss_and_grad(&shifted(eps));
+            difference(gp, g0, eps)
+        }
+    }
 }
 
 /// The Hessian's eigenvalue of largest magnitude at `theta` and its eigenvector, by power
@@ -162,129 +195,39 @@ pub fn top_eigenvalue(
     (lambda, v, max_iter)
 }
 
-/// The extreme eigenvalues of a symmetric operator by the Lanczos iteration from `v0`: after
-/// each product the tridiagonal matrix's largest and smallest eigenvalues (Sturm bisection)
-/// are the estimates; it stops once the largest moves by less than `rel_tol` (relative) or
-/// after `max_iter` products. Unlike power iteration, it returns the largest *algebraic*
-/// eigenvalue even when a negative one has a larger magnitude (as early in training).
-/// Returns (λ_max, λ_min, products).
-pub fn lanczos_extremes(
-    mut op: impl FnMut(&[f64]) -> Vec<f64>,
-    v0: &[f64],
-    rel_tol: f64,
-    max_iter: usize,
-) -> (f64, f64, usize) {
-    let n0 = norm(v0);
-    if n0 == 0.0 || max_iter == 0 {
-        return (0.0, 0.0, 0);
-    }
-    let mut q: Vec<f64> = v0.iter().map(|x| x / n0).collect();
-    let mut q_prev = vec![0.0; q.len()];
-    let (mut alphas, mut betas) = (Vec::new(), Vec::new());
-    let mut beta = 0.0;
-    let mut last = f64::NAN;
-    let mut est = (0.0, 0.0);
-    for it in 1..=max_iter {
-        let mut w = op(&q);
-        let alpha = dot(&w, &q);
-        for ((w, q), p) in w.iter_mut().zip(&q).zip(&q_prev) {
-            *w -= alpha * q + beta * p;
-        }
-        alphas.push(alpha);
-        est = tridiagonal_extremes(&alphas, &betas);
-        if it > 2 && (est.0 - last).abs() <= rel_tol * est.0.abs() {
-            return (est.0, est.1, it);
-        }
-        last = est.0;
-        let b = norm(&w);
-        if b <= 1e-12 * alpha.abs().max(1e-300) {
-            return (est.0, est.1, it); // an invariant subspace: the estimates are exact
-        }
-        betas.push(b);
-        q_prev = std::mem::replace(&mut q, w.iter().map(|x| x / b).collect());
-        beta = b;
-    }
-    (est.0, est.1, max_iter)
-}
-
-/// The largest and smallest eigenvalues of the symmetric tridiagonal matrix with diagonal `a`
-/// and off-diagonal `b` (|b| = |a| − 1), by bisection on Sturm counts.
-fn tridiagonal_extremes(a: &[f64], b: &[f64]) -> (f64, f64) {
-    let n = a.len();
-    // Gershgorin bounds.
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for i in 0..n {
-        let r = if i > 0 { b[i - 1].abs() } else { 0.0 } + b.get(i).map_or(0.0, |x| x.abs());
-        lo = lo.min(a[i] - r);
-        hi = hi.max(a[i] + r);
-    }
-    // Eigenvalues below x.
-    let below = |x: f64| {
-        let mut count = 0;
-        let mut d = 1.0;
-        for i in 0..n {
-            let off = if i > 0 { b[i - 1] * b[i - 1] / d } else { 0.0 };
-            d = a[i] - x - off;
-            if d == 0.0 {
-                d = -f64::EPSILON * (x.abs() + 1.0);
-            }
-            if d < 0.0 {
-                count += 1;
-            }
-        }
-        count
-    };
-    let bisect = |k: usize| {
-        // The smallest x with at least k eigenvalues below it: λ_k (1-based).
-        let (mut l, mut h) = (lo, hi);
-        for _ in 0..200 {
-            let m = 0.5 * (l + h);
-            if below(m) >= k {
-                h = m;
-            } else {
-                l = m;
-            }
-            if h - l <= 1e-14 * (l.abs() + h.abs()).max(1e-300) {
-                break;
-            }
-        }
-        0.5 * (l + h)
-    };
-    (bisect(n), bisect(1))
-}
-
 /// The top (algebraic) Hessian eigenvalue at `theta` by Lanczos on finite-difference
-/// Hessian-vector products (each costs two gradients). Returns (λ_max, λ_min, products).
+/// Hessian-vector products `d`, to a relative Ritz residual of `tol` or `max_iter` products.
 pub fn sharpness(
     f: &mut impl Objective,
     theta: &[f64],
     v0: &[f64],
-    eps: f64,
-    rel_tol: f64,
+    d: Differences,
+    tol: f64,
     max_iter: usize,
-) -> (f64, f64, usize) {
-    lanczos_extremes(|v| hvp(f, theta, v, eps), v0, rel_tol, max_iter)
+) -> Extremes {
+    lanczos_extremes(|v| hvp_by(f, theta, v, d), v0, tol, max_iter)
 }
 
 /// The top eigenvalue of P⁻¹H for a diagonal preconditioner P given as `p_inv_sqrt` =
 /// P^(−1/2), by Lanczos on the symmetric P^(−1/2) H P^(−1/2) (same spectrum). Each product
-/// steps `eps` in parameter space along P^(−1/2)u, so a widely spread P does not stretch
-/// the finite difference. Returns (λ_max, λ_min, products).
+/// steps the differences' `eps` in parameter space along P^(−1/2)u, so a widely spread P
+/// does not stretch the finite difference. The Ritz vector it returns is the symmetric
+/// operator's (u, not z = P^(−1/2)u).
 pub fn preconditioned_sharpness(
     f: &mut impl Objective,
     theta: &[f64],
     p_inv_sqrt: &[f64],
     v0: &[f64],
-    eps: f64,
-    rel_tol: f64,
+    d: Differences,
+    tol: f64,
     max_iter: usize,
-) -> (f64, f64, usize) {
+) -> Extremes {
     let op = |u: &[f64]| {
         let z: Vec<f64> = u.iter().zip(p_inv_sqrt).map(|(u, s)| u * s).collect();
-        let hz = hvp(f, theta, &z, eps);
+        let hz = hvp_by(f, theta, &z, d);
         hz.iter().zip(p_inv_sqrt).map(|(h, s)| h * s).collect()
     };
-    lanczos_extremes(op, v0, rel_tol, max_iter)
+    lanczos_extremes(op, v0, tol, max_iter)
 }
 
 /// L(θ + α·d) for each α.
@@ -460,6 +403,8 @@ mod tests {
         assert_eq!(f.calls, 2 * iters, "two gradients per product");
     }
 
+    const CENTRAL: Differences<'static> = Differences::Central { eps: 1e-3 };
+
     #[test]
     fn finite_difference_hvp_is_exact_on_a_quadratic() {
         let mut f = Quadratic::with_spectrum(&[3.0, 2.0, 1.0]);
@@ -467,6 +412,15 @@ mod tests {
         let v = vec![0.5, -1.0, 2.0];
         let got = hvp(&mut f, &theta, &v, 1e-2);
         let want = f.mul(&v);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}");
+        }
+        // Forward differences from the gradient at θ: one gradient per product, as exact.
+        let (_, g0) = f.loss_and_grad(&theta);
+        let before = f.calls;
+        let forward = Differences::Forward { eps: 1e-4, g0: &g0 };
+        let got = hvp_by(&mut f, &theta, &v, forward);
+        assert_eq!(f.calls, before + 1, "one gradient per forward product");
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-9, "{got:?} vs {want:?}");
         }
@@ -505,21 +459,23 @@ mod tests {
         ];
         let p = [2.0, 0.5, 1.0];
         let s: Vec<f64> = p.iter().map(|p: &f64| 1.0 / p.sqrt()).collect();
-        let (lambda, _, _) =
-            preconditioned_sharpness(&mut f, &[0.1, 0.2, 0.3], &s, &[1.0; 3], 1e-3, 1e-10, 50);
+        let lambda =
+            preconditioned_sharpness(&mut f, &[0.1, 0.2, 0.3], &s, &[1.0; 3], CENTRAL, 1e-10, 50)
+                .max;
         assert!((lambda - 12.0).abs() / 12.0 < 1e-3, "{lambda}");
         // A rotated H with P = c·I: every eigenvalue is divided by c.
         let mut g = Quadratic::with_spectrum(&[8.0, 3.0, -1.0, 0.5]);
         let s = vec![0.5; 4]; // P = 4·I
-        let (lambda, _, _) = preconditioned_sharpness(
+        let lambda = preconditioned_sharpness(
             &mut g,
             &[0.0; 4],
             &s,
             &[1.0, 0.3, -0.2, 0.9],
-            1e-3,
+            CENTRAL,
             1e-10,
             50,
-        );
+        )
+        .max;
         assert!((lambda - 2.0).abs() / 2.0 < 1e-3, "{lambda}");
     }
 
@@ -530,7 +486,8 @@ mod tests {
         let mut f = Quadratic::with_spectrum(&spectrum);
         let theta = vec![0.1, 0.2, -0.3, 0.4, 0.5];
         let v0 = vec![1.0, -0.5, 0.25, 0.8, 0.3];
-        let (top, bottom, it) = sharpness(&mut f, &theta, &v0, 1e-3, 1e-12, 50);
+        let e = sharpness(&mut f, &theta, &v0, CENTRAL, 1e-12, 50);
+        let (top, bottom, it) = (e.max, e.min, e.products);
         assert!((top - 7.0).abs() / 7.0 < 1e-3, "{top} after {it}");
         assert!((bottom + 20.0).abs() / 20.0 < 1e-3, "{bottom}");
         assert!(
@@ -551,8 +508,9 @@ mod tests {
         ];
         let p: [f64; 3] = [2.0, 0.5, 1.0];
         let s: Vec<f64> = p.iter().map(|p| 1.0 / p.sqrt()).collect();
-        let (top, bottom, _) =
-            preconditioned_sharpness(&mut g, &[0.0; 3], &s, &[1.0, 1.0, 1.0], 1e-3, 1e-12, 20);
+        let e =
+            preconditioned_sharpness(&mut g, &[0.0; 3], &s, &[1.0, 1.0, 1.0], CENTRAL, 1e-12, 20);
+        let (top, bottom) = (e.max, e.min);
         assert!((top - 12.0).abs() / 12.0 < 1e-3, "{top}");
         assert!((bottom + 30.0).abs() / 30.0 < 1e-3, "{bottom}");
     }

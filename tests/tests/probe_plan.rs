@@ -2,8 +2,8 @@
 //! run (the default run's proportions: 10% warmup, the last 10% decaying) with one scripted
 //! decay branch, read back from the session file. Every periodic kind runs at the trunk's last
 //! stable step and inside its decay, and at the branch's first and last step, within the
-//! budget. And the default run at the default budget probes where its loss drops: inside the
-//! decay, nowhere else.
+//! budget. And the default run at the default budget probes where its loss drops: every kind
+//! at the decay's last step, nothing before the state the decay starts from.
 
 use std::collections::BTreeSet;
 
@@ -115,8 +115,8 @@ fn periodic(events: &[serde_json::Value]) -> Vec<(u64, u64, String)> {
 }
 
 /// The default `record` (600 steps, decay from 540) at the default budget (5%): the planner
-/// spends it inside the decay — sharpness at its last step, the noise scale at least once
-/// through it — and nowhere before it.
+/// spends it on the decay — every kind at its last step — and before it at most on the
+/// state the decay starts from (the last stable step, 540).
 #[test]
 fn the_default_budget_probes_inside_the_decay() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,14 +135,14 @@ fn the_default_budget_probes_inside_the_decay() {
     for (run, step, kind) in &probes {
         assert_eq!(*run, 0);
         assert!(
-            (541..=600).contains(step),
-            "{kind} at step {step}, outside the decay (541–600)"
+            (540..=600).contains(step),
+            "{kind} at step {step}, before the last stable step (540)"
         );
     }
-    assert!(at("sharpness").contains(&600), "{:?}", at("sharpness"));
-    // Which of the cheaper probes still fit after it depends on what each costs on this
-    // machine at this moment (the planner spends measured time): on a quiet machine the
-    // noise scale runs at 560, 580 and 600; with another job on the cores, 560 and 580 only.
-    let noise = at("noise");
-    assert!(!noise.is_empty(), "no noise-scale probe in the decay");
+    // The last step's round costs under half the budget (about 13.5 of 30 steps' worth), so
+    // it survives probes that overrun their estimates; which of the other points through the
+    // decay also get one depends on what each probe costs on this machine at this moment.
+    for kind in KINDS {
+        assert!(at(kind).contains(&600), "{kind}: {:?}", at(kind));
+    }
 }

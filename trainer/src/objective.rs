@@ -52,7 +52,9 @@ impl ModelObjective {
             model.dtype(),
         )?;
         copy.set_ops(model.ops());
-        copy.set_compute_dtype(model.compute_dtype())?;
+        // Probes difference gradients a step of 5e-5 apart (`probe::HVP_STEP`): that needs
+        // passes in the parameters' own precision (f32) even where the run trains in bf16.
+        copy.set_compute_dtype(model.dtype())?;
         let mut spans = Vec::new();
         let mut off = 0;
         for (_, v) in copy.named_vars() {

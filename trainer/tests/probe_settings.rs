@@ -1,10 +1,14 @@
-//! What the periodic probes' default settings cost and what cheaper ones lose, on the
-//! default preset's own states: trains the default `record` run (tiny, 600 steps, decay from
-//! 540) and at the last stable step and through the decay runs each kind with several
-//! settings on the same state (same batch, same random directions), printing their cost in
-//! training steps and how far each result lies from the most precise one (and checking that
-//! fewer Lanczos products never overstate the top eigenvalue). Ignored by default
-//! (it trains 600 steps, about two minutes on 2 cores):
+//! What the periodic probes' settings cost and what they lose, on the default preset's own
+//! states: each test trains the default `record` run (tiny, 600 steps, decay from 540) and
+//! at its anchors measures on the same state (same batch, same random directions):
+//! - slices and the landscape at several resolutions, their cost in training steps and how
+//!   far each lies from the finest;
+//! - the sharpness probe with several residual tolerances against Lanczos run to a residual
+//!   of 1e-3, and their cost;
+//! - the finite-difference step of the Hessian-vector products, central and forward, at the
+//!   converged top eigenvector.
+//!
+//! Ignored by default (each trains 600 steps, about a minute on 2 cores):
 //! `cargo test --release -p wsdscope-trainer --test probe_settings -- --ignored --nocapture`.
 
 mod common;
@@ -29,6 +33,14 @@ fn default_record() -> RunConfig {
     cfg.eval_every = u64::MAX;
     cfg.schedule = Schedule::wsd(0.01, p.steps, 60, 60, DecayShape::Exp, 0.1).unwrap();
     cfg
+}
+
+/// λ_max of H and of P⁻¹H from a sharpness result.
+fn tops(r: &wsdscope_events::ProbeResult) -> (f64, f64) {
+    (
+        r.scalars[sharpness::LAMBDA_MAX],
+        r.scalars[sharpness::PRECOND_LAMBDA_MAX],
+    )
 }
 
 /// Runs `kind` on the checkpointed state `ck` with probe settings `probes`: (result, seconds).
@@ -82,9 +94,6 @@ fn worst_of_range(a: &[f64], b: &[f64]) -> f64 {
     worst / (hi - lo)
 }
 
-/// Lanczos products per run to compare (the first is the reference).
-const SHARPNESS_ITERS: [usize; 5] = [20, 10, 6, 5, 4];
-
 #[test]
 #[ignore = "trains the default run (about two minutes on 2 cores); run by hand to measure"]
 fn cheaper_probe_settings_on_the_default_run() {
@@ -93,7 +102,6 @@ fn cheaper_probe_settings_on_the_default_run() {
     let mut tr = Trainer::new(cfg).unwrap();
     let mut step_s = Vec::new();
     let old = ProbeConfig {
-        power_iters: 10,
         grid: 9,
         points: 17,
         ..ProbeConfig::default()
@@ -109,30 +117,6 @@ fn cheaper_probe_settings_on_the_default_run() {
         let recent = &step_s[step_s.len().saturating_sub(100)..];
         let pace = recent.iter().sum::<f64>() / recent.len() as f64;
         eprintln!("step {at}: {:.1} ms per training step", pace * 1e3);
-        // Sharpness: 20 Lanczos products per run as the reference.
-        let mut reference = None;
-        for iters in SHARPNESS_ITERS {
-            let p = ProbeConfig {
-                power_iters: iters,
-                ..old.clone()
-            };
-            let (r, s) = probe_with(&ck, &p, ProbeKind::Sharpness);
-            let (top, pre) = (
-                r.scalars[sharpness::LAMBDA_MAX],
-                r.scalars[sharpness::PRECOND_LAMBDA_MAX],
-            );
-            let (rt, rp) = *reference.get_or_insert((top, pre));
-            // Lanczos's top Ritz value only grows with the Krylov space: fewer products never
-            // overstate the eigenvalue.
-            assert!(top <= rt * (1.0 + 1e-6) && pre <= rp * (1.0 + 1e-6));
-            eprintln!(
-                "  sharpness ≤{iters:>2} products/run: {:.2} steps ({} products), λmax {top:.4} ({:+.2}%), P⁻¹H {pre:.1} ({:+.2}%)",
-                s / pace,
-                r.scalars[sharpness::PRODUCTS],
-                100.0 * (top / rt - 1.0),
-                100.0 * (pre / rp - 1.0),
-            );
-        }
         // Slices and the landscape: the coarser grid is a subset of the finer one (same span,
         // same directions), interpolated back onto it.
         let (fine, s) = probe_with(&ck, &old, ProbeKind::Slice);
@@ -177,4 +161,122 @@ fn cheaper_probe_settings_on_the_default_run() {
         eprintln!("  noise: {:.2} steps", s / pace);
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The sharpness probe at the default run's anchors with residual tolerances from 2% to 20%,
+/// against Lanczos from the same start run to a residual of 1e-3 (up to 60 products): how far
+/// each λ_max lies from it and what it costs.
+#[test]
+#[ignore = "trains the default run (about two minutes on 2 cores); run by hand to measure"]
+fn sharpness_converges_where_the_default_run_probes_it() {
+    let cfg = default_record();
+    let dir = std::env::temp_dir().join(format!("wsdscope-sharpness-{}", std::process::id()));
+    let defaults = cfg.probes.clone();
+    let mut tr = Trainer::new(cfg).unwrap();
+    let mut step_s = Vec::new();
+    for at in [60, 300, 540, 560, 580, 600] {
+        while tr.step_count() < at {
+            let t = Instant::now();
+            tr.train_step().unwrap();
+            step_s.push(t.elapsed().as_secs_f64());
+        }
+        let recent = &step_s[step_s.len().saturating_sub(100)..];
+        let pace = recent.iter().sum::<f64>() / recent.len() as f64;
+        let ck = tr.save_checkpoint(&dir.join(at.to_string())).unwrap();
+        let reference = ProbeConfig {
+            power_iters: 60,
+            sharpness_tol: 1e-3,
+            ..defaults.clone()
+        };
+        let (exact, exact_s) = probe_with(&ck, &reference, ProbeKind::Sharpness);
+        let (rt, rp) = tops(&exact);
+        eprintln!(
+            "step {at}: reference λmax {rt:.4} (residual {:.1e}), P⁻¹H {rp:.1} (residual {:.1e}), {} products, {:.1} steps",
+            exact.scalars[sharpness::RESIDUAL],
+            exact.scalars[sharpness::PRECOND_RESIDUAL],
+            exact.scalars[sharpness::PRODUCTS],
+            exact_s / pace
+        );
+        for tol in [0.02, 0.05, 0.1, 0.2] {
+            let p = ProbeConfig {
+                sharpness_tol: tol,
+                ..defaults.clone()
+            };
+            let (r, secs) = probe_with(&ck, &p, ProbeKind::Sharpness);
+            let (top, pre) = tops(&r);
+            eprintln!(
+                "  residual ≤ {tol}: λmax {top:.4} ({:+.2}%, residual {:.3}), P⁻¹H {pre:.1} ({:+.2}%, residual {:.3}), {} products, {:.2} steps",
+                100.0 * (top / rt - 1.0),
+                r.scalars[sharpness::RESIDUAL],
+                100.0 * (pre / rp - 1.0),
+                r.scalars[sharpness::PRECOND_RESIDUAL],
+                r.scalars[sharpness::PRODUCTS],
+                secs / pace
+            );
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The finite-difference step of the Hessian-vector products: at the converged top
+/// eigenvector v of H (residual 1e-3, central differences 1e-4 apart) at the last stable step
+/// and the decay's last step, vᵀHv from central differences with steps from 1e-5 to 1e-2 and
+/// from forward ones (g(θ + εv) − g(θ))/ε, which cost one gradient per product instead of two.
+#[test]
+#[ignore = "trains the default run (about two minutes on 2 cores); run by hand to measure"]
+fn finite_difference_steps_at_the_top_eigenvector() {
+    use wsdscope_probes::{Differences, Objective, sharpness};
+    use wsdscope_trainer::objective::ModelObjective;
+    let cfg = default_record();
+    let (batch, seq) = (cfg.batch, cfg.seq);
+    let mut tr = Trainer::new(cfg).unwrap();
+    for at in [540, 600] {
+        while tr.step_count() < at {
+            tr.train_step().unwrap();
+        }
+        let b = tr.data().train_batch_of(at, batch);
+        let n = 4 * seq;
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Tensor::from_slice(&b.inputs[..n], (4, seq), &dev).unwrap();
+        let y = candle_core::Tensor::from_slice(&b.targets[..n], (4, seq), &dev).unwrap();
+        let mut f = ModelObjective::new(tr.model(), x, y).unwrap();
+        let theta = f.params().unwrap();
+        let v0: Vec<f64> = (0..theta.len())
+            .map(|i| ((i * 7919 % 1013) as f64) - 506.0)
+            .collect();
+        let e = sharpness(
+            &mut f,
+            &theta,
+            &v0,
+            Differences::Central { eps: 1e-4 },
+            1e-3,
+            60,
+        );
+        let v = e.vector;
+        let shifted =
+            |eps: f64| -> Vec<f64> { theta.iter().zip(&v).map(|(t, d)| t + eps * d).collect() };
+        let quotient = |g1: &[f64], g0: &[f64], eps: f64| -> f64 {
+            g1.iter()
+                .zip(g0)
+                .zip(&v)
+                .map(|((a, b), d)| (a - b) / eps * d)
+                .sum()
+        };
+        let (_, g) = f.loss_and_grad(&theta);
+        eprintln!(
+            "step {at}: λmax {:.4} (residual {:.1e}, {} products)",
+            e.max, e.residual, e.products
+        );
+        for eps in [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 1e-2] {
+            let (_, gp) = f.loss_and_grad(&shifted(eps));
+            let (_, gm) = f.loss_and_grad(&shifted(-eps));
+            let central = quotient(&gp, &gm, 2.0 * eps);
+            let one_sided = quotient(&gp, &g, eps);
+            eprintln!(
+                "  ε {eps:.0e}: central vᵀHv {central:.4} ({:+.2}%), one-sided {one_sided:.4} ({:+.2}%)",
+                100.0 * (central / e.max - 1.0),
+                100.0 * (one_sided / e.max - 1.0)
+            );
+        }
+    }
 }

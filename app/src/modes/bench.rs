@@ -140,14 +140,18 @@ fn bench_probes(
     let mut kinds = Vec::new();
     for kind in ProbeKind::PERIODIC {
         let mut secs = Vec::new();
+        let mut products = Vec::new();
         for _ in 0..3 {
             let r = with.probe(kind)?;
             secs.push(r.scalars["seconds"]);
+            products.extend(r.scalars.get("products").copied());
         }
         let s = median(&mut secs);
         let what = match kind {
             ProbeKind::Sharpness => format!(
-                "≤{} Lanczos products ×2 (H and P⁻¹H), {} sequences",
+                "{} Lanczos products (H and P⁻¹H, each to a residual of {}% or {} products), {} sequences",
+                median(&mut products),
+                p.sharpness_tol * 100.0,
                 p.power_iters,
                 p.batch_for(cfg.batch)
             ),

@@ -173,6 +173,9 @@ pub mod sharpness {
     pub const GD_THRESHOLD: &str = "gd_threshold";
     pub const LR: &str = "lr";
     pub const PRODUCTS: &str = "products";
+    pub const RESIDUAL: &str = "residual";
+    pub const PRECOND_RESIDUAL: &str = "precond_residual";
+    pub const FD_STEP: &str = "fd_step";
 }
 
 /// Names of the noise-scale probe's scalars.
@@ -254,6 +257,21 @@ pub const PROBES: &[ProbeSpec] = &[
             ),
             q(sharpness::LR, "", "the learning rate η at the step"),
             q(sharpness::PRODUCTS, "", "Hessian-vector products used"),
+            q(
+                sharpness::RESIDUAL,
+                "",
+                "Ritz residual of lambda_max, relative: an eigenvalue of H lies this close",
+            ),
+            q(
+                sharpness::PRECOND_RESIDUAL,
+                "",
+                "Ritz residual of precond_lambda_max, relative",
+            ),
+            q(
+                sharpness::FD_STEP,
+                "",
+                "finite-difference step of the Hessian-vector products, in parameter space",
+            ),
             SEQUENCES,
         ],
         series: &[],

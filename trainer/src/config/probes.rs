@@ -33,6 +33,9 @@ pub struct ProbeConfig {
     pub update_span: f64,
     /// Most Hessian-vector products per Lanczos run (two runs per sharpness probe: H and P⁻¹H).
     pub power_iters: usize,
+    /// Each Lanczos run stops once its top Ritz value's residual is at most this share of
+    /// the value (an eigenvalue then lies that close), or after `power_iters` products.
+    pub sharpness_tol: f64,
     /// Micro-batches the step's batch is split into for the gradient noise scale (at most
     /// one per sequence; a batch of one sequence has no noise scale).
     pub micro_batches: usize,
@@ -53,7 +56,8 @@ impl Default for ProbeConfig {
             points: 9,
             span: 0.5,
             update_span: 8.0,
-            power_iters: 10,
+            power_iters: 20,
+            sharpness_tol: 0.05,
             micro_batches: 4,
             track: Vec::new(),
         }
@@ -145,6 +149,12 @@ impl ProbeConfig {
             return Err(Error::Config(format!(
                 "probe power iterations {} not allowed; at least 2",
                 self.power_iters
+            )));
+        }
+        if !(self.sharpness_tol > 0.0 && self.sharpness_tol < 1.0) {
+            return Err(Error::Config(format!(
+                "sharpness tolerance {} not allowed; it must be in (0, 1)",
+                self.sharpness_tol
             )));
         }
         if self.micro_batches < 2 {

@@ -17,11 +17,12 @@
 //! 4. mid-stable;
 //! 5. the end of warmup.
 //!
-//! At the default budget (5%) one round of the four kinds costs more than half of it,
-//! sharpness alone about a third (its Lanczos runs cannot be shortened without losing the
-//! eigenvalue), so the decay comes first: the default run's first plan puts every kind at the
-//! decay's last step and the cheap ones (noise scale, slices) at each point through it; a
-//! probe that costs more than estimated may cost a cheap one a point.
+//! On the default run (600 steps) the default budget (5%, 30 steps' worth) buys about two of
+//! the four kinds' rounds (about 13.5 steps each), so the decay comes first: the first plan
+//! puts every kind at the decay's last step, all but the landscape at its first point, and
+//! the noise scale at each point and at the last stable step; a probe that costs more than estimated may cost a cheap
+//! one a point. Every kind at every anchor needs about 15–20% there, or a run about four
+//! times as long at 5%.
 //!
 //! Then, while the budget allows with half of what is planned left over (these run before
 //! the later anchors, whose probes may overrun their estimates), one more run of the kind and
@@ -257,8 +258,10 @@ pub(super) fn prior_cost(kind: ProbeKind, cfg: &ProbeConfig, batch: usize) -> f6
     let share = cfg.batch_for(batch) as f64 / batch.max(1) as f64;
     let forward = 0.4 * share;
     match kind {
-        // Two Lanczos runs (H and P⁻¹H), each product two gradients (central differences).
-        ProbeKind::Sharpness => 4.0 * cfg.power_iters as f64 * share,
+        // The gradient at θ and two Lanczos runs (H and P⁻¹H), each product one gradient
+        // (forward differences) costing about twice its share of a step; on the default
+        // run's states each run stopped on its residual after about a quarter of its cap.
+        ProbeKind::Sharpness => (2.0 * cfg.power_iters as f64 / 4.0 + 1.0) * 2.0 * share,
         // Micro-batch gradients over the whole batch, plus their mean.
         ProbeKind::Noise => 1.25,
         ProbeKind::Slice => 2.0 * cfg.points as f64 * forward,
@@ -421,8 +424,9 @@ mod tests {
     }
 
     /// The default `record` at the default budget (5% of 600 steps: 30 steps' worth) with the
-    /// default settings' estimated costs: every kind where the decay ends, and the cheap
-    /// kinds (noise scale, slices) at each of the three points through it.
+    /// default settings' estimated costs (a round about 13.5 steps): every kind where the
+    /// decay ends, all but the landscape at the first point through it, and the noise scale
+    /// at each of the three and at the last stable step.
     #[test]
     fn the_default_budget_puts_every_kind_in_the_decay() {
         let budget = 0.05 * 600.0;
@@ -436,11 +440,15 @@ mod tests {
         for k in KINDS {
             assert!(in_decay(k).contains(&600), "{k}: {:?}", steps_of(&p, 0, k));
         }
-        for k in [ProbeKind::Noise, ProbeKind::Slice] {
-            assert_eq!(in_decay(k), vec![560, 580, 600], "{k}");
+        assert_eq!(in_decay(ProbeKind::Noise), vec![560, 580, 600]);
+        for k in [ProbeKind::Sharpness, ProbeKind::Slice] {
+            assert_eq!(in_decay(k), vec![560, 600], "{k}");
         }
-        // Nothing is planned outside the decay: the budget goes where the loss drops.
-        for k in KINDS {
+        assert_eq!(in_decay(ProbeKind::Landscape), vec![600]);
+        // Outside the decay only the cheapest kind, at the state the decay starts from: the
+        // budget goes where the loss drops.
+        assert_eq!(steps_of(&p, 0, ProbeKind::Noise), vec![540, 560, 580, 600]);
+        for k in [ProbeKind::Sharpness, ProbeKind::Slice, ProbeKind::Landscape] {
             assert_eq!(steps_of(&p, 0, k), in_decay(k), "{k}");
         }
         assert!(spent(&p) <= budget);

@@ -148,10 +148,11 @@ pub(super) fn add_probe_parts(est: &mut MemoryEstimate, cfg: &RunConfig, d: &Dim
 
     type Kind = (&'static str, Vec<(&'static str, u128, Place)>);
     let mut kinds: Vec<Kind> = Vec::new();
-    // Sharpness: two Lanczos runs on finite-difference Hessian-vector products. During the
-    // second (P^(−1/2) H P^(−1/2)): θ, v0, P⁻¹ and P^(−1/2), Lanczos q and q_prev, the scaled
-    // direction z, the gradient at θ + εz, the shifted θ, and the gradient at θ − εz as f32
-    // tensors and as the f64 vector being built: ten f64 vectors.
+    // Sharpness: two Lanczos runs on forward-difference Hessian-vector products. During the
+    // second (P^(−1/2) H P^(−1/2)): θ, the gradient g at θ, P^(−1/2), the start u0, Lanczos
+    // q, the scaled direction z, the shifted θ, the gradient at θ + εz (as f32 tensors and
+    // as the f64 vector being built) and the product being formed: ten f64 vectors; and
+    // the Lanczos basis, up to `power_iters` f32 vectors.
     kinds.push((
         "sharpness",
         vec![
@@ -166,14 +167,23 @@ pub(super) fn add_probe_parts(est: &mut MemoryEstimate, cfg: &RunConfig, d: &Dim
                 dev,
             ),
             (
-                "ten f64 vectors of all parameters (θ, v0, P⁻¹, P^(−1/2), q, q_prev, z, g₊, θ ± εz, g₋)",
+                "ten f64 vectors of all parameters (θ, g, P^(−1/2), u0, q, z, θ + εz, g₊, its f64 copy, the product)",
                 80 * p,
+                Place::Host,
+            ),
+            (
+                "the Lanczos basis: one f32 vector of all parameters per product, at its cap",
+                4 * cfg.probes.power_iters as u128 * p,
                 Place::Host,
             ),
             ("the last update θ − θ_prev, f32", last_update, dev),
             ("one tensor converted to f64", convert, Place::Host),
             ("the step's batch and the probe batch, u32", batch, Place::Host),
-            ("allocator: huge-page tails of the probe's buffers", tail(10), Place::Host),
+            (
+                "allocator: huge-page tails of the probe's buffers",
+                tail(10 + cfg.probes.power_iters as u128 / 2),
+                Place::Host,
+            ),
         ],
     ));
     if cfg.batch >= 2 {
