@@ -149,10 +149,11 @@ pub(super) fn add_probe_parts(est: &mut MemoryEstimate, cfg: &RunConfig, d: &Dim
     type Kind = (&'static str, Vec<(&'static str, u128, Place)>);
     let mut kinds: Vec<Kind> = Vec::new();
     // Sharpness: two Lanczos runs on forward-difference Hessian-vector products. During the
-    // second (P^(−1/2) H P^(−1/2)): θ, the gradient g at θ, P^(−1/2), the start u0, Lanczos
-    // q, the scaled direction z, the shifted θ, the gradient at θ + εz (as f32 tensors and
-    // as the f64 vector being built) and the product being formed: ten f64 vectors; and
-    // the Lanczos basis, up to `power_iters` f32 vectors.
+    // second (P^(−1/2) H P^(−1/2)), inside a product: θ, the gradient g at θ, P^(−1/2), the
+    // start u0, Lanczos q and q_prev, the scaled direction z, the shifted θ, the gradient at
+    // θ + εz as f64 (differenced in place) and the scaled product being formed: ten f64
+    // vectors (the gradient's f32 tensors are the copy's); and the Lanczos basis, up to
+    // `power_iters` f32 vectors.
     kinds.push((
         "sharpness",
         vec![
@@ -167,7 +168,7 @@ pub(super) fn add_probe_parts(est: &mut MemoryEstimate, cfg: &RunConfig, d: &Dim
                 dev,
             ),
             (
-                "ten f64 vectors of all parameters (θ, g, P^(−1/2), u0, q, z, θ + εz, g₊, its f64 copy, the product)",
+                "ten f64 vectors of all parameters (θ, g, P^(−1/2), u0, q, q_prev, z, θ + εz, g₊, the product)",
                 80 * p,
                 Place::Host,
             ),
