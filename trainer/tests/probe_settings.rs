@@ -35,6 +35,24 @@ fn default_record() -> RunConfig {
     cfg
 }
 
+/// The trained run `tr` at its current step as an objective over the first `seqs` sequences
+/// of that step's batch (what the probes evaluate), with the batch.
+fn objective_at(
+    tr: &Trainer,
+    seqs: usize,
+) -> (
+    wsdscope_trainer::objective::ModelObjective,
+    wsdscope_trainer::data::Batch,
+) {
+    let b = tr.data().train_batch_of(tr.step_count(), tr.config().batch);
+    let n = seqs * b.seq;
+    let dev = candle_core::Device::Cpu;
+    let x = candle_core::Tensor::from_slice(&b.inputs[..n], (seqs, b.seq), &dev).unwrap();
+    let y = candle_core::Tensor::from_slice(&b.targets[..n], (seqs, b.seq), &dev).unwrap();
+    let f = wsdscope_trainer::objective::ModelObjective::new(tr.model(), x, y).unwrap();
+    (f, b)
+}
+
 /// λ_max of H and of P⁻¹H from a sharpness result.
 fn tops(r: &wsdscope_events::ProbeResult) -> (f64, f64) {
     (
@@ -226,20 +244,12 @@ fn sharpness_converges_where_the_default_run_probes_it() {
 #[ignore = "trains the default run (about two minutes on 2 cores); run by hand to measure"]
 fn finite_difference_steps_at_the_top_eigenvector() {
     use wsdscope_probes::{Differences, Objective, sharpness};
-    use wsdscope_trainer::objective::ModelObjective;
-    let cfg = default_record();
-    let (batch, seq) = (cfg.batch, cfg.seq);
-    let mut tr = Trainer::new(cfg).unwrap();
+    let mut tr = Trainer::new(default_record()).unwrap();
     for at in [540, 600] {
         while tr.step_count() < at {
             tr.train_step().unwrap();
         }
-        let b = tr.data().train_batch_of(at, batch);
-        let n = 4 * seq;
-        let dev = candle_core::Device::Cpu;
-        let x = candle_core::Tensor::from_slice(&b.inputs[..n], (4, seq), &dev).unwrap();
-        let y = candle_core::Tensor::from_slice(&b.targets[..n], (4, seq), &dev).unwrap();
-        let mut f = ModelObjective::new(tr.model(), x, y).unwrap();
+        let (mut f, _) = objective_at(&tr, 4);
         let theta = f.params().unwrap();
         let v0: Vec<f64> = (0..theta.len())
             .map(|i| ((i * 7919 % 1013) as f64) - 506.0)
@@ -278,5 +288,86 @@ fn finite_difference_steps_at_the_top_eigenvector() {
                 100.0 * (one_sided / e.max - 1.0)
             );
         }
+    }
+}
+
+/// Where the top eigenvectors of H and of P^(−1/2) H P^(−1/2) live at the last stable step:
+/// their mass (sum of squared components) per parameter tensor, and for the embedding how
+/// much of it sits on rows of tokens the probe batch does not contain; with the spread of
+/// Adam's P⁻¹ per tensor. (Why λ_max(P⁻¹H) is far above Adam's line 38/η.) `SEQS=N` measures
+/// on the first N sequences of the step's batch instead of the probes' 4.
+#[test]
+#[ignore = "trains the default run (about a minute on 2 cores); run by hand to measure"]
+fn where_the_top_eigenvectors_live() {
+    use wsdscope_probes::{Differences, Objective, preconditioned_sharpness, sharpness};
+    use wsdscope_trainer::objective::flatten;
+    let mut tr = Trainer::new(default_record()).unwrap();
+    while tr.step_count() < 540 {
+        tr.train_step().unwrap();
+    }
+    let seqs: usize = std::env::var("SEQS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let (mut f, b) = objective_at(&tr, seqs);
+    let n = seqs * b.seq;
+    let theta = f.params().unwrap();
+    let (_, g0) = f.loss_and_grad(&theta);
+    let d = Differences::Forward { eps: 5e-5, g0: &g0 };
+    let h = sharpness(&mut f, &theta, &g0, d, 1e-3, 40);
+    let p_inv = flatten(&tr.optimizer().preconditioner_inv().unwrap()).unwrap();
+    let s: Vec<f64> = p_inv.iter().map(|p| p.sqrt()).collect();
+    let pg: Vec<f64> = g0.iter().zip(&s).map(|(g, s)| g * s).collect();
+    let pre = preconditioned_sharpness(&mut f, &theta, &s, &pg, d, 1e-3, 40);
+    let names: Vec<String> = tr
+        .model()
+        .named_vars()
+        .iter()
+        .map(|(n, _)| n.clone())
+        .collect();
+    let spans = f.spans().to_vec();
+    let present: std::collections::BTreeSet<u32> = b.inputs[..n]
+        .iter()
+        .chain(&b.targets[..n])
+        .copied()
+        .collect();
+    let vocab = tr.config().model.vocab;
+    let hidden = tr.config().model.hidden;
+    for (what, lambda, v) in [
+        ("H", h.max, &h.vector),
+        ("P^-1/2 H P^-1/2", pre.max, &pre.vector),
+    ] {
+        let mut mass: Vec<(f64, &str)> = spans
+            .iter()
+            .zip(&names)
+            .map(|(&(o, l), n)| (v[o..o + l].iter().map(|x| x * x).sum::<f64>(), n.as_str()))
+            .collect();
+        mass.sort_by(|a, b| b.0.total_cmp(&a.0));
+        eprintln!("{what}: λ_max {lambda:.4}; mass by tensor:");
+        for (m, n) in mass.iter().take(5) {
+            eprintln!("  {n}: {:.1}%", 100.0 * m);
+        }
+        let emb = names
+            .iter()
+            .position(|n| n.contains("embed_tokens"))
+            .unwrap();
+        let (o, _) = spans[emb];
+        let absent: f64 = (0..vocab as u32)
+            .filter(|t| !present.contains(t))
+            .map(|t| {
+                let r = o + t as usize * hidden;
+                v[r..r + hidden].iter().map(|x| x * x).sum::<f64>()
+            })
+            .sum();
+        eprintln!(
+            "  embedding rows of the {} tokens absent from the probe batch: {:.1}%",
+            vocab - present.len(),
+            100.0 * absent
+        );
+    }
+    for (&(o, l), n) in spans.iter().zip(&names) {
+        let mut p: Vec<f64> = p_inv[o..o + l].to_vec();
+        p.sort_by(f64::total_cmp);
+        eprintln!("  P⁻¹ {n}: median {:.3e}, max {:.3e}", p[l / 2], p[l - 1]);
     }
 }

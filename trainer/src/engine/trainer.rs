@@ -285,6 +285,11 @@ impl Trainer {
         &self.model
     }
 
+    /// The run's optimiser (its moments give Adam's preconditioner; for measurements).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.opt
+    }
+
     pub fn data(&self) -> &Dataset {
         &self.data
     }
