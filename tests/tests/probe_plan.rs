@@ -145,4 +145,39 @@ fn the_default_budget_probes_inside_the_decay() {
     for kind in KINDS {
         assert!(at(kind).contains(&600), "{kind}: {:?}", at(kind));
     }
+    // `inspect` sets them against the planner's places and says what budget covers them all.
+    let shown = run(&["inspect", out.to_str().unwrap()]);
+    assert!(shown.ok(), "{}", shown.stderr);
+    for kind in KINDS {
+        let line = shown
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("  run  0 {kind:<10} at ")))
+            .unwrap_or_else(|| panic!("no coverage line for {kind}:\n{}", shown.stdout));
+        let (probed, missed) = line.split_once("; missed ").unwrap();
+        let probed: Vec<u64> = probed
+            .rsplit(" at ")
+            .next()
+            .unwrap()
+            .split(' ')
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(probed, at(kind).into_iter().collect::<Vec<_>>(), "{line}");
+        // The anchors are 60, 300, 540, 560, 580 and 600; what ran is not missed.
+        for s in missed.split(' ').filter(|s| *s != "-") {
+            let s: u64 = s.parse().unwrap();
+            assert!(
+                [60, 300, 540, 560, 580].contains(&s) && !at(kind).contains(&s),
+                "{line}"
+            );
+        }
+    }
+    let need: f64 = shown
+        .stdout
+        .split("every kind at every anchor would take about ")
+        .nth(1)
+        .and_then(|r| r.split('%').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no budget line:\n{}", shown.stdout));
+    assert!(need > 5.0 && need < 100.0, "{need}");
 }

@@ -112,6 +112,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let predictions = crate::predict::predictions(&events);
     let law = crate::predict::session_law(&events);
     let probes = probe_counts(&events);
+    let coverage = planned_coverage(&s, &config, &events);
     let writer = s.writer_alive();
     if a.json {
         let fit_json = fit.as_ref().map(|f| {
@@ -132,6 +133,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             "config": config,
             "writer_alive": writer,
             "runs": s.runs().iter().map(|r| run_json(r, writer)).collect::<Vec<_>>(),
+            "probe_coverage": coverage,
             "law": law.map(|f| json!({
                 "l0": f.law.l0, "a": f.law.a, "alpha": f.law.alpha, "b": f.law.b,
                 "c": f.law.c, "beta": f.law.beta, "gamma": f.law.gamma,
@@ -230,6 +232,11 @@ pub fn run(a: InspectArgs) -> Result<()> {
             println!("  run {run:>2} {kind:<10} ×{n:<4} {secs:.1} s");
         }
     }
+    if let Some(c) = &coverage {
+        for line in super::probe_coverage::describe(c) {
+            println!("{line}");
+        }
+    }
     if let Some(f) = &fit {
         println!("fit: {}", describe_fit(f));
         let far = rows.iter().filter_map(|r| r.end_tokens).max().unwrap_or(0) as f64 * 10.0;
@@ -243,6 +250,38 @@ pub fn run(a: InspectArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the session's periodic probes ran against the planner's places, when the planner
+/// placed them (not `--probe-every`, not turned off).
+fn planned_coverage(
+    s: &Session,
+    config: &Value,
+    events: &[wsdscope_sessions::RunEvent],
+) -> Option<super::probe_coverage::Coverage> {
+    use super::probe_coverage::{RunPlaces, coverage};
+    let probes = &config["probes"];
+    let planned = probes["every"].as_u64() == Some(0)
+        && probes["budget_pct"].as_f64().is_none_or(|b| b > 0.0);
+    if !planned {
+        return None;
+    }
+    let runs: Vec<RunPlaces> = s
+        .runs()
+        .iter()
+        .map(|r| RunPlaces {
+            run: r.id,
+            phases: r.phases,
+            from: r.fork_step.unwrap_or(r.start_step),
+            branch: r.parent.is_some(),
+        })
+        .collect();
+    let kinds: Vec<&str> = wsdscope_sessions::ProbeKind::PERIODIC
+        .iter()
+        .map(|k| k.name())
+        .collect();
+    let points = probes["decay_points"].as_u64().unwrap_or(3);
+    Some(coverage(&runs, events, &kinds, points))
 }
 
 /// (run, probe, results, seconds) of every probe kind recorded per run.

@@ -7,6 +7,7 @@ pub mod export;
 pub mod inspect;
 pub mod kernels;
 pub mod plot;
+pub mod probe_coverage;
 pub mod record;
 pub mod replay;
 pub mod run;

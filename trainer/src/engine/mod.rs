@@ -48,6 +48,7 @@ pub use branch::decay_branch;
 pub use command::{Command, ForkRequest, Outcome};
 pub use device::{Placement, device, gpu_ordinal};
 use drive::drive;
+pub use probe_plan::probe_anchors;
 pub use trainer::{Fault, Trainer};
 
 use crate::error::{Error, Result};

@@ -118,6 +118,25 @@ pub(super) fn anchors(r: &RunSpan, decay_points: u64, done: u64) -> Vec<(Anchor,
     out
 }
 
+/// The steps a run's periodic probes are planned at first (the anchors of the rule above),
+/// ascending: for a run with phases `bounds` that started at step `from` (a branch: forked
+/// there), with `decay_points` points through its decay. What `inspect` checks a session's
+/// probes against.
+pub fn probe_anchors(bounds: PhaseBounds, from: u64, branch: bool, decay_points: u64) -> Vec<u64> {
+    let span = RunSpan {
+        run: 0,
+        from,
+        bounds,
+        branch,
+    };
+    let mut steps: Vec<u64> = anchors(&span, decay_points, 0)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
 /// What the planner is given.
 #[derive(Debug, Clone)]
 pub(super) struct PlanInput<'a> {
