@@ -39,6 +39,10 @@ use crate::{Phase, StepMetrics};
 /// Bump on any incompatible change; readers refuse newer versions.
 pub const FORMAT_VERSION: u32 = 3;
 
+/// The root attribute `created`: UTC, to the second, `YYYY-MM-DDTHH:MM:SSZ`.
+pub const CREATED_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
 pub const EVENTS: &str = "events";
 pub const RUNS: &str = "runs";
 pub const EVAL: &str = "eval";

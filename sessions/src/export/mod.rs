@@ -343,25 +343,9 @@ fn start_time(session: &Session) -> f64 {
 
 /// Unix seconds of a `YYYY-MM-DDTHH:MM:SSZ` time (the recorder's `created`).
 fn parse_utc(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm), the inverse of the recorder's.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+    time::PrimitiveDateTime::parse(s, crate::layout::CREATED_FORMAT)
+        .ok()
+        .map(|t| t.assume_utc().unix_timestamp())
 }
 
 /// The TensorBoard tags an export can write, as the Markdown table `docs/session-format.md`
@@ -454,6 +438,15 @@ mod tests {
         assert_eq!(parse_utc("2026-12-07T01:46:52Z"), Some(1_796_608_012));
         assert_eq!(parse_utc("2026-12-07 01:46:52"), None);
         assert_eq!(parse_utc("2026-13-07T01:46:52Z"), None);
+        // What the recorder writes reads back as now.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let written = crate::recorder::iso_now();
+        assert_eq!(written.len(), 20, "{written}");
+        let back = parse_utc(&written).unwrap();
+        assert!((back - now).abs() <= 2, "{written}: {back} vs {now}");
     }
 
     #[test]
