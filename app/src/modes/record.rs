@@ -389,16 +389,10 @@ pub(crate) fn resume_command(root: &Path) -> String {
         .join(" ")
 }
 
-/// `a` as one POSIX shell word.
+/// `a` as one POSIX shell word (a NUL, which no shell word holds, is dropped).
 fn shell_quote(a: &str) -> String {
-    let plain = !a.is_empty()
-        && a.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c));
-    if plain {
-        a.to_string()
-    } else {
-        format!("'{}'", a.replace('\'', "'\\''"))
-    }
+    let a = a.replace('\0', "");
+    shlex::try_quote(&a).map_or(a.clone(), |q| q.into_owned())
 }
 
 /// Runs the engine to its end through the live pipeline ([`crate::live`]): every event to
@@ -627,4 +621,30 @@ fn print_dry_run(cfg: &RunConfig) {
         "{}",
         serde_json::to_string_pretty(cfg).expect("config serialises")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn shell_words_split_back_to_themselves() {
+        for word in [
+            "plain/path.h5",
+            "with space",
+            "it's",
+            "$HOME",
+            "a\"b",
+            "",
+            "--x=1,2",
+        ] {
+            let quoted = shell_quote(word);
+            assert_eq!(
+                shlex::split(&quoted),
+                Some(vec![word.to_string()]),
+                "{quoted}"
+            );
+        }
+        assert_eq!(shell_quote("plain/path.h5"), "plain/path.h5");
+    }
 }
