@@ -209,8 +209,9 @@ settings! {
     /// decay's last step included (default 3; without --probe-every).
     #[arg(long, value_name = "N")]
     adjustable probe_decay_points: u64,
-    /// Sequences of the step's batch that sharpness, slices and interpolation use
-    /// (default min(batch, 4)).
+    /// Sequences of the step's batch that sharpness, slices, the landscape and interpolation
+    /// use (default min(batch, 4)). Sharpness is that batch's Hessian's and grows as it
+    /// shrinks: compare it at one setting.
     #[arg(long, value_name = "N")]
     adjustable probe_batch: usize,
     /// Points per side of the 2-D loss slice (default 7, i.e. 49 losses).
