@@ -26,7 +26,8 @@ pub struct Extremes {
     pub vector: Vec<f64>,
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+/// a·b.
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 

@@ -18,6 +18,8 @@
 //!
 //! The trainer implements [`Objective`] for its model and runs these between steps.
 
+use crate::lanczos::{Extremes, dot, lanczos_extremes};
+
 /// A differentiable scalar function of a flat parameter vector.
 pub trait Objective {
     /// Number of parameters.
@@ -26,12 +28,6 @@ pub trait Objective {
     fn loss(&mut self, theta: &[f64]) -> f64;
     /// The loss and its gradient at `theta`.
     fn loss_and_grad(&mut self, theta: &[f64]) -> (f64, Vec<f64>);
-}
-
-use crate::lanczos::{Extremes, lanczos_extremes};
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 fn norm(a: &[f64]) -> f64 {

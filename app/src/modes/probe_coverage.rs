@@ -7,11 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use wsdscope_sessions::{PhaseBounds, RunEvent, RunId};
-use wsdscope_trainer::engine::probe_anchors;
-
-/// The share of planned probe time the planner keeps unspent beyond its first places (its
-/// `MARGIN`), so a budget that covers every anchor is this much larger than their cost.
-const MARGIN: f64 = 0.2;
+use wsdscope_trainer::engine::{PROBE_PLAN_MARGIN, probe_anchors};
 
 /// A run as the coverage sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,9 +91,11 @@ pub fn coverage(
             };
         }
     }
+    // The planner keeps a share of what it plans unspent beyond its first places, so a
+    // budget that covers every anchor is that much larger than their cost.
     let budget_for_anchors = needed_s
         .filter(|_| train_ms > 0.0)
-        .map(|s| 100.0 * s * (1.0 + MARGIN) / (train_ms / 1e3));
+        .map(|s| 100.0 * s * (1.0 + PROBE_PLAN_MARGIN) / (train_ms / 1e3));
     Coverage {
         kinds: out,
         budget_for_anchors,

@@ -48,7 +48,7 @@ pub use branch::decay_branch;
 pub use command::{Command, ForkRequest, Outcome};
 pub use device::{Placement, device, gpu_ordinal};
 use drive::drive;
-pub use probe_plan::probe_anchors;
+pub use probe_plan::{MARGIN as PROBE_PLAN_MARGIN, probe_anchors};
 pub use trainer::{Fault, Trainer};
 
 use crate::error::{Error, Result};

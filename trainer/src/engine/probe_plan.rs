@@ -20,9 +20,9 @@
 //! On the default run (600 steps) the default budget (5%, 30 steps' worth) buys about two of
 //! the four kinds' rounds (about 13.5 steps each), so the decay comes first: the first plan
 //! puts every kind at the decay's last step, all but the landscape at its first point, and
-//! the noise scale at each point and at the last stable step; a probe that costs more than estimated may cost a cheap
-//! one a point. Every kind at every anchor needs about 15–20% there, or a run about four
-//! times as long at 5%.
+//! the noise scale at each point and at the last stable step; a probe that costs more than
+//! estimated may cost a cheap one a point. Every kind at every anchor needs about 20% there
+//! (`inspect` estimates it from a session's costs), or a run about five times as long at 5%.
 //!
 //! Then, while the budget allows with half of what is planned left over (these run before
 //! the later anchors, whose probes may overrun their estimates), one more run of the kind and
@@ -45,7 +45,7 @@ const MAX_EXTRA: usize = 256;
 
 /// The share of what is planned that every place after the first tier, and the spread,
 /// leave unspent.
-const MARGIN: f64 = 0.2;
+pub const MARGIN: f64 = 0.2;
 
 /// The share of what is planned that the spread beyond the anchors leaves unspent: its probes
 /// fall in the gaps before the later anchors, so they run first, and an overrun of the
