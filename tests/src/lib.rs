@@ -1,8 +1,18 @@
 //! Helpers for the end-to-end tests: find the built `wsdscope` binary and run it as a user
 //! would, capturing what it prints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// The names in `dir`, sorted (what a test sees an export or a run leave behind).
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
 
 /// The `wsdscope` binary of the same profile as these tests (`target/<profile>/wsdscope`).
 pub fn binary() -> PathBuf {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
-use wsdscope_tests::{SMALL, run};
+use wsdscope_tests::{SMALL, listing, run};
 use wsdscope_trainer::checkpoint;
 use wsdscope_trainer::model::MiniCpm;
 
@@ -221,15 +221,6 @@ fn compare(
     theirs
 }
 
-fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn an_mha_export_of_a_synthetic_run_loads_in_transformers_with_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
@@ -253,7 +244,7 @@ fn an_mha_export_of_a_synthetic_run_loads_in_transformers_with_the_same_logits()
         "{summary}"
     );
     assert_eq!(
-        files(&out),
+        listing(&out),
         ["config.json", "generation_config.json", "model.safetensors"]
     );
     let config: serde_json::Value =
@@ -310,7 +301,7 @@ fn a_gqa_export_of_a_tokenizer_run_carries_the_tokenizer_and_the_same_logits() {
         "{summary}"
     );
     assert_eq!(
-        files(&out),
+        listing(&out),
         [
             "config.json",
             "generation_config.json",
@@ -420,7 +411,7 @@ fn bad_inputs_get_one_line_exit_2_and_nothing_written() {
 
     // Nothing of the refusals above was written: no --out, no staging directory.
     assert!(!out.exists(), "a refused export created --out");
-    let stray: Vec<String> = files(d)
+    let stray: Vec<String> = listing(d)
         .into_iter()
         .filter(|f| f.contains("partial"))
         .collect();
@@ -433,11 +424,11 @@ fn bad_inputs_get_one_line_exit_2_and_nothing_written() {
         &[c, "--format", "hf", "--out", o],
         &["--out", "not empty", "--force"],
     );
-    assert_eq!(files(&out), ["mine.txt"]);
+    assert_eq!(listing(&out), ["mine.txt"]);
     let r = run(&["export", c, "--format", "hf", "--out", o, "--force"]);
     assert!(r.ok(), "{}", r.stderr);
     assert_eq!(
-        files(&out),
+        listing(&out),
         ["config.json", "generation_config.json", "model.safetensors"]
     );
 }

@@ -6,17 +6,7 @@
 
 use std::path::Path;
 
-use wsdscope_tests::{SMALL, json_lines, run};
-
-/// Names in `dir`, sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
+use wsdscope_tests::{SMALL, json_lines, listing, run};
 
 /// Records a 20-step session `dir/s.h5`; returns its path and the events it streamed.
 fn record(dir: &Path, extra: &[&str]) -> (String, Vec<serde_json::Value>) {

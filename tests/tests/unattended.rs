@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use wsdscope_tests::{
-    SMALL, collect_json_lines, json_lines, run, session_events, step_losses, wsdscope,
+    SMALL, collect_json_lines, json_lines, listing, run, session_events, step_losses, wsdscope,
 };
 
 /// A `record` child whose `--jsonl` lines arrive on a channel as they are printed.
@@ -356,9 +356,8 @@ fn sigkill_at_the_recorders_pause_points_leaves_a_readable_session() {
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
-    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let leftovers: Vec<String> = listing(dir.path())
+        .into_iter()
         .filter(|n| n.contains("partial"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
