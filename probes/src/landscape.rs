@@ -298,6 +298,31 @@ impl NoiseScale {
         Self::estimate(small_sq, b_small, dot(&big, &big), k * b_small)
     }
 
+    /// From small batches of possibly different sizes, each as (examples b_i, |G_bi|²), and
+    /// the big batch they make up (`big_sq` = |G_big|² over `b_big` examples). Since
+    /// E|G_b|² = |G|² + tr(Σ)/b, the mean small norm a and the mean of 1/b_i, h, give
+    /// tr(Σ) ≈ (a − |G_big|²)/(h − 1/B_big) and |G|² ≈ |G_big|² − tr(Σ)/B_big: the estimate
+    /// above when the sizes are equal. `None` for fewer than two small batches.
+    pub fn from_small_batches(small: &[(f64, f64)], big_sq: f64, b_big: f64) -> Option<Self> {
+        if small.len() < 2 {
+            return None;
+        }
+        let k = small.len() as f64;
+        let a = small.iter().map(|s| s.1).sum::<f64>() / k;
+        let h = small.iter().map(|s| 1.0 / s.0).sum::<f64>() / k;
+        Some(Self::from_means(a, h, big_sq, b_big))
+    }
+
+    /// [`Self::from_small_batches`] from its two means: `mean_sq` of the small batches'
+    /// squared norms and `mean_inv` of 1/b_i.
+    pub fn from_means(mean_sq: f64, mean_inv: f64, big_sq: f64, b_big: f64) -> Self {
+        let trace = (mean_sq - big_sq) / (mean_inv - 1.0 / b_big);
+        NoiseScale {
+            g_sq: big_sq - trace / b_big,
+            trace,
+        }
+    }
+
     /// B_simple = tr(Σ)/|G|², in the unit of the batch sizes (NaN if |G|² ≤ 0).
     pub fn b_simple(&self) -> f64 {
         if self.g_sq > 0.0 {
@@ -589,6 +614,22 @@ mod tests {
             "{b}"
         );
         assert!((minicpm_batch_rule(2.0) - 1.21e9 / 2f64.powf(6.24)).abs() < 1e-3);
+    }
+
+    #[test]
+    fn small_batches_of_any_sizes_give_the_noise_scale_back() {
+        // Expected squared norms E|G_b|² = |G|² + tr(Σ)/b, for sizes 3, 3 and 2 of a big
+        // batch of 8: the estimate solves them exactly, and equal sizes give `estimate`.
+        let (g_sq, trace) = (0.25, 40.0);
+        let e = |b: f64| g_sq + trace / b;
+        let small = [(3.0, e(3.0)), (3.0, e(3.0)), (2.0, e(2.0))];
+        let got = NoiseScale::from_small_batches(&small, e(8.0), 8.0).unwrap();
+        assert!((got.g_sq - g_sq).abs() < 1e-12 && (got.trace - trace).abs() < 1e-9);
+        let equal = [(4.0, 1.5), (4.0, 2.5)];
+        let a = NoiseScale::from_small_batches(&equal, 1.2, 8.0).unwrap();
+        let b = NoiseScale::estimate(2.0, 4.0, 1.2, 8.0);
+        assert!((a.g_sq - b.g_sq).abs() < 1e-12 && (a.trace - b.trace).abs() < 1e-12);
+        assert_eq!(NoiseScale::from_small_batches(&equal[..1], 1.2, 8.0), None);
     }
 
     #[test]
