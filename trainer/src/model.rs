@@ -34,6 +34,10 @@ use crate::config::{ModelConfig, Precision};
 // The parameters' names and shapes follow from the configuration alone, so they live with
 // it; re-exported here, where a reader of the model looks for them.
 pub use crate::config::{param_names, param_shapes};
+
+/// The squared norms of a step's leaf gradients (`tree.rs`), where it was asked for them and
+/// computes in leaves.
+pub type Leaves = Option<Vec<tree::LeafNorm>>;
 use crate::data::rng::{SplitMix64, hash};
 use crate::error::{Error, Result};
 
@@ -286,7 +290,7 @@ impl MiniCpm {
     /// With `grad` false the weights are detached, so no graph is kept for backward.
     pub fn loss(&self, inputs: &Tensor, targets: &Tensor, grad: bool) -> Result<Tensor> {
         if !grad && self.uses_step() {
-            let (loss, _) = self.run_step(inputs, targets, false)?;
+            let (loss, _, _) = self.run_step(inputs, targets, false, false)?;
             return Ok(Tensor::new(loss, &self.device)?);
         }
         let logits = self.logits(inputs, grad)?; // (B·T, V)
@@ -303,14 +307,33 @@ impl MiniCpm {
     /// bf16 mixed precision) this runs the hand-written step of `model/step.rs`; otherwise
     /// candle's autograd over the graph of [`Self::loss`] (the reference ops).
     pub fn loss_and_grads(&self, inputs: &Tensor, targets: &Tensor) -> Result<(Tensor, GradStore)> {
+        let (loss, grads, _) = self.loss_grads_and_leaves(inputs, targets, false)?;
+        Ok((loss, grads))
+    }
+
+    /// [`Self::loss_and_grads`], and with `leaves` on the CPU step also the squared norm of
+    /// each leaf's gradient of its reduction tree (`model/tree.rs`), left to right; `None`
+    /// where the passes are not split into leaves (CUDA, the reference ops).
+    pub fn loss_grads_and_leaves(
+        &self,
+        inputs: &Tensor,
+        targets: &Tensor,
+        leaves: bool,
+    ) -> Result<(Tensor, GradStore, Leaves)> {
         if self.uses_step() {
-            let (loss, grads) = self.run_step(inputs, targets, true)?;
+            let (loss, grads, norms) = self.run_step(inputs, targets, true, leaves)?;
             let grads = grads.expect("the step returns gradients when asked");
-            return Ok((Tensor::new(loss, &self.device)?, grads));
+            return Ok((Tensor::new(loss, &self.device)?, grads, norms));
         }
         let loss = self.loss(inputs, targets, true)?;
         let grads = loss.backward()?;
-        Ok((loss, grads))
+        Ok((loss, grads, None))
+    }
+
+    /// Whether the training step is split into the leaves of `model/tree.rs` (the CPU step),
+    /// so that [`Self::loss_grads_and_leaves`] can report their gradients' norms.
+    pub fn steps_in_leaves(&self) -> bool {
+        self.uses_step() && matches!(self.device, Device::Cpu)
     }
 
     /// Whether [`step::run`] computes this model's passes: the fused ops over f32
@@ -330,7 +353,8 @@ impl MiniCpm {
         inputs: &Tensor,
         targets: &Tensor,
         grad: bool,
-    ) -> Result<(f32, Option<GradStore>)> {
+        leaves: bool,
+    ) -> Result<(f32, Option<GradStore>, Leaves)> {
         self.check_seq(inputs)?;
         let (b, t) = inputs.dims2()?;
         let ids: Vec<u32> = inputs.flatten_all()?.to_vec1()?;
@@ -346,19 +370,22 @@ impl MiniCpm {
         } else {
             Precision::F32
         };
-        let (loss, grads) = match &self.device {
+        let (loss, grads, norms) = match &self.device {
             #[cfg(feature = "cuda")]
-            Device::Cuda(dev) => self.cuda_step(dev, batch, precision, grad)?,
-            _ => self.cpu_step(batch, precision, grad)?,
+            Device::Cuda(dev) => {
+                let (loss, grads) = self.cuda_step(dev, batch, precision, grad)?;
+                (loss, grads, None)
+            }
+            _ => self.cpu_step(batch, precision, grad, leaves)?,
         };
         let Some(grads) = grads else {
-            return Ok((loss, None));
+            return Ok((loss, None, norms));
         };
         let mut store = GradStore::default();
         for ((_, p), g) in self.named.iter().zip(grads) {
             store.insert(p.as_tensor(), g);
         }
-        Ok((loss, Some(store)))
+        Ok((loss, Some(store), norms))
     }
 
     /// The step on the CUDA backend (in f32 or bf16 mixed precision), reading the parameters

@@ -10,13 +10,15 @@ use crate::config::Precision;
 use crate::error::{Error, Result};
 
 impl MiniCpm {
-    /// The step on the CPU backend, reading the parameters and RoPE tables in place.
+    /// The step on the CPU backend, reading the parameters and RoPE tables in place; with
+    /// `leaves` (and `grad`) also each leaf's gradient's squared norm, left to right.
     pub(super) fn cpu_step(
         &self,
         batch: step::Batch<'_>,
         precision: Precision,
         grad: bool,
-    ) -> Result<(f32, Option<Vec<Tensor>>)> {
+        leaves: bool,
+    ) -> Result<(f32, Option<Vec<Tensor>>, super::Leaves)> {
         // Read access to every parameter for the whole step (the optimiser writes after it).
         let guards: Vec<_> = self
             .named
@@ -58,11 +60,14 @@ impl MiniCpm {
             Ok((loss, grads))
         };
         let leaf_seqs = tree::leaf_sequences(batch.t);
-        let (loss, grads) = tree::reduce(batch, leaf_seqs, &mut leaf)?;
+        let mut norms = Vec::new();
+        let wanted = (leaves && grad).then_some(&mut norms);
+        let (loss, grads) = tree::reduce(batch, leaf_seqs, &mut leaf, wanted)?;
         let grads = grads
             .map(|g| self.as_tensors(g, |g, dims| Ok(Tensor::from_vec(g, dims, &Device::Cpu)?)))
             .transpose()?;
-        Ok((loss, grads))
+        let norms = (leaves && grad).then_some(norms);
+        Ok((loss, grads, norms))
     }
 }
 
