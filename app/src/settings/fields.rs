@@ -217,6 +217,11 @@ settings! {
     /// Points per side of the 2-D loss slice (default 7, i.e. 49 losses).
     #[arg(long, value_name = "N")]
     adjustable probe_grid: usize,
+    /// Steps each report of the gradient noise scale averages where it comes from the CPU
+    /// step's own leaves, at no extra pass (default 10; a report also ends at each place
+    /// the planner probes).
+    #[arg(long, value_name = "N")]
+    adjustable probe_noise_window: u64,
     /// Tensors whose max |Δθ| each step reports (HF names, comma-separated; default: the
     /// embedding, layer 0's q_proj and the last layer's down_proj).
     #[arg(long, value_name = "NAME,…", value_delimiter = ',')]

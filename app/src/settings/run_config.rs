@@ -148,6 +148,9 @@ impl Settings {
         if let Some(n) = self.probe_grid {
             p.grid = n;
         }
+        if let Some(n) = self.probe_noise_window {
+            p.noise_window = n;
+        }
         if let Some(t) = &self.track {
             p.track.clone_from(t);
         }

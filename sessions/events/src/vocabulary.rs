@@ -188,6 +188,7 @@ pub mod noise {
     pub const RULE_TOKENS: &str = "rule_tokens";
     pub const LOSS: &str = "loss";
     pub const MICRO_BATCHES: &str = "micro_batches";
+    pub const STEPS: &str = "steps";
 }
 
 /// Names of the 1-D slice probe's scalars and series.
@@ -316,7 +317,16 @@ pub const PROBES: &[ProbeSpec] = &[
                 "MiniCPM's batch rule 1.21e9 / L^6.24 at the current loss",
             ),
             q(noise::LOSS, "nats", "the loss the rule was evaluated at"),
-            q(noise::MICRO_BATCHES, "", "micro-batch gradients measured"),
+            q(
+                noise::MICRO_BATCHES,
+                "",
+                "small-batch gradients per estimate (the step's leaves, or micro-batches)",
+            ),
+            q(
+                noise::STEPS,
+                "steps",
+                "training steps whose own leaves the estimate averages (absent: a separate pass at this step)",
+            ),
         ],
         series: &[],
         drawing: Drawing::OverSteps {

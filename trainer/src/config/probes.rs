@@ -37,8 +37,12 @@ pub struct ProbeConfig {
     /// the value (an eigenvalue then lies that close), or after `power_iters` products.
     pub sharpness_tol: f64,
     /// Micro-batches the step's batch is split into for the gradient noise scale (at most
-    /// one per sequence; a batch of one sequence has no noise scale).
+    /// one per sequence; a batch of one sequence has no noise scale), where it is a probe of
+    /// its own (runs whose step is one pass: CUDA, the reference ops).
     pub micro_batches: usize,
+    /// Training steps each noise-scale report averages where the CPU step's leaves give it
+    /// (`engine/step_noise.rs`); a report also ends at every phase anchor of the planner.
+    pub noise_window: u64,
     /// Tensors whose max |Δθ| every step reports (HF names; empty: the embedding, the first
     /// layer's q_proj and the last layer's down_proj).
     pub track: Vec<String>,
@@ -59,6 +63,7 @@ impl Default for ProbeConfig {
             power_iters: 20,
             sharpness_tol: 0.05,
             micro_batches: 4,
+            noise_window: 10,
             track: Vec::new(),
         }
     }
@@ -161,6 +166,12 @@ impl ProbeConfig {
             return Err(Error::Config(format!(
                 "probe micro-batches {} not allowed; the noise scale needs at least 2",
                 self.micro_batches
+            )));
+        }
+        if !(1..=100_000).contains(&self.noise_window) {
+            return Err(Error::Config(format!(
+                "--probe-noise-window {} is not allowed; it must be in 1..=100000 steps",
+                self.noise_window
             )));
         }
         let names: Vec<String> = param_names(layers);

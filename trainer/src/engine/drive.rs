@@ -202,6 +202,15 @@ pub(super) fn drive(
             let done = outcome
                 .as_ref()
                 .is_some_and(|(r, _)| *r == EndReason::Completed);
+            // The noise scale of the steps since the last report (no pass of its own).
+            if runs
+                .probes
+                .noise_report_due(&runs.active[i], done || outcome.is_some())
+                && let Some(r) = runs.active[i].step_noise_report()
+                && runs.active[i].is_root()
+            {
+                emit(RunEvent::Probe(r));
+            }
             if runs.probe_pending.remove(&run) {
                 let _ = runs.probe_all(run, &mut emit);
             }

@@ -17,6 +17,8 @@
 //!   a few settings, from the trunk's initial weights where the shape allows.
 //! - `branch.rs`: the schedules of forked runs: a decay branch ([`decay_branch`]) or WSD-S's
 //!   resumption at the trunk's stable lr.
+//! - `step_noise.rs`: the gradient noise scale from the CPU step's own leaves, reported
+//!   over a window of steps as a `noise` probe result at no cost to the probes' budget.
 //! - `feed.rs`: the commands of a step boundary, broadcast from rank 0 to every rank.
 //! - `probe_plan.rs`: where the periodic probes run — the phases' anchors first, the rest
 //!   spread — within their share of training time (pure).
@@ -37,6 +39,7 @@ mod probe_plan;
 mod reduce;
 mod scheduler;
 mod sibling;
+mod step_noise;
 mod trainer;
 
 use std::sync::mpsc::{self, Sender};

@@ -31,12 +31,18 @@ pub(super) struct ProbeClock {
     plan: Plan,
 }
 
-/// The periodic kinds a run measures (no noise scale from a single sequence).
+/// The periodic kinds a run measures as probes of their own: no noise scale from a single
+/// sequence, nor where the steps' own leaves give it (`step_noise.rs`).
 fn kinds(tr: &Trainer) -> Vec<ProbeKind> {
     ProbeKind::PERIODIC
         .into_iter()
-        .filter(|&k| k != ProbeKind::Noise || tr.cfg.batch >= 2)
+        .filter(|&k| k != ProbeKind::Noise || noise_probe(tr))
         .collect()
+}
+
+/// Whether `tr` measures the noise scale with the separate probe.
+fn noise_probe(tr: &Trainer) -> bool {
+    tr.cfg.batch >= 2 && !tr.leaf_noise()
 }
 
 /// Whether `tr`'s periodic probes are placed by the planner (not every N steps).
@@ -77,9 +83,9 @@ impl ProbeClock {
         }
         let mut next = self.next.get(&tr.run).copied().unwrap_or(0);
         if ProbeKind::PERIODIC[next % ProbeKind::PERIODIC.len()] == ProbeKind::Noise
-            && tr.cfg.batch < 2
+            && !noise_probe(tr)
         {
-            next += 1; // no noise scale from a single sequence
+            next += 1; // no noise scale from a single sequence, or it comes from the steps
         }
         let kind = ProbeKind::PERIODIC[next % ProbeKind::PERIODIC.len()];
         if let Some(pct) = cfg.budget() {
@@ -95,6 +101,23 @@ impl ProbeClock {
             }
         }
         Some((kind, next))
+    }
+
+    /// Whether the noise scale of `tr`'s steps since the last report is due after this
+    /// step: every `noise_window` steps of the run, at every anchor of the planner's rule
+    /// (so the decay's points have a report that ends there) and at the run's last step.
+    pub(super) fn noise_report_due(&self, tr: &Trainer, last: bool) -> bool {
+        let cfg = &tr.cfg.probes;
+        if !tr.leaf_noise() || tr.step == 0 {
+            return false;
+        }
+        let from = self.spans.get(&tr.run).map_or(0, |s| s.0.from);
+        let anchor = self.spans.get(&tr.run).is_some_and(|(span, _)| {
+            probe_plan::anchors(span, cfg.decay_points, 0)
+                .iter()
+                .any(|&(_, s)| s == tr.step)
+        });
+        last || anchor || (tr.step - from).is_multiple_of(cfg.noise_window)
     }
 
     /// Run `tr` starts (the trunk, a sibling beside it, or a branch just forked): its steps

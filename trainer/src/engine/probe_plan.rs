@@ -17,12 +17,13 @@
 //! 4. mid-stable;
 //! 5. the end of warmup.
 //!
-//! On the default run (600 steps) the default budget (5%, 30 steps' worth) buys about two of
-//! the four kinds' rounds (about 13.5 steps each), so the decay comes first: the first plan
-//! puts every kind at the decay's last step, all but the landscape at its first point, and
-//! the noise scale at each point and at the last stable step; a probe that costs more than
-//! estimated may cost a cheap one a point. Every kind at every anchor needs about 20% there
-//! (`inspect` estimates it from a session's costs), or a run about five times as long at 5%.
+//! On the CPU step the noise scale comes from the steps' own leaves at every anchor
+//! (`step_noise.rs`), so the planner places sharpness, slices and the landscape. On the
+//! default run (600 steps) the default budget (5%, 30 steps' worth) buys under two of their
+//! rounds (about 16 steps each at 2 threads), so the decay comes first: every kind at its last
+//! step, sharpness and slices at its first point too; a probe that costs more than estimated
+//! may cost a cheap one a point. Every kind at every anchor needs about 18% there (`inspect`
+//! estimates it from a session's costs), or a run about three times as long at 5%.
 //!
 //! Then, while the budget allows with half of what is planned left over (these run before
 //! the later anchors, whose probes may overrun their estimates), one more run of the kind and

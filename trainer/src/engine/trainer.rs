@@ -14,6 +14,7 @@ use wsdscope_events::{EVENT_SCHEMA_VERSION, ProbeResult, RunEvent, RunId, RunSta
 
 use super::device::device;
 use super::reduce;
+use super::step_noise::{self, NoiseSums};
 use crate::checkpoint::{self, CHECKPOINT_FORMAT, TrainerState};
 use crate::collective::{self, Collective, Solo};
 use crate::config::{Precision, RunConfig};
@@ -46,9 +47,9 @@ pub struct Trainer {
     tracker: StepTracker,
     /// Running mean of step wall time, to state probe costs in steps.
     pub(super) mean_step_s: f64,
-    /// Sums of the noise-scale estimates so far (tr Σ, |G|²): their ratio is the run's
-    /// averaged B_simple (McCandlish et al. average numerator and denominator apart).
-    noise_sums: (f64, f64),
+    /// The noise-scale estimates: the steps' own since the last report, and the run's sums
+    /// (McCandlish et al. average numerator and denominator apart).
+    noise: NoiseSums,
     /// A fault for the next step to meet ([`Trainer::inject_fault`], a test hook).
     fault: Option<Fault>,
     /// The ranks this run is split across ([`Solo`] for one process).
@@ -126,7 +127,7 @@ impl Trainer {
             rng: SplitMix64::new(hash(&[cfg.seed, 0x7261_6e64])),
             tracker: StepTracker::new(tracked_indices(&model, &cfg)),
             mean_step_s: 0.0,
-            noise_sums: (0.0, 0.0),
+            noise: NoiseSums::default(),
             cfg,
             run: 0,
             name: "trunk".into(),
@@ -221,7 +222,7 @@ impl Trainer {
         Ok(Trainer {
             tracker: StepTracker::new(tracked_indices(&model, &cfg)),
             mean_step_s: self.mean_step_s,
-            noise_sums: (0.0, 0.0),
+            noise: NoiseSums::default(),
             cfg,
             run: id,
             name,
@@ -355,7 +356,8 @@ impl Trainer {
         };
         let share = batch.batch as f64 / self.cfg.batch as f64;
         let (x, y) = self.tensors(&batch)?;
-        let (loss, mut grads) = self.model.loss_and_grads(&x, &y)?;
+        let leaf_noise = self.leaf_noise();
+        let (loss, mut grads, leaves) = self.model.loss_grads_and_leaves(&x, &y, leaf_noise)?;
         // Test hook (`inject_fault`): one NaN in the first parameter's gradient.
         if fault == Some(Fault::NonFiniteGradient)
             && let Some(p) = self.opt.params().first()
@@ -394,6 +396,12 @@ impl Trainer {
         if !norms.total.is_finite() {
             return Err(non_finite("gradient"));
         }
+        // The noise scale from this step's leaves (every rank takes part in the sum).
+        let tokens = self.cfg.tokens_per_step() as f64;
+        let noise = match (&leaves, leaf_noise) {
+            (Some(l), true) => step_noise::step_estimate(&*self.comm, l, norms.total, tokens)?,
+            _ => None,
+        };
         // This step's gradients in parameter order: the geometry of the previous update needs
         // them, and they are kept for the next step's.
         let g: Vec<Tensor> = self
@@ -444,6 +452,9 @@ impl Trainer {
         } else {
             Vec::new()
         };
+        if let Some((est, n)) = noise {
+            self.noise.add_step(est, loss_v, n);
+        }
         self.step = s;
         self.tokens += self.cfg.tokens_per_step();
         let secs = t0.elapsed().as_secs_f64();
@@ -502,15 +513,23 @@ impl Trainer {
         };
         let mut m = probe::measure(kind, &input)?;
         if kind == ProbeKind::Noise {
-            self.noise_sums.0 += m.scalars[noise::TRACE];
-            self.noise_sums.1 += m.scalars[noise::G_SQ];
-            let (t, g) = self.noise_sums;
-            m.scalars.insert(
-                noise::B_SIMPLE_AVG.into(),
-                if g > 0.0 { t / g } else { f64::NAN },
-            );
+            let avg = (self.noise).average_with(m.scalars[noise::TRACE], m.scalars[noise::G_SQ]);
+            m.scalars.insert(noise::B_SIMPLE_AVG.into(), avg);
         }
         Ok(self.result(kind, m, t0))
+    }
+
+    /// Whether this run takes its noise scale from its steps' leaves (`step_noise.rs`).
+    pub fn leaf_noise(&self) -> bool {
+        step_noise::from_leaves(&self.cfg, &self.model, self.comm.size())
+    }
+
+    /// The noise scale of the steps since the last report, as a `noise` probe result at
+    /// this step (`None` if no step since gave one); it took no pass of its own.
+    pub fn step_noise_report(&mut self) -> Option<ProbeResult> {
+        let t0 = Instant::now();
+        let m = self.noise.take_window(self.cfg.tokens_per_step() as f64)?;
+        Some(self.result(ProbeKind::Noise, m, t0))
     }
 
     /// L((1 − α)·θ_parent + α·θ_branch) between this run and `other`, one of which is the

@@ -1,0 +1,104 @@
+//! The gradient noise scale from the CPU step's own leaves: it is the two-batch-size
+//! estimate an independent computation gives from the same small batches, and a run reports
+//! it over windows of steps ending at the planner's anchors, instead of a separate probe.
+
+mod common;
+
+use std::sync::mpsc;
+
+use candle_core::Tensor;
+use wsdscope_events::vocabulary::noise;
+use wsdscope_events::{ProbeResult, RunEvent};
+use wsdscope_probes::{NoiseScale, Objective};
+use wsdscope_trainer::objective::ModelObjective;
+use wsdscope_trainer::{Engine, Trainer};
+
+/// A run whose step has two leaves of 4 sequences of 128 tokens (512 tokens each).
+fn two_leaves(steps: u64) -> wsdscope_trainer::RunConfig {
+    let mut cfg = common::small_run(steps);
+    cfg.batch = 8;
+    cfg.seq = 128;
+    cfg
+}
+
+#[test]
+fn a_steps_leaves_give_the_estimate_of_two_independent_micro_batch_gradients() {
+    let mut cfg = two_leaves(20);
+    cfg.probes.noise_window = 1;
+    let mut tr = Trainer::new(cfg).unwrap();
+    tr.train_step().unwrap();
+    assert!(tr.step_noise_report().is_some(), "step 1 has an estimate");
+    // Independently: the gradients of batch 2's two halves at θ(1), in f64, from a fresh
+    // copy of the model (no optimiser, no reduction tree).
+    let b = tr.data().train_batch_of(2, 8);
+    let grads: Vec<Vec<f64>> = [0..4, 4..8]
+        .into_iter()
+        .map(|rows| {
+            let h = b.rows(rows);
+            let dev = tr.model().device();
+            let x = Tensor::from_slice(&h.inputs, (h.batch, h.seq), dev).unwrap();
+            let y = Tensor::from_slice(&h.targets, (h.batch, h.seq), dev).unwrap();
+            let mut f = ModelObjective::new(tr.model(), x, y).unwrap();
+            let theta = f.params().unwrap();
+            f.loss_and_grad(&theta).1
+        })
+        .collect();
+    let want = NoiseScale::from_micro_batches(&grads, 512.0);
+    tr.train_step().unwrap();
+    let got = tr
+        .step_noise_report()
+        .expect("step 2 has an estimate")
+        .scalars;
+    eprintln!("leaves: {got:?}\nindependent: {want:?}");
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs();
+    assert!(close(got[noise::G_SQ], want.g_sq), "|G|²");
+    assert!(close(got[noise::TRACE], want.trace), "tr Σ");
+    assert!(close(got[noise::B_SIMPLE], want.b_simple()), "B_simple");
+    assert_eq!(got[noise::STEPS], 1.0);
+    assert_eq!(got[noise::MICRO_BATCHES], 2.0);
+    assert_eq!(got[noise::BATCH_TOKENS], 1024.0);
+    assert!(tr.step_noise_report().is_none(), "reported once");
+}
+
+#[test]
+fn a_run_reports_its_steps_noise_scale_every_window_and_at_every_anchor() {
+    // 40 steps: warmup to 4, stable to 32, decay to 40; the anchors are 4, 18, 32, 35, 38
+    // (rounded up) and 40.
+    let mut cfg = two_leaves(40);
+    cfg.probes.noise_window = 8;
+    let (tx, rx) = mpsc::channel();
+    let engine = Engine::spawn(Trainer::new(cfg).unwrap(), move |e| {
+        let _ = tx.send(e);
+    })
+    .unwrap();
+    let outcome = engine.join();
+    assert!(outcome.final_val_loss.is_some(), "{outcome:?}");
+    let noise_reports: Vec<ProbeResult> = rx
+        .try_iter()
+        .filter_map(|e| match e {
+            RunEvent::Probe(p) if p.probe == "noise" => Some(p),
+            _ => None,
+        })
+        .collect();
+    let steps: Vec<u64> = noise_reports.iter().map(|p| p.step).collect();
+    let anchors =
+        wsdscope_trainer::engine::probe_anchors(two_leaves(40).schedule.bounds(), 0, false, 3);
+    eprintln!("reports at {steps:?}; anchors {anchors:?}");
+    for s in anchors.iter().chain(&[8, 16, 24, 40]) {
+        assert!(steps.contains(s), "a report at step {s}");
+    }
+    // Each report averages the steps since the one before, and took no pass of its own.
+    let mut prev = 0;
+    for p in &noise_reports {
+        assert_eq!(
+            p.scalars[noise::STEPS],
+            (p.step - prev) as f64,
+            "at {}",
+            p.step
+        );
+        assert!(p.scalars[noise::B_SIMPLE].is_finite());
+        assert!(p.scalars[noise::G_SQ] > 0.0 && p.scalars[noise::TRACE] > 0.0);
+        assert!(p.scalars["seconds"] < 0.01, "no pass of its own");
+        prev = p.step;
+    }
+}
