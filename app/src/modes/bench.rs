@@ -128,9 +128,16 @@ fn bench_probes(
     let mut ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
     let overhead = median(&mut ratios) - 1.0;
     let step_ms = median(&mut b);
+    // On the CPU step with two leaves or more, the noise scale comes from the steps.
+    let leaf_noise = with.leaf_noise();
     if !json {
         println!(
-            "  per-step probes (cos, D1, D2, K, max|Δθ|): {:+.2}% step time (median of {} paired steps; {:.1} ms without)",
+            "  per-step probes (cos, D1, D2, K, max|Δθ|{}): {:+.2}% step time (median of {} paired steps; {:.1} ms without)",
+            if leaf_noise {
+                ", noise scale from the step's leaves"
+            } else {
+                ""
+            },
             100.0 * overhead,
             a.len(),
             step_ms
@@ -154,6 +161,10 @@ fn bench_probes(
                 p.sharpness_tol * 100.0,
                 p.power_iters,
                 p.batch_for(cfg.batch)
+            ),
+            ProbeKind::Noise if leaf_noise => format!(
+                "{} micro-batch gradients; these runs take it from their steps instead",
+                p.micro_batches
             ),
             ProbeKind::Noise => format!("{} micro-batch gradients", p.micro_batches),
             ProbeKind::Slice => format!(
@@ -181,7 +192,9 @@ fn bench_probes(
             json!({"probe": kind.name(), "ms": s * 1e3, "steps": s * 1e3 / step_ms, "what": what}),
         );
     }
-    Ok(json!({"per_step_overhead": overhead, "step_ms": step_ms, "periodic": kinds}))
+    Ok(
+        json!({"per_step_overhead": overhead, "step_ms": step_ms, "noise_from_steps": leaf_noise, "periodic": kinds}),
+    )
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {

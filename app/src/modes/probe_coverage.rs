@@ -29,6 +29,9 @@ pub struct KindCoverage {
     pub probed: Vec<u64>,
     /// Anchors it did not run at.
     pub missed: Vec<u64>,
+    /// Of `probed`, the results that came from the training steps themselves (the noise
+    /// scale of the CPU step's leaves, `steps` > 0) rather than a pass of their own.
+    pub from_steps: usize,
 }
 
 /// Coverage of every run and periodic kind, and the probe budget (percent of the session's
@@ -50,6 +53,7 @@ pub fn coverage(
     decay_points: u64,
 ) -> Coverage {
     let mut at: BTreeMap<(RunId, &str), BTreeSet<u64>> = BTreeMap::new();
+    let mut from_steps: BTreeMap<(RunId, &str), usize> = BTreeMap::new();
     let mut cost: BTreeMap<&str, (f64, u32)> = BTreeMap::new();
     let mut train_ms = 0.0;
     for e in events {
@@ -58,6 +62,9 @@ pub fn coverage(
             RunEvent::Probe(p) => {
                 if let Some(&k) = kinds.iter().find(|k| **k == p.probe) {
                     at.entry((p.run, k)).or_default().insert(p.step);
+                    if p.scalars.get("steps").is_some_and(|&n| n > 0.0) {
+                        *from_steps.entry((p.run, k)).or_default() += 1;
+                    }
                     let c = cost.entry(k).or_default();
                     c.0 += p.scalars.get("seconds").copied().unwrap_or(0.0);
                     c.1 += 1;
@@ -82,6 +89,7 @@ pub fn coverage(
                 kind: k.to_string(),
                 probed: probed.into_iter().collect(),
                 missed,
+                from_steps: from_steps.get(&(r.run, k)).copied().unwrap_or(0),
             });
             needed_s = match (needed_s, cost.get(k)) {
                 (Some(n), Some(&(secs, count))) => {
@@ -102,12 +110,14 @@ pub fn coverage(
     }
 }
 
-/// Steps as text, `-` for none.
+/// Steps as text, `-` for none; a long list as its count, first and last three.
 fn steps(s: &[u64]) -> String {
-    if s.is_empty() {
-        return "-".into();
+    let list = |s: &[u64]| s.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+    match s.len() {
+        0 => "-".into(),
+        1..=12 => list(s),
+        n => format!("{n} steps: {} … {}", list(&s[..3]), list(&s[n - 3..])),
     }
-    s.iter().map(u64::to_string).collect::<Vec<_>>().join(" ")
 }
 
 /// The lines `inspect` prints.
@@ -115,8 +125,13 @@ pub fn describe(c: &Coverage) -> Vec<String> {
     let mut out =
         vec!["periodic probes against the planner's places (missed: anchors without one):".into()];
     for k in &c.kinds {
+        let source = if k.from_steps > 0 {
+            " (from the training steps' own gradients)"
+        } else {
+            ""
+        };
         out.push(format!(
-            "  run {:>2} {:<10} at {}; missed {}",
+            "  run {:>2} {:<10} at {}; missed {}{source}",
             k.run,
             k.kind,
             steps(&k.probed),
@@ -220,6 +235,23 @@ mod tests {
         );
         assert!(
             text.contains("about 11% of this session's training time"),
+            "{text}"
+        );
+        // The noise scale reported from the steps every 10 steps: a long list, shortened.
+        let mut from_steps: Vec<RunEvent> = (1..=600).map(|s| step(0, s, 100.0)).collect();
+        for s in (10..=600).step_by(10) {
+            let mut p = probe(0, s, "noise", 0.0);
+            if let RunEvent::Probe(p) = &mut p {
+                p.scalars.insert("steps".into(), 10.0);
+            }
+            from_steps.push(p);
+        }
+        let c = coverage(&[trunk], &from_steps, &["noise"], 3);
+        assert_eq!(c.kinds[0].from_steps, 60);
+        assert!(c.kinds[0].missed.is_empty());
+        let text = describe(&c).join("\n");
+        assert!(
+            text.contains("noise      at 60 steps: 10 20 30 … 580 590 600; missed - (from the training steps' own gradients)"),
             "{text}"
         );
         // A kind that never ran has no cost to go by: no budget figure.
