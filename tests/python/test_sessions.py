@@ -101,6 +101,33 @@ def test_h5py_reads_runs_metrics_and_attributes(tmp_path):
         assert r["step"].compression == "gzip" and r["step"].shuffle
 
 
+def test_h5py_reads_the_noise_scale_the_steps_report(tmp_path):
+    # 8 sequences of 128 tokens: two 512-token leaves a step, so the noise scale comes from
+    # the steps themselves, a report every 10 steps (and at every place the planner probes).
+    f = tmp_path / "noise.h5"
+    pairs = dict(zip(SMALL[::2], SMALL[1::2]), **{"--seq": "128", "--batch": "8"})
+    cmd = [BIN, "record", "--out", str(f), *[x for kv in pairs.items() for x in kv],
+           "--steps", "60", "--jsonl"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    events = [json.loads(line) for line in p.stdout.splitlines()]
+    reports = [e for e in events if e["type"] == "probe" and e["probe"] == "noise"]
+    with h5py.File(f, "r", swmr=True) as h:
+        t = h["probes/noise"]
+        steps = t["step"][:]
+        np.testing.assert_array_equal(steps, [e["step"] for e in reports])
+        assert set(range(10, 61, 10)) <= set(steps)
+        # Each row averages the steps since the one before, over the step's two leaves.
+        np.testing.assert_array_equal(t["steps"][:], np.diff(np.concatenate([[0], steps])))
+        assert np.all(t["micro_batches"][:] == 2)
+        np.testing.assert_allclose(t["b_simple"][:], t["trace"][:] / t["g_sq"][:], rtol=1e-12)
+        # What a notebook does with it: the run's B_simple from the summed estimates.
+        weights = t["steps"][:]
+        avg = (weights * t["trace"][:]).sum() / (weights * t["g_sq"][:]).sum()
+        assert 0 < avg and np.isfinite(avg)
+        assert np.all(t["seconds"][:] < 0.01), "no pass of its own"
+
+
 def test_h5py_opens_a_sigkilled_recording(tmp_path):
     f = tmp_path / "killed.h5"
     cmd = [BIN, "record", "--out", str(f), *SMALL, "--steps", "1000000", "--jsonl"]

@@ -2,8 +2,9 @@
 //! run (the default run's proportions: 10% warmup, the last 10% decaying) with one scripted
 //! decay branch, read back from the session file. Every periodic kind runs at the trunk's last
 //! stable step and inside its decay, and at the branch's first and last step, within the
-//! budget. And the default run at the default budget probes where its loss drops: every kind
-//! at the decay's last step, nothing before the state the decay starts from.
+//! budget. And the default run at the default budget probes where its loss drops: every
+//! planned kind at the decay's last step, nothing before the state the decay starts from,
+//! and the noise scale, which its steps give at no cost, at every anchor.
 
 use std::collections::BTreeSet;
 
@@ -114,9 +115,13 @@ fn periodic(events: &[serde_json::Value]) -> Vec<(u64, u64, String)> {
         .collect()
 }
 
+/// The kinds the planner places on the CPU step (the noise scale comes from the steps).
+const PLANNED: [&str; 3] = ["sharpness", "slice", "landscape"];
+
 /// The default `record` (600 steps, decay from 540) at the default budget (5%): the planner
-/// spends it on the decay — every kind at its last step — and before it at most on the
-/// state the decay starts from (the last stable step, 540).
+/// spends it on the decay — every planned kind at its last step — and before it at most on
+/// the state the decay starts from (the last stable step, 540); the noise scale, from the
+/// steps' own leaves, is reported every 10 steps and so at every anchor.
 #[test]
 fn the_default_budget_probes_inside_the_decay() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,20 +140,34 @@ fn the_default_budget_probes_inside_the_decay() {
     for (run, step, kind) in &probes {
         assert_eq!(*run, 0);
         assert!(
-            (540..=600).contains(step),
+            kind == "noise" || (540..=600).contains(step),
             "{kind} at step {step}, before the last stable step (540)"
         );
     }
-    // The last step's round costs under half the budget (about 13.5 of 30 steps' worth), so
+    // The last step's round costs under half the budget (about 16 of 30 steps' worth), so
     // it survives probes that overrun their estimates; which of the other points through the
     // decay also get one depends on what each probe costs on this machine at this moment.
-    for kind in KINDS {
+    for kind in PLANNED {
         assert!(at(kind).contains(&600), "{kind}: {:?}", at(kind));
+    }
+    // The noise scale: a report every 10 steps, each over the 10 steps before it, at no cost.
+    let want: BTreeSet<u64> = (10..=600).step_by(10).collect();
+    assert_eq!(at("noise"), want);
+    for e in events.iter().filter(|e| e["probe"] == "noise") {
+        assert_eq!(e["scalars"]["steps"], 10.0, "{e}");
+        assert!(e["scalars"]["b_simple"].as_f64().unwrap() > 0.0, "{e}");
     }
     // `inspect` sets them against the planner's places and says what budget covers them all.
     let shown = run(&["inspect", out.to_str().unwrap()]);
     assert!(shown.ok(), "{}", shown.stderr);
-    for kind in KINDS {
+    assert!(
+        shown.stdout.contains(
+            "  run  0 noise      at 60 steps: 10 20 30 … 580 590 600; missed - (from the training steps' own gradients)"
+        ),
+        "{}",
+        shown.stdout
+    );
+    for kind in PLANNED {
         let line = shown
             .stdout
             .lines()
