@@ -418,6 +418,53 @@ pub(crate) fn dot_f64<T: Real>(a: &[T], b: &[T]) -> f64 {
     (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
 }
 
+/// Σ gᵢ·(aᵢ − bᵢ) accumulated in f64 with independent lanes, each difference formed in f64.
+#[inline(always)]
+pub(crate) fn dot_diff_f64<T: Real>(g: &[T], a: &[T], b: &[T]) -> f64 {
+    let n = g.len().min(a.len()).min(b.len());
+    let (g, a, b) = (&g[..n], &a[..n], &b[..n]);
+    let mut acc = [0f64; 4];
+    let (gc, ac, bc) = (g.chunks_exact(4), a.chunks_exact(4), b.chunks_exact(4));
+    let (gr, ar, br) = (gc.remainder(), ac.remainder(), bc.remainder());
+    for ((x, y), z) in gc.zip(ac).zip(bc) {
+        for l in 0..4 {
+            acc[l] += x[l].to_f64() * (y[l].to_f64() - z[l].to_f64());
+        }
+    }
+    let mut tail = 0.0;
+    for ((x, y), z) in gr.iter().zip(ar).zip(br) {
+        tail += x.to_f64() * (y.to_f64() - z.to_f64());
+    }
+    (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
+}
+
+/// ⟨g₁, g₀⟩, ⟨g₁, a − b⟩ and ⟨g₀, a − b⟩ in one pass, accumulated in f64 with independent
+/// lanes, each difference formed in f64.
+#[inline(always)]
+pub(crate) fn step_dots_f64<T: Real>(g1: &[T], g0: &[T], a: &[T], b: &[T]) -> [f64; 3] {
+    let n = g1.len().min(g0.len()).min(a.len()).min(b.len());
+    let mut acc = [[0f64; 4]; 3];
+    let whole = n - n % 4;
+    for i in (0..whole).step_by(4) {
+        for l in 0..4 {
+            let (x, y) = (g1[i + l].to_f64(), g0[i + l].to_f64());
+            let d = a[i + l].to_f64() - b[i + l].to_f64();
+            acc[0][l] += x * y;
+            acc[1][l] += x * d;
+            acc[2][l] += y * d;
+        }
+    }
+    let mut out = acc.map(|a| (a[0] + a[2]) + (a[1] + a[3]));
+    for i in whole..n {
+        let (x, y) = (g1[i].to_f64(), g0[i].to_f64());
+        let d = a[i].to_f64() - b[i].to_f64();
+        out[0] += x * y;
+        out[1] += x * d;
+        out[2] += y * d;
+    }
+    out
+}
+
 /// y *= α.
 #[inline(always)]
 pub(crate) fn scale<T: Real>(y: &mut [T], alpha: T) {

@@ -19,7 +19,8 @@
 //!   with the step's own arithmetic and writing nothing; checking every group first makes a
 //!   step all-or-nothing.
 //! - [`sum_sq_many`], [`dot_many`], [`dot_diff_many`]: per-tensor Σx², ⟨a, b⟩ and
-//!   ⟨g, a − b⟩ accumulated in f64.
+//!   ⟨g, a − b⟩ accumulated in f64; [`step_dots_many`]: the per-step geometry's three
+//!   products of two gradients and an update in one pass.
 //!
 //! CPU kernels split work over rayon's current pool (never their own thread counts) and
 //! sum partial results in a fixed order, so results do not depend on the number of
@@ -72,7 +73,8 @@ pub use cuda_launch::cuda_device_name;
 pub use error::Error;
 pub use optim::{adamw_step, adamw_step_finite};
 pub use reduce::{
-    dot_diff_many, dot_diff_many_slow, dot_many, dot_many_slow, sum_sq_many, sum_sq_many_slow,
+    dot_diff_many, dot_diff_many_slow, dot_many, dot_many_slow, step_dots_many, sum_sq_many,
+    sum_sq_many_slow,
 };
 pub use rms_norm::{rms_norm, rms_norm_slow};
 pub use rope::{rope, rope_slow};

@@ -1,7 +1,8 @@
 //! Multi-tensor reductions accumulated in f64, one pass per tensor and no temporaries:
 //! Σx² of each tensor (norms of parameters, gradients, updates), ⟨a, b⟩ of each pair
 //! (cosines between successive gradients) and ⟨g, a − b⟩ of each triple (a gradient against
-//! an update given as two parameter copies: the D1/D2 curvature probes).
+//! an update given as two parameter copies: the D1/D2 curvature probes), and those three
+//! products of the per-step geometry from one pass over each tensor's four copies.
 //!
 //! Contiguous f32/f64 CPU tensors are read straight from their storage, in fixed-size
 //! chunks whose partial sums are added in chunk order, so results do not depend on the
@@ -55,12 +56,7 @@ fn dot_fast<T: Real>(a: &[T], b: &[T]) -> f64 {
 
 fn dot_diff_fast<T: Real>(g: &[T], a: &[T], b: &[T]) -> f64 {
     chunked::<T>(g.len(), |r| {
-        g[r.clone()]
-            .iter()
-            .zip(&a[r.clone()])
-            .zip(&b[r])
-            .map(|((g, a), b)| g.to_f64() * (a.to_f64() - b.to_f64()))
-            .sum()
+        cpu::dot_diff_f64(&g[r.clone()], &a[r.clone()], &b[r])
     })
 }
 
@@ -180,6 +176,78 @@ pub fn dot_diff_many(triples: &[(&Tensor, &Tensor, &Tensor)]) -> Result<Vec<f64>
             }
         })
         .collect()
+}
+
+/// For each quadruple (g₁, g₀, a, b) of one shape — two successive gradients and the update
+/// between them as two parameter copies — ⟨g₁, g₀⟩, ⟨g₁, a − b⟩ and ⟨g₀, a − b⟩ in f64: the
+/// dot products of the per-step geometry. Contiguous f32 CPU tensors are read once each, in
+/// one pass (half the reads of [`dot_many`] and two [`dot_diff_many`]); anything else takes
+/// those two.
+pub fn step_dots_many(quads: &[(&Tensor, &Tensor, &Tensor, &Tensor)]) -> Result<Vec<[f64; 3]>> {
+    for (i, &(g1, g0, a, b)) in quads.iter().enumerate() {
+        let dims = g1.dims();
+        if g0.dims() != dims || a.dims() != dims || b.dims() != dims {
+            return Err(shape_err(
+                "step_dots_many",
+                format!(
+                    "quadruple {i} has shapes {:?}, {:?}, {:?} and {:?}",
+                    dims,
+                    g0.dims(),
+                    a.dims(),
+                    b.dims()
+                ),
+            ));
+        }
+    }
+    let f32s = |t: &Tensor, f: &mut dyn FnMut(&[f32]) -> Option<[f64; 3]>| {
+        with_elems(t, |e| match e {
+            Elems::F32(x) => f(x),
+            Elems::F64(_) => None,
+        })
+        .flatten()
+    };
+    let fast: Option<Vec<[f64; 3]>> = quads
+        .iter()
+        .map(|&(g1, g0, a, b)| {
+            f32s(g1, &mut |x| {
+                f32s(g0, &mut |y| {
+                    f32s(a, &mut |p| {
+                        f32s(b, &mut |q| Some(step_dots_fast(x, y, p, q)))
+                    })
+                })
+            })
+        })
+        .collect();
+    if let Some(out) = fast {
+        return Ok(out);
+    }
+    // All at once through the pair and triple passes (one launch each on CUDA).
+    let pairs: Vec<(&Tensor, &Tensor)> = quads.iter().map(|q| (q.0, q.1)).collect();
+    let triples: Vec<(&Tensor, &Tensor, &Tensor)> = quads
+        .iter()
+        .map(|q| (q.0, q.2, q.3))
+        .chain(quads.iter().map(|q| (q.1, q.2, q.3)))
+        .collect();
+    let (gg, gv) = (dot_many(&pairs)?, dot_diff_many(&triples)?);
+    let n = quads.len();
+    Ok((0..n).map(|i| [gg[i], gv[i], gv[n + i]]).collect())
+}
+
+fn step_dots_fast(g1: &[f32], g0: &[f32], a: &[f32], b: &[f32]) -> [f64; 3] {
+    let n = g1.len();
+    if n <= GRAIN {
+        return cpu::step_dots_f64(g1, g0, a, b);
+    }
+    let parts: Vec<[f64; 3]> = (0..n.div_ceil(GRAIN))
+        .into_par_iter()
+        .map(|c| {
+            let r = c * GRAIN..((c + 1) * GRAIN).min(n);
+            cpu::step_dots_f64(&g1[r.clone()], &g0[r.clone()], &a[r.clone()], &b[r])
+        })
+        .collect();
+    parts
+        .iter()
+        .fold([0.0; 3], |s, p| [s[0] + p[0], s[1] + p[1], s[2] + p[2]])
 }
 
 /// [`sum_sq_many`] from plain candle ops.

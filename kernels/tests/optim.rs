@@ -217,6 +217,32 @@ fn reductions_match_slow() {
         );
     }
     assert!(k::dot_diff_many(&[(&big, &big2, &small)]).is_err());
+    // The step geometry's three products in one pass agree with the pair and triple passes.
+    let big4 = rng.randn(&[300, 700], 1.0, DType::F32);
+    let offset4 = big4.narrow(0, 100, 150).unwrap();
+    let tiny = rng.randn(&[3, 5], 1.0, DType::F32);
+    let tiny2 = rng.randn(&[3, 5], 1.0, DType::F32);
+    let quads = [
+        (&big, &big2, &big3, &big4),
+        (&small, &small2, &small, &small2),
+        (&offset, &offset2, &offset3, &offset4),
+        (&tiny, &tiny2, &tiny, &tiny2),
+    ];
+    // Together (the f64 quadruple sends all through the pair and triple passes), and each
+    // alone (the f32 ones in one pass of their own).
+    let together = k::step_dots_many(&quads).unwrap();
+    let names = ["big f32", "small f64", "offset view", "tiny (a tail only)"];
+    for (i, &(g1, g0, a, b)) in quads.iter().enumerate() {
+        let alone = k::step_dots_many(&[(g1, g0, a, b)]).unwrap()[0];
+        let gg = k::dot_many_slow(&[(g1, g0)]).unwrap()[0];
+        let gv = k::dot_diff_many_slow(&[(g1, a, b), (g0, a, b)]).unwrap();
+        for (j, want) in [gg, gv[0], gv[1]].into_iter().enumerate() {
+            let what = format!("step_dots_many {} [{j}]", names[i]);
+            rel(&what, together[i][j], want, 1e-11);
+            rel(&format!("{what} alone"), alone[j], want, 1e-11);
+        }
+    }
+    assert!(k::step_dots_many(&[(&big, &big2, &big3, &small)]).is_err());
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 use wsdscope_events::StepGeometry;
 use wsdscope_events::vocabulary::{common, interp, landscape, noise, sharpness, slice};
-use wsdscope_kernels::{dot_diff_many, dot_many};
+use wsdscope_kernels::step_dots_many;
 use wsdscope_probes::{
     Differences, NoiseScale, Objective, StepDots, filter_normalize, interpolate,
     minicpm_batch_rule, preconditioned_sharpness, sharpness, slice_1d, slice_2d,
@@ -93,20 +93,19 @@ impl StepTracker {
             vv: p.v_sq,
             ..StepDots::default()
         };
-        let pairs: Vec<(&Tensor, &Tensor)> = p.grads.iter().zip(grads).collect();
-        d.g0g1 = dot_many(&pairs)?.iter().sum();
-        // v = θ − θ_prev, so g·v = ⟨g, θ − θ_prev⟩ for g(t+1) and g(t).
-        let triples: Vec<(&Tensor, &Tensor, &Tensor)> = grads
+        // v = θ − θ_prev, so g·v = ⟨g, θ − θ_prev⟩ for g(t+1) and g(t); with g(t+1)·g(t),
+        // one pass over each tensor's four copies.
+        let quads: Vec<(&Tensor, &Tensor, &Tensor, &Tensor)> = grads
             .iter()
-            .chain(&p.grads)
-            .zip(theta.iter().chain(theta))
-            .zip(p.theta.iter().chain(&p.theta))
-            .map(|((g, now), before)| (g, now, before))
+            .zip(&p.grads)
+            .zip(theta.iter().zip(&p.theta))
+            .map(|((g1, g0), (now, before))| (g1, g0, now, before))
             .collect();
-        let gv = dot_diff_many(&triples)?;
-        let n = grads.len();
-        d.g1v = gv[..n].iter().sum();
-        d.g0v = gv[n..].iter().sum();
+        for [g0g1, g1v, g0v] in step_dots_many(&quads)? {
+            d.g0g1 += g0g1;
+            d.g1v += g1v;
+            d.g0v += g0v;
+        }
         Ok(Some(d.geometry()))
     }
 
