@@ -298,7 +298,7 @@ pub const PROBES: &[ProbeSpec] = &[
             q(
                 noise::B_SIMPLE_AVG,
                 "tokens",
-                "B_simple from the run's averaged estimates",
+                "B_simple from the run's recent estimates (tr Σ and |G|² averaged apart, the newest weighted 0.3)",
             ),
             q(
                 noise::G_SQ,

@@ -68,15 +68,22 @@ pub(super) fn step_estimate(
     }))
 }
 
-/// A run's noise-scale estimates: the window since the last report, and the run's totals.
+/// The weight of the newest estimate in the run's averaged B_simple: tr Σ and |G|² are each
+/// averaged exponentially over the estimates (McCandlish et al. average numerator and
+/// denominator apart), so with a report every 10 steps the average spans about the last 30
+/// steps and follows the decay. A sum since step 0 (the average until the noise scale came
+/// from the steps) stayed at the stable phase's level while the decay tripled it.
+const AVERAGE_WEIGHT: f64 = 0.3;
+
+/// A run's noise-scale estimates: the window since the last report, and the run's average.
 #[derive(Debug, Clone, Default)]
 pub(super) struct NoiseSums {
     /// Sums over the window's steps: tr Σ, |G|², loss; its steps; leaves per step.
     window: (f64, f64, f64),
     steps: u64,
     leaves: usize,
-    /// Sums of every estimate so far (tr Σ, |G|²): their ratio is the run's averaged B_simple.
-    total: (f64, f64),
+    /// Exponential averages of the estimates so far (tr Σ, |G|²); none before the first.
+    average: Option<(f64, f64)>,
 }
 
 impl NoiseSums {
@@ -89,11 +96,14 @@ impl NoiseSums {
         self.leaves = leaves;
     }
 
-    /// Adds one estimate to the run's totals and returns the run's averaged B_simple.
+    /// Adds one estimate to the run's average and returns the run's averaged B_simple.
     pub(super) fn average_with(&mut self, trace: f64, g_sq: f64) -> f64 {
-        self.total.0 += trace;
-        self.total.1 += g_sq;
-        let (t, g) = self.total;
+        let w = AVERAGE_WEIGHT;
+        let (t, g) = match self.average {
+            None => (trace, g_sq),
+            Some((t, g)) => (t + w * (trace - t), g + w * (g_sq - g)),
+        };
+        self.average = Some((t, g));
         if g > 0.0 { t / g } else { f64::NAN }
     }
 
@@ -178,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn a_window_reports_its_means_once_and_the_run_average_accumulates() {
+    fn a_window_reports_its_means_once_and_the_run_average_follows_the_newest() {
         let mut s = NoiseSums::default();
         assert_eq!(s.take_window(2048.0), None, "no step yet");
         s.add_step(
@@ -213,6 +223,11 @@ mod tests {
         );
         let w = s.take_window(2048.0).unwrap().scalars;
         assert_eq!(w[noise::B_SIMPLE], 0.0);
-        assert_eq!(w[noise::B_SIMPLE_AVG], 300.0 / 4.0, "(300 + 0) / (2 + 2)");
+        let (t, g) = (300.0 * 0.7, 2.0 * 0.7 + 2.0 * 0.3);
+        assert_eq!(
+            w[noise::B_SIMPLE_AVG],
+            t / g,
+            "tr Σ 300 → 0, |G|² 2 → 2, newest at 0.3"
+        );
     }
 }
