@@ -41,6 +41,10 @@ pub struct TrainerState {
     pub rng: SplitMix64,
     pub last_val_loss: Option<f64>,
     pub config: RunConfig,
+    /// The run's averaged noise-scale estimates (tr Σ, |G|²), so a resumed run's average
+    /// goes on where it was (absent in checkpoints written before it was kept).
+    #[serde(default)]
+    pub noise_average: Option<(f64, f64)>,
 }
 
 /// A loaded checkpoint.

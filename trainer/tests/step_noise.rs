@@ -102,3 +102,71 @@ fn a_run_reports_its_steps_noise_scale_every_window_and_at_every_anchor() {
         prev = p.step;
     }
 }
+
+/// The noise reports an engine run emits, as (step, steps averaged, B_simple, the run's
+/// average).
+fn reports(tr: Trainer) -> Vec<(u64, f64, f64, f64)> {
+    let (tx, rx) = mpsc::channel();
+    let outcome = Engine::spawn(tr, move |e| {
+        let _ = tx.send(e);
+    })
+    .unwrap()
+    .join();
+    assert!(outcome.final_val_loss.is_some(), "{outcome:?}");
+    rx.try_iter()
+        .filter_map(|e| match e {
+            RunEvent::Probe(p) if p.probe == "noise" => Some((
+                p.step,
+                p.scalars[noise::STEPS],
+                p.scalars[noise::B_SIMPLE],
+                p.scalars[noise::B_SIMPLE_AVG],
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_keeps_its_windows_and_reports_what_the_run_straight_through_does() {
+    let mut cfg = two_leaves(40);
+    cfg.probes.noise_window = 8;
+    let straight = reports(Trainer::new(cfg.clone()).unwrap());
+    // Stopped after step 13 and resumed from its checkpoint there.
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Trainer::new(cfg).unwrap();
+    for _ in 0..13 {
+        first.train_step().unwrap();
+        if [4, 8].contains(&first.step_count()) {
+            // Where the engine reports: the end of warmup, a window's end.
+            first.step_noise_report().unwrap();
+        }
+    }
+    first.save_checkpoint(dir.path()).unwrap();
+    drop(first);
+    let resumed = reports(Trainer::resume(dir.path(), |_| {}).unwrap());
+    eprintln!("straight {straight:?}\nresumed {resumed:?}");
+    // The first window after the resume is cut short (its steps before 13 are gone); from
+    // then on the same boundaries, the same windows and the same values, bit for bit; the
+    // run's average came back from the checkpoint, so only the short window moves it (a
+    // fresh average would start at that window's value: 621 against 320 at step 16 here).
+    let after = |r: &[(u64, f64, f64, f64)], avg: bool| -> Vec<(u64, f64, f64, f64)> {
+        r.iter()
+            .map(|&(s, n, b, a)| (s, n, b, if avg { a } else { 0.0 }))
+            .filter(|p| p.0 > 16)
+            .collect()
+    };
+    assert_eq!(resumed.first().map(|p| (p.0, p.1)), Some((16, 3.0)));
+    assert_eq!(after(&resumed, false), after(&straight, false));
+    let (r, s) = (after(&resumed, true), after(&straight, true));
+    for (a, b) in r.iter().zip(&s) {
+        assert!(
+            (a.3 - b.3).abs() < 0.2 * b.3,
+            "averages far apart: {a:?} vs {b:?}"
+        );
+    }
+    let fresh = reports(Trainer::resume(dir.path(), |_| {}).unwrap());
+    assert_eq!(
+        fresh, resumed,
+        "resuming twice from one checkpoint reports the same"
+    );
+}

@@ -111,7 +111,12 @@ impl ProbeClock {
         if !tr.leaf_noise() || tr.step == 0 {
             return false;
         }
-        let from = self.spans.get(&tr.run).map_or(0, |s| s.0.from);
+        // Windows count from the run's first step (a branch's fork), so a resumed run keeps
+        // the boundaries it had: every 10th step, not every 10th after the resume.
+        let from = self
+            .spans
+            .get(&tr.run)
+            .map_or(0, |(span, _)| if span.branch { span.from } else { 0 });
         let anchor = self.spans.get(&tr.run).is_some_and(|(span, _)| {
             probe_plan::anchors(span, cfg.decay_points, 0)
                 .iter()

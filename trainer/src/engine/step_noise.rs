@@ -83,7 +83,8 @@ pub(super) struct NoiseSums {
     steps: u64,
     leaves: usize,
     /// Exponential averages of the estimates so far (tr Σ, |G|²); none before the first.
-    average: Option<(f64, f64)>,
+    /// Kept in checkpoints.
+    pub(super) average: Option<(f64, f64)>,
 }
 
 impl NoiseSums {

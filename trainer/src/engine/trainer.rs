@@ -162,6 +162,7 @@ impl Trainer {
         tr.tokens = ck.state.tokens;
         tr.rng = ck.state.rng;
         tr.last_val = ck.state.last_val_loss;
+        tr.noise.average = ck.state.noise_average;
         Ok(tr)
     }
 
@@ -609,6 +610,7 @@ impl Trainer {
             rng: self.rng,
             last_val_loss: self.last_val,
             config: self.cfg.clone(),
+            noise_average: self.noise.average,
         };
         let model: Vec<(String, Tensor)> = self
             .model
