@@ -5,8 +5,8 @@
 //! step's gradient is that of the whole batch. Those are the two batch sizes McCandlish et
 //! al. (2018, appendix A) estimate B_simple = tr Σ / |G|² from, so a run whose step has two
 //! or more leaves gets the noise scale at every step for the price of the leaves' squared
-//! norms (one read of each leaf's gradient), with no pass of its own and nothing taken from
-//! the periodic probes' budget. One step's estimate rests on a few small batches and is
+//! norms (read in the pass that combines the leaves), with no pass of its own and nothing
+//! taken from the periodic probes' budget. One step's estimate rests on a few small batches and is
 //! noisy; like the paper, [`NoiseSums`] averages |G|² and tr Σ apart over a window of steps
 //! (`noise_window`, ending at every phase anchor of the probe planner too) and reports the
 //! window as one `noise` probe result at its last step. Runs whose step is one pass (CUDA,
