@@ -170,3 +170,58 @@ fn a_resumed_run_keeps_its_windows_and_reports_what_the_run_straight_through_doe
         "resuming twice from one checkpoint reports the same"
     );
 }
+
+#[test]
+fn a_sibling_whose_step_is_one_leaf_gets_the_separate_noise_probe_beside_a_trunk_that_does_not() {
+    // The trunk's 8 sequences make two leaves; a sibling of 2 sequences (256 tokens) is one
+    // leaf, so only a pass of its own gives its noise scale (where the planner puts it: that
+    // each run is planned for its own kinds is `probe_plan`'s test).
+    let mut cfg = two_leaves(40);
+    cfg.probes.budget_pct = Some(60.0);
+    let mut half = cfg.clone();
+    half.batch = 2;
+    cfg.siblings = vec![wsdscope_trainer::config::SiblingPlan {
+        label: "batch=2".into(),
+        config: half,
+    }];
+    let (tx, rx) = mpsc::channel();
+    let outcome = Engine::spawn(Trainer::new(cfg).unwrap(), move |e| {
+        let _ = tx.send(e);
+    })
+    .unwrap()
+    .join();
+    assert!(outcome.final_val_loss.is_some(), "{outcome:?}");
+    let noise: Vec<ProbeResult> = rx
+        .try_iter()
+        .filter_map(|e| match e {
+            RunEvent::Probe(p) if p.probe == "noise" => Some(p),
+            _ => None,
+        })
+        .collect();
+    let of = |run: u32| -> Vec<&ProbeResult> { noise.iter().filter(|p| p.run == run).collect() };
+    eprintln!(
+        "trunk {:?}\nsibling {:?}",
+        of(0).iter().map(|p| p.step).collect::<Vec<_>>(),
+        of(1).iter().map(|p| p.step).collect::<Vec<_>>()
+    );
+    assert!(
+        of(0).iter().all(|p| p.scalars.contains_key(noise::STEPS)),
+        "from the steps"
+    );
+    let separate = of(1);
+    assert!(
+        !separate.is_empty(),
+        "the sibling's noise scale was never measured"
+    );
+    assert!(
+        separate
+            .iter()
+            .all(|p| !p.scalars.contains_key(noise::STEPS)),
+        "a pass of its own"
+    );
+    assert!(
+        separate
+            .iter()
+            .all(|p| p.scalars[noise::B_SIMPLE].is_finite())
+    );
+}

@@ -28,6 +28,8 @@ pub(super) struct ProbeClock {
     spans: BTreeMap<RunId, (RunSpan, u64)>,
     /// Steps each (run, kind) was probed at.
     past: BTreeMap<(RunId, ProbeKind), BTreeSet<u64>>,
+    /// The periodic kinds each run measures as probes ([`kinds`]).
+    own: BTreeMap<RunId, Vec<ProbeKind>>,
     plan: Plan,
 }
 
@@ -137,6 +139,7 @@ impl ProbeClock {
             branch: tr.parent.is_some(),
         };
         self.spans.insert(tr.run, (span, tr.step));
+        self.own.insert(tr.run, kinds(tr));
         self.replan(tr);
     }
 
@@ -169,7 +172,23 @@ impl ProbeClock {
             return;
         }
         let cfg = &tr.cfg.probes;
-        let kinds = kinds(tr);
+        // Every kind some run measures, each run planned only for its own.
+        let own = |run: &RunId| self.own.get(run).cloned().unwrap_or_else(|| kinds(tr));
+        let kinds: Vec<ProbeKind> = ProbeKind::PERIODIC
+            .into_iter()
+            .filter(|k| self.spans.keys().any(|r| own(r).contains(k)))
+            .collect();
+        let skip: BTreeSet<(RunId, ProbeKind)> = self
+            .spans
+            .keys()
+            .flat_map(|r| {
+                let mine = own(r);
+                kinds
+                    .iter()
+                    .filter(move |k| !mine.contains(k))
+                    .map(move |&k| (*r, k))
+            })
+            .collect();
         let pace = if tr.mean_step_s > 0.0 {
             tr.mean_step_s
         } else {
@@ -193,6 +212,7 @@ impl ProbeClock {
         self.plan = probe_plan::plan(&PlanInput {
             runs: &runs,
             kinds: &kinds,
+            skip: &skip,
             cost: &cost,
             budget,
             decay_points: cfg.decay_points,

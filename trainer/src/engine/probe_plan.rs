@@ -146,6 +146,9 @@ pub(super) struct PlanInput<'a> {
     pub runs: &'a [(RunSpan, u64)],
     /// The periodic kinds, in the order a tier offers them places.
     pub kinds: &'a [ProbeKind],
+    /// (run, kind) pairs a run does not measure as probes (a run whose steps give the noise
+    /// scale beside one whose steps cannot, or a single-sequence batch): never planned.
+    pub skip: &'a BTreeSet<(RunId, ProbeKind)>,
     /// Each kind's cost (in any unit: the engine's are seconds, the tests' training steps).
     pub cost: &'a BTreeMap<ProbeKind, f64>,
     /// Probe time left to spend, in the costs' unit (the first tier may spend all of it, the
@@ -183,6 +186,9 @@ pub(super) fn plan(input: &PlanInput) -> Plan {
     let first = all.first().map(|a| a.0);
     for (tier, run, step) in all {
         for &k in input.kinds {
+            if input.skip.contains(&(run, k)) {
+                continue;
+            }
             let done = input.past.get(&(run, k)).is_some_and(|p| p.contains(&step));
             let after = planned + cost(k);
             let fits = if Some(tier) == first {
@@ -246,6 +252,9 @@ fn spread(
         let mut best: Option<Candidate> = None;
         for (ri, (r, done)) in input.runs.iter().enumerate() {
             for (ki, &k) in input.kinds.iter().enumerate() {
+                if input.skip.contains(&(r.run, k)) {
+                    continue;
+                }
                 let c = input.cost.get(&k).copied().unwrap_or(f64::INFINITY);
                 if !(c > 0.0 && (planned + c) * (1.0 + SPREAD_MARGIN) <= input.budget + EPS) {
                     continue;
@@ -319,10 +328,37 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn each_run_is_planned_only_for_the_kinds_it_measures_as_probes() {
+        // The trunk takes its noise scale from its steps; a sibling beside it cannot.
+        let sibling = RunSpan { run: 1, ..trunk() };
+        let skip = BTreeSet::from([(0, ProbeKind::Noise)]);
+        let p = plan(&PlanInput {
+            runs: &[(trunk(), 0), (sibling, 0)],
+            kinds: &KINDS,
+            skip: &skip,
+            cost: &costs(),
+            budget: 1e6,
+            decay_points: 3,
+            past: &BTreeMap::new(),
+        });
+        let has = |run: RunId, step: u64| p[&run].get(&step).cloned().unwrap_or_default();
+        for s in [60, 300, 540, 560, 580, 600] {
+            assert!(!has(0, s).contains(&ProbeKind::Noise), "trunk at {s}");
+            assert!(has(0, s).contains(&ProbeKind::Sharpness), "trunk at {s}");
+            assert_eq!(has(1, s), KINDS.to_vec(), "sibling at {s}");
+        }
+        assert!(
+            p[&0].values().all(|ks| !ks.contains(&ProbeKind::Noise)),
+            "nor in the spread"
+        );
+    }
+
     fn plan_of(runs: &[(RunSpan, u64)], budget: f64) -> Plan {
         plan(&PlanInput {
             runs,
             kinds: &KINDS,
+            skip: &BTreeSet::new(),
             cost: &costs(),
             budget,
             decay_points: 3,
