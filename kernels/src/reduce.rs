@@ -18,14 +18,22 @@ use crate::error::shape_err;
 
 /// Σ f(chunk) over fixed chunks, in chunk order.
 fn chunked<T: Real>(n: usize, f: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f64 {
+    chunked_n(n, |r| [f(r)])[0]
+}
+
+/// [`chunked`] of several sums at once, each added up over the chunks in chunk order.
+fn chunked_n<const N: usize>(
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>) -> [f64; N] + Sync,
+) -> [f64; N] {
     if n <= GRAIN {
         return f(0..n);
     }
-    let parts: Vec<f64> = (0..n.div_ceil(GRAIN))
+    let parts: Vec<[f64; N]> = (0..n.div_ceil(GRAIN))
         .into_par_iter()
         .map(|c| f(c * GRAIN..((c + 1) * GRAIN).min(n)))
         .collect();
-    parts.iter().sum()
+    std::array::from_fn(|j| parts.iter().map(|p| p[j]).sum())
 }
 
 /// The contiguous elements of an f32 or f64 CPU tensor.
@@ -234,20 +242,9 @@ pub fn step_dots_many(quads: &[(&Tensor, &Tensor, &Tensor, &Tensor)]) -> Result<
 }
 
 fn step_dots_fast(g1: &[f32], g0: &[f32], a: &[f32], b: &[f32]) -> [f64; 3] {
-    let n = g1.len();
-    if n <= GRAIN {
-        return cpu::step_dots_f64(g1, g0, a, b);
-    }
-    let parts: Vec<[f64; 3]> = (0..n.div_ceil(GRAIN))
-        .into_par_iter()
-        .map(|c| {
-            let r = c * GRAIN..((c + 1) * GRAIN).min(n);
-            cpu::step_dots_f64(&g1[r.clone()], &g0[r.clone()], &a[r.clone()], &b[r])
-        })
-        .collect();
-    parts
-        .iter()
-        .fold([0.0; 3], |s, p| [s[0] + p[0], s[1] + p[1], s[2] + p[2]])
+    chunked_n(g1.len(), |r| {
+        cpu::step_dots_f64(&g1[r.clone()], &g0[r.clone()], &a[r.clone()], &b[r])
+    })
 }
 
 /// [`sum_sq_many`] from plain candle ops.
