@@ -298,23 +298,12 @@ impl NoiseScale {
         Self::estimate(small_sq, b_small, dot(&big, &big), k * b_small)
     }
 
-    /// From small batches of possibly different sizes, each as (examples b_i, |G_bi|²), and
-    /// the big batch they make up (`big_sq` = |G_big|² over `b_big` examples). Since
-    /// E|G_b|² = |G|² + tr(Σ)/b, the mean small norm a and the mean of 1/b_i, h, give
-    /// tr(Σ) ≈ (a − |G_big|²)/(h − 1/B_big) and |G|² ≈ |G_big|² − tr(Σ)/B_big: the estimate
-    /// above when the sizes are equal. `None` for fewer than two small batches.
-    pub fn from_small_batches(small: &[(f64, f64)], big_sq: f64, b_big: f64) -> Option<Self> {
-        if small.len() < 2 {
-            return None;
-        }
-        let k = small.len() as f64;
-        let a = small.iter().map(|s| s.1).sum::<f64>() / k;
-        let h = small.iter().map(|s| 1.0 / s.0).sum::<f64>() / k;
-        Some(Self::from_means(a, h, big_sq, b_big))
-    }
-
-    /// [`Self::from_small_batches`] from its two means: `mean_sq` of the small batches'
-    /// squared norms and `mean_inv` of 1/b_i.
+    /// From small batches of possibly different sizes b_i that make up a big batch
+    /// (`big_sq` = |G_big|² over `b_big` examples), given the mean of their squared norms
+    /// |G_bi|², `mean_sq`, and the mean of 1/b_i, `mean_inv`. Since E|G_b|² = |G|² + tr(Σ)/b,
+    /// tr(Σ) ≈ (mean_sq − |G_big|²)/(mean_inv − 1/B_big) and |G|² ≈ |G_big|² − tr(Σ)/B_big:
+    /// [`Self::estimate`] when the sizes are equal. The sums travel between ranks, so the
+    /// means are what a caller has.
     pub fn from_means(mean_sq: f64, mean_inv: f64, big_sq: f64, b_big: f64) -> Self {
         let trace = (mean_sq - big_sq) / (mean_inv - 1.0 / b_big);
         NoiseScale {
@@ -622,14 +611,14 @@ mod tests {
         // batch of 8: the estimate solves them exactly, and equal sizes give `estimate`.
         let (g_sq, trace) = (0.25, 40.0);
         let e = |b: f64| g_sq + trace / b;
-        let small = [(3.0, e(3.0)), (3.0, e(3.0)), (2.0, e(2.0))];
-        let got = NoiseScale::from_small_batches(&small, e(8.0), 8.0).unwrap();
+        let mean_sq = (e(3.0) + e(3.0) + e(2.0)) / 3.0;
+        let mean_inv = (1.0 / 3.0 + 1.0 / 3.0 + 1.0 / 2.0) / 3.0;
+        let got = NoiseScale::from_means(mean_sq, mean_inv, e(8.0), 8.0);
         assert!((got.g_sq - g_sq).abs() < 1e-12 && (got.trace - trace).abs() < 1e-9);
-        let equal = [(4.0, 1.5), (4.0, 2.5)];
-        let a = NoiseScale::from_small_batches(&equal, 1.2, 8.0).unwrap();
+        // Two of 4 with squared norms 1.5 and 2.5.
+        let a = NoiseScale::from_means(2.0, 1.0 / 4.0, 1.2, 8.0);
         let b = NoiseScale::estimate(2.0, 4.0, 1.2, 8.0);
         assert!((a.g_sq - b.g_sq).abs() < 1e-12 && (a.trace - b.trace).abs() < 1e-12);
-        assert_eq!(NoiseScale::from_small_batches(&equal[..1], 1.2, 8.0), None);
     }
 
     #[test]
