@@ -34,12 +34,12 @@ use crate::config::{ModelConfig, Precision};
 // The parameters' names and shapes follow from the configuration alone, so they live with
 // it; re-exported here, where a reader of the model looks for them.
 pub use crate::config::{param_names, param_shapes};
+use crate::data::rng::{SplitMix64, hash};
+use crate::error::{Error, Result};
 
 /// The squared norms of a step's leaf gradients (`tree.rs`), where it was asked for them and
 /// computes in leaves.
 pub type Leaves = Option<Vec<tree::LeafNorm>>;
-use crate::data::rng::{SplitMix64, hash};
-use crate::error::{Error, Result};
 
 /// The μP parameter group a tensor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -312,8 +312,8 @@ impl MiniCpm {
     }
 
     /// [`Self::loss_and_grads`], and with `leaves` on the CPU step also the squared norm of
-    /// each leaf's gradient of its reduction tree (`model/tree.rs`), left to right; `None`
-    /// where the passes are not split into leaves (CUDA, the reference ops).
+    /// each leaf's gradient of its reduction tree (`model/tree.rs`, in no particular order);
+    /// `None` where the passes are not split into leaves (CUDA, the reference ops).
     pub fn loss_grads_and_leaves(
         &self,
         inputs: &Tensor,

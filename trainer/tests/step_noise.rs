@@ -21,6 +21,23 @@ fn two_leaves(steps: u64) -> wsdscope_trainer::RunConfig {
     cfg
 }
 
+/// The `noise` results of a run driven by the engine to its end, every run's.
+fn noise_results(tr: Trainer) -> Vec<ProbeResult> {
+    let (tx, rx) = mpsc::channel();
+    let outcome = Engine::spawn(tr, move |e| {
+        let _ = tx.send(e);
+    })
+    .unwrap()
+    .join();
+    assert!(outcome.final_val_loss.is_some(), "{outcome:?}");
+    rx.try_iter()
+        .filter_map(|e| match e {
+            RunEvent::Probe(p) if p.probe == "noise" => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn a_steps_leaves_give_the_estimate_of_two_independent_micro_batch_gradients() {
     let mut cfg = two_leaves(20);
@@ -66,20 +83,7 @@ fn a_run_reports_its_steps_noise_scale_every_window_and_at_every_anchor() {
     // (rounded up) and 40.
     let mut cfg = two_leaves(40);
     cfg.probes.noise_window = 8;
-    let (tx, rx) = mpsc::channel();
-    let engine = Engine::spawn(Trainer::new(cfg).unwrap(), move |e| {
-        let _ = tx.send(e);
-    })
-    .unwrap();
-    let outcome = engine.join();
-    assert!(outcome.final_val_loss.is_some(), "{outcome:?}");
-    let noise_reports: Vec<ProbeResult> = rx
-        .try_iter()
-        .filter_map(|e| match e {
-            RunEvent::Probe(p) if p.probe == "noise" => Some(p),
-            _ => None,
-        })
-        .collect();
+    let noise_reports = noise_results(Trainer::new(cfg).unwrap());
     let steps: Vec<u64> = noise_reports.iter().map(|p| p.step).collect();
     let anchors =
         wsdscope_trainer::engine::probe_anchors(two_leaves(40).schedule.bounds(), 0, false, 3);
@@ -106,22 +110,15 @@ fn a_run_reports_its_steps_noise_scale_every_window_and_at_every_anchor() {
 /// The noise reports an engine run emits, as (step, steps averaged, B_simple, the run's
 /// average).
 fn reports(tr: Trainer) -> Vec<(u64, f64, f64, f64)> {
-    let (tx, rx) = mpsc::channel();
-    let outcome = Engine::spawn(tr, move |e| {
-        let _ = tx.send(e);
-    })
-    .unwrap()
-    .join();
-    assert!(outcome.final_val_loss.is_some(), "{outcome:?}");
-    rx.try_iter()
-        .filter_map(|e| match e {
-            RunEvent::Probe(p) if p.probe == "noise" => Some((
+    noise_results(tr)
+        .into_iter()
+        .map(|p| {
+            (
                 p.step,
                 p.scalars[noise::STEPS],
                 p.scalars[noise::B_SIMPLE],
                 p.scalars[noise::B_SIMPLE_AVG],
-            )),
-            _ => None,
+            )
         })
         .collect()
 }
@@ -184,20 +181,7 @@ fn a_sibling_whose_step_is_one_leaf_gets_the_separate_noise_probe_beside_a_trunk
         label: "batch=2".into(),
         config: half,
     }];
-    let (tx, rx) = mpsc::channel();
-    let outcome = Engine::spawn(Trainer::new(cfg).unwrap(), move |e| {
-        let _ = tx.send(e);
-    })
-    .unwrap()
-    .join();
-    assert!(outcome.final_val_loss.is_some(), "{outcome:?}");
-    let noise: Vec<ProbeResult> = rx
-        .try_iter()
-        .filter_map(|e| match e {
-            RunEvent::Probe(p) if p.probe == "noise" => Some(p),
-            _ => None,
-        })
-        .collect();
+    let noise = noise_results(Trainer::new(cfg).unwrap());
     let of = |run: u32| -> Vec<&ProbeResult> { noise.iter().filter(|p| p.run == run).collect() };
     eprintln!(
         "trunk {:?}\nsibling {:?}",

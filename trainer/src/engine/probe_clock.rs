@@ -113,17 +113,15 @@ impl ProbeClock {
         if !tr.leaf_noise() || tr.step == 0 {
             return false;
         }
+        let Some((span, _)) = self.spans.get(&tr.run) else {
+            return last || tr.step.is_multiple_of(cfg.noise_window);
+        };
         // Windows count from the run's first step (a branch's fork), so a resumed run keeps
         // the boundaries it had: every 10th step, not every 10th after the resume.
-        let from = self
-            .spans
-            .get(&tr.run)
-            .map_or(0, |(span, _)| if span.branch { span.from } else { 0 });
-        let anchor = self.spans.get(&tr.run).is_some_and(|(span, _)| {
-            probe_plan::anchors(span, cfg.decay_points, 0)
-                .iter()
-                .any(|&(_, s)| s == tr.step)
-        });
+        let from = if span.branch { span.from } else { 0 };
+        let anchor = probe_plan::anchors(span, cfg.decay_points, 0)
+            .iter()
+            .any(|&(_, s)| s == tr.step);
         last || anchor || (tr.step - from).is_multiple_of(cfg.noise_window)
     }
 
@@ -172,21 +170,20 @@ impl ProbeClock {
             return;
         }
         let cfg = &tr.cfg.probes;
-        // Every kind some run measures, each run planned only for its own.
-        let own = |run: &RunId| self.own.get(run).cloned().unwrap_or_else(|| kinds(tr));
+        // Every kind some run measures (`start` records each run's with its span), each run
+        // planned only for its own.
         let kinds: Vec<ProbeKind> = ProbeKind::PERIODIC
             .into_iter()
-            .filter(|k| self.spans.keys().any(|r| own(r).contains(k)))
+            .filter(|k| self.own.values().any(|own| own.contains(k)))
             .collect();
         let skip: BTreeSet<(RunId, ProbeKind)> = self
-            .spans
-            .keys()
-            .flat_map(|r| {
-                let mine = own(r);
+            .own
+            .iter()
+            .flat_map(|(&run, own)| {
                 kinds
                     .iter()
-                    .filter(move |k| !mine.contains(k))
-                    .map(move |&k| (*r, k))
+                    .filter(|k| !own.contains(k))
+                    .map(move |&k| (run, k))
             })
             .collect();
         let pace = if tr.mean_step_s > 0.0 {

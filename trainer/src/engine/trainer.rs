@@ -47,8 +47,8 @@ pub struct Trainer {
     tracker: StepTracker,
     /// Running mean of step wall time, to state probe costs in steps.
     pub(super) mean_step_s: f64,
-    /// The noise-scale estimates: the steps' own since the last report, and the run's sums
-    /// (McCandlish et al. average numerator and denominator apart).
+    /// The noise-scale estimates: the steps' own since the last report, and the run's
+    /// average (McCandlish et al. average numerator and denominator apart).
     noise: NoiseSums,
     /// A fault for the next step to meet ([`Trainer::inject_fault`], a test hook).
     fault: Option<Fault>,
@@ -399,9 +399,9 @@ impl Trainer {
         }
         // The noise scale from this step's leaves (every rank takes part in the sum).
         let tokens = self.cfg.tokens_per_step() as f64;
-        let noise = match (&leaves, leaf_noise) {
-            (Some(l), true) => step_noise::step_estimate(&*self.comm, l, norms.total, tokens)?,
-            _ => None,
+        let noise = match &leaves {
+            Some(l) => step_noise::step_estimate(&*self.comm, l, norms.total, tokens)?,
+            None => None,
         };
         // This step's gradients in parameter order: the geometry of the previous update needs
         // them, and they are kept for the next step's.
@@ -514,7 +514,9 @@ impl Trainer {
         };
         let mut m = probe::measure(kind, &input)?;
         if kind == ProbeKind::Noise {
-            let avg = (self.noise).average_with(m.scalars[noise::TRACE], m.scalars[noise::G_SQ]);
+            let avg = self
+                .noise
+                .average_with(m.scalars[noise::TRACE], m.scalars[noise::G_SQ]);
             m.scalars.insert(noise::B_SIMPLE_AVG.into(), avg);
         }
         Ok(self.result(kind, m, t0))

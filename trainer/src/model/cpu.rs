@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 
 impl MiniCpm {
     /// The step on the CPU backend, reading the parameters and RoPE tables in place; with
-    /// `leaves` (and `grad`) also each leaf's gradient's squared norm, left to right.
+    /// `leaves` (and `grad`) also each leaf's gradient's squared norm, in no particular order.
     pub(super) fn cpu_step(
         &self,
         batch: step::Batch<'_>,
